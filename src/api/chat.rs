@@ -1,0 +1,237 @@
+//! `POST /v1/chat/completions`: OpenAI in, a chat run, OpenAI out.
+
+use std::convert::Infallible;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::stream::{self, Stream, StreamExt};
+
+use super::extract::{check_project_id, Context, JsonBody};
+use super::openai::{
+    finish_reason, AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice, ChunkChoice,
+    Delta, RunInfo, Usage,
+};
+use crate::app::AppState;
+use crate::chat::{self, ChatRequest, Outcome, Running};
+use crate::error::{ApiError, ErrorBody};
+use crate::workers::Event;
+
+/// Creates a chat completion, streamed or not.
+///
+/// The run's cost comes back in the `x-ccgate-cost-usd` header (non-streaming)
+/// or in `x_ccgate.cost_usd` of the last chunk (streaming).
+#[utoipa::path(
+    post,
+    path = "/v1/chat/completions",
+    tag = "chat",
+    request_body = ChatCompletionRequest,
+    params(("X-Project-Id" = Option<String>, Header, description = "Project to charge (or `project_id` in the body)")),
+    responses(
+        (status = 200, description = "A chat completion, or an SSE stream of chunks when `stream` is true", body = ChatCompletion,
+         headers(("x-ccgate-cost-usd" = String, description = "What the run cost, in USD"))),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 404, description = "Unknown model or project", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 429, description = "Budget exhausted (`insufficient_quota`) or upstream rate limit", body = ErrorBody),
+        (status = 502, description = "The upstream API or the CLI failed", body = ErrorBody),
+        (status = 503, description = "Queue full (with Retry-After) or CLI not installed", body = ErrorBody),
+        (status = 504, description = "Deadline or stall timeout", body = ErrorBody),
+    )
+)]
+pub async fn create_chat_completion(
+    State(state): State<AppState>,
+    ctx: Context,
+    body: Result<JsonBody<ChatCompletionRequest>, ApiError>,
+) -> Result<Response, ApiError> {
+    let mut request = ChatRequest {
+        request_id: ctx.request_id.clone(),
+        project_id: ctx.project_header.clone().unwrap_or_else(|| "default".into()),
+        key_id: None,
+        endpoint: "/v1/chat/completions",
+        model: String::new(),
+        messages: Vec::new(),
+        max_tokens: None,
+        received_at: ctx.received_at,
+    };
+    let body = match parse(&state, body, &mut request) {
+        Ok(body) => body,
+        Err(error) => {
+            chat::record_refusal(&state, &request, &error);
+            return Err(error);
+        }
+    };
+    let running = chat::start(&state, request).await?;
+    let include_usage = body.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    if body.stream {
+        stream_response(ctx.request_id, running, include_usage).await
+    } else {
+        complete_response(ctx.request_id, running).await
+    }
+}
+
+fn parse(
+    state: &AppState,
+    body: Result<JsonBody<ChatCompletionRequest>, ApiError>,
+    request: &mut ChatRequest,
+) -> Result<ChatCompletionRequest, ApiError> {
+    let JsonBody(body) = body?;
+    if let Some(project) = &body.project_id {
+        request.project_id = project.clone();
+    }
+    check_project_id(&request.project_id, "project_id")?;
+    request.model = body.model.clone().unwrap_or_default();
+    if request.model.is_empty() {
+        return Err(ApiError::bad_request("model is required", "model"));
+    }
+    request.max_tokens = body.max_tokens();
+    request.messages = body.domain_messages(state.settings.max_messages)?;
+    Ok(body)
+}
+
+async fn complete_response(request_id: String, mut running: Running) -> Result<Response, ApiError> {
+    // Text is also collected in the report; draining the events keeps the
+    // worker from blocking on a full channel.
+    while running.events.recv().await.is_some() {}
+    let outcome = running.outcome.await.map_err(|_| ApiError::internal("the run ended without an outcome"))?;
+    if let Some(error) = outcome.error {
+        return Err(error);
+    }
+    let report = outcome.report;
+    let body = ChatCompletion {
+        id: format!("chatcmpl-{request_id}"),
+        object: "chat.completion",
+        created: unix_now(),
+        model: report.model.clone().unwrap_or_else(|| running.model.id.clone()),
+        choices: vec![Choice {
+            index: 0,
+            message: AssistantMessage { role: "assistant".into(), content: report.text },
+            finish_reason: finish_reason(report.stop_reason.as_deref()),
+            logprobs: None,
+        }],
+        usage: Usage::from(report.usage),
+        system_fingerprint: None,
+    };
+    let mut headers = HeaderMap::new();
+    if let Ok(cost) = HeaderValue::from_str(&format!("{:.6}", outcome.cost.as_usd())) {
+        headers.insert("x-ccgate-cost-usd", cost);
+    }
+    Ok((headers, axum::Json(body)).into_response())
+}
+
+/// Streams chunks as the worker produces text. The HTTP status is decided
+/// when the first text arrives: a run that fails before saying anything
+/// gets a proper error status instead of a 200 stream holding an error.
+async fn stream_response(request_id: String, mut running: Running, include_usage: bool) -> Result<Response, ApiError> {
+    let first_text = loop {
+        match running.events.recv().await {
+            Some(Event::Text(text)) => break Some(text),
+            Some(Event::Started { .. }) => continue,
+            None => break None,
+        }
+    };
+    if first_text.is_none() {
+        let outcome = running.outcome.await.map_err(|_| ApiError::internal("the run ended without an outcome"))?;
+        if let Some(error) = outcome.error {
+            return Err(error);
+        }
+        let model = outcome.report.model.clone().unwrap_or_else(|| running.model.id.clone());
+        let frames = closing_frames(&ChunkMeta::new(&request_id, model), outcome, include_usage);
+        return Ok(sse(stream::iter(std::iter::once(role_frame(&request_id, &running.model.id)).chain(frames))));
+    }
+    let model = running.model.id.clone();
+    let meta = ChunkMeta::new(&request_id, model.clone());
+    let head = stream::iter([role_frame(&request_id, &model), text_frame(&meta, first_text.unwrap_or_default())]);
+    let tail = stream::unfold(Some((running, meta)), move |state| async move {
+        let (mut running, meta) = state?;
+        loop {
+            match running.events.recv().await {
+                Some(Event::Text(text)) => return Some((vec![text_frame(&meta, text)], Some((running, meta)))),
+                Some(Event::Started { .. }) => continue,
+                None => break,
+            }
+        }
+        let frames = match running.outcome.await {
+            Ok(outcome) => closing_frames(&meta, outcome, include_usage),
+            Err(_) => vec![error_frame(&ApiError::internal("the run ended without an outcome")), done_frame()],
+        };
+        Some((frames, None))
+    })
+    .flat_map(stream::iter);
+    Ok(sse(head.chain(tail)))
+}
+
+fn sse(frames: impl Stream<Item = SseEvent> + Send + 'static) -> Response {
+    Sse::new(frames.map(Ok::<_, Infallible>)).into_response()
+}
+
+struct ChunkMeta {
+    id: String,
+    request_id: String,
+    created: i64,
+    model: String,
+}
+
+impl ChunkMeta {
+    fn new(request_id: &str, model: String) -> ChunkMeta {
+        ChunkMeta { id: format!("chatcmpl-{request_id}"), request_id: request_id.into(), created: unix_now(), model }
+    }
+
+    fn chunk(&self, delta: Delta, finish_reason: Option<String>) -> ChatCompletionChunk {
+        ChatCompletionChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: self.model.clone(),
+            choices: vec![ChunkChoice { index: 0, delta, finish_reason, logprobs: None }],
+            usage: None,
+            x_ccgate: None,
+        }
+    }
+}
+
+fn json_frame<T: serde::Serialize>(value: &T) -> SseEvent {
+    SseEvent::default().data(serde_json::to_string(value).unwrap_or_else(|_| "{}".into()))
+}
+
+fn role_frame(request_id: &str, model: &str) -> SseEvent {
+    let meta = ChunkMeta::new(request_id, model.to_string());
+    json_frame(&meta.chunk(Delta { role: Some("assistant"), content: Some(String::new()) }, None))
+}
+
+fn text_frame(meta: &ChunkMeta, text: String) -> SseEvent {
+    json_frame(&meta.chunk(Delta { role: None, content: Some(text) }, None))
+}
+
+fn error_frame(error: &ApiError) -> SseEvent {
+    json_frame(&ErrorBody { error: error.to_object() })
+}
+
+fn done_frame() -> SseEvent {
+    SseEvent::default().data("[DONE]")
+}
+
+fn closing_frames(meta: &ChunkMeta, outcome: Outcome, include_usage: bool) -> Vec<SseEvent> {
+    if let Some(error) = &outcome.error {
+        // The stream already said 200; the SDKs raise on an `error` object.
+        return vec![error_frame(error), done_frame()];
+    }
+    let info = RunInfo { request_id: meta.request_id.clone(), cost_usd: outcome.cost.as_usd() };
+    let mut last = meta.chunk(Delta::default(), Some(finish_reason(outcome.report.stop_reason.as_deref())));
+    last.x_ccgate = Some(info.clone());
+    let mut frames = vec![json_frame(&last)];
+    if include_usage {
+        let mut usage_chunk = meta.chunk(Delta::default(), None);
+        usage_chunk.choices.clear();
+        usage_chunk.usage = Some(Usage::from(outcome.report.usage));
+        usage_chunk.x_ccgate = Some(info);
+        frames.push(json_frame(&usage_chunk));
+    }
+    frames.push(done_frame());
+    frames
+}
+
+fn unix_now() -> i64 {
+    chrono::Utc::now().timestamp()
+}

@@ -1,0 +1,100 @@
+//! Extractors that turn every client mistake into an OpenAI-shaped error:
+//! malformed JSON names the field, an oversized body is a 413.
+
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// A JSON body parsed with the failing field's path in the error.
+pub struct JsonBody<T>(pub T);
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge("the request body is larger than this gateway accepts".into())
+            } else {
+                ApiError::bad_request(format!("cannot read the request body: {rejection}"), None)
+            }
+        })?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() || path == "." {
+            ApiError::bad_request(format!("the request body is not valid JSON: {inner}"), None)
+        } else {
+            ApiError::BadRequest {
+                message: format!("invalid field `{path}`: {inner}"),
+                param: Some(path),
+                code: None,
+            }
+        }
+    })
+}
+
+/// Who is asking and under which id: set by the request-id middleware.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Request facts every handler may want.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub request_id: String,
+    pub received_at: Instant,
+    /// From the `X-Project-Id` header, if sent.
+    pub project_header: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Context {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let request_id = parts
+            .extensions
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let received_at = parts.extensions.get::<Instant>().copied().unwrap_or_else(Instant::now);
+        let project_header = match parts.headers.get("x-project-id") {
+            None => None,
+            Some(value) => Some(
+                value
+                    .to_str()
+                    .map_err(|_| ApiError::bad_request("the X-Project-Id header is not valid text", None))?
+                    .to_string(),
+            ),
+        };
+        Ok(Context { request_id, received_at, project_header })
+    }
+}
+
+/// Checks a project id against `[a-z0-9_-]{1,64}`.
+pub fn valid_project_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+pub fn check_project_id(id: &str, param: &'static str) -> Result<(), ApiError> {
+    if valid_project_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!("invalid project id {id:?}: use 1 to 64 of a-z, 0-9, _ and -"), param))
+    }
+}

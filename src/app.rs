@@ -1,0 +1,77 @@
+//! `AppState`: the handles every request needs, built in one place.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::task::TaskTracker;
+
+use crate::budget::Budget;
+use crate::clock::{Clock, SystemClock};
+use crate::config::Settings;
+use crate::pricing::PriceTable;
+use crate::store::Store;
+use crate::workers::cli::ClaudeCli;
+use crate::workers::{PoolStats, Worker, WorkerPool};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub prices: Arc<PriceTable>,
+    pub budget: Budget,
+    pub pool: Arc<WorkerPool>,
+    /// Background work that must finish before the process exits (run
+    /// supervisors, ledger writes).
+    pub tasks: TaskTracker,
+}
+
+impl AppState {
+    /// Builds the state from settings and an open store.
+    pub fn new(settings: Settings, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> anyhow::Result<AppState> {
+        let prices = match &settings.prices_file {
+            Some(path) => PriceTable::load(path)?,
+            None => PriceTable::builtin(),
+        };
+        std::fs::create_dir_all(&settings.work_dir)?;
+        let stats = Arc::new(PoolStats::default());
+        let worker: Arc<dyn Worker> = Arc::new(ClaudeCli::new(
+            resolve_bin(&settings.claude_bin),
+            settings.work_dir.clone(),
+            Duration::from_secs(settings.stall_timeout_secs),
+            Arc::clone(&stats),
+        ));
+        Ok(AppState::with_worker(settings, store, clock, prices, worker, stats))
+    }
+
+    pub fn with_worker(
+        settings: Settings,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        prices: PriceTable,
+        worker: Arc<dyn Worker>,
+        stats: Arc<PoolStats>,
+    ) -> AppState {
+        let instance_id = format!("gw-{}", uuid::Uuid::new_v4().simple());
+        // A reservation outlives its request only if its owner died; give
+        // the request its whole deadline plus time to settle.
+        let ttl = Duration::from_secs(settings.request_timeout_secs * 2 + 60);
+        let budget = Budget::new(store, clock, instance_id, ttl);
+        let pool = Arc::new(WorkerPool::new(worker, settings.pool_size, settings.queue_limit, stats));
+        AppState { settings: Arc::new(settings), prices: Arc::new(prices), budget, pool, tasks: TaskTracker::new() }
+    }
+
+    pub fn system_clock() -> Arc<dyn Clock> {
+        Arc::new(SystemClock)
+    }
+}
+
+/// Looks a bare command name up on PATH once, so that errors name the file
+/// that was tried and each spawn skips the search.
+pub fn resolve_bin(bin: &str) -> PathBuf {
+    if bin.contains('/') {
+        return PathBuf::from(bin);
+    }
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join(bin)).find(|p| p.is_file()))
+        .unwrap_or_else(|| PathBuf::from(bin))
+}

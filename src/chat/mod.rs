@@ -1,0 +1,278 @@
+//! One chat request from validation to settlement: resolve the model,
+//! reserve its worst-case cost, run it on the pool, and settle and record
+//! it whatever happens (the settling runs in a task of its own, so it also
+//! happens when the client has gone).
+
+pub mod prompt;
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::app::AppState;
+use crate::budget::{Reservation, ReservationRequest};
+use crate::error::ApiError;
+use crate::money::Micros;
+use crate::pricing::Model;
+use crate::store::{Completion, LedgerEntry};
+use crate::workers::{Event, Job, RunEnd, RunReport};
+
+pub use prompt::{Message, Role};
+
+/// A chat request in the gateway's own terms (no wire format).
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    pub request_id: String,
+    pub project_id: String,
+    pub key_id: Option<String>,
+    pub endpoint: &'static str,
+    pub model: String,
+    pub messages: Vec<Message>,
+    pub max_tokens: Option<u64>,
+    pub received_at: Instant,
+}
+
+/// A run under way: its events, then its outcome.
+pub struct Running {
+    pub model: Model,
+    pub events: mpsc::Receiver<Event>,
+    pub outcome: oneshot::Receiver<Outcome>,
+}
+
+/// How a run ended, as the client sees it.
+#[derive(Debug)]
+pub struct Outcome {
+    pub report: RunReport,
+    pub cost: Micros,
+    pub error: Option<ApiError>,
+}
+
+/// Events are small; a short buffer keeps a slow client from holding more
+/// than a few of them while still letting the worker run ahead a little.
+const EVENT_BUFFER: usize = 64;
+
+/// Starts a chat run. Errors returned here happened before any work
+/// started, and have already been written to the ledger.
+pub async fn start(state: &AppState, request: ChatRequest) -> Result<Running, ApiError> {
+    match prepare(state, &request).await {
+        Ok((model, job, reservation)) => launch(state, request, model, job, reservation).await,
+        Err(error) => {
+            record_refusal(state, &request, &error);
+            Err(error)
+        }
+    }
+}
+
+async fn prepare(state: &AppState, request: &ChatRequest) -> Result<(Model, Job, Reservation), ApiError> {
+    let model = resolve_model(state, &request.model)?;
+    let prompt = prompt::build(&request.messages).map_err(|e| ApiError::bad_request(e.to_string(), "messages"))?;
+    if let Some(max) = request.max_tokens {
+        if max == 0 || max > model.max_output_tokens {
+            return Err(ApiError::bad_request(
+                format!("max_tokens must be between 1 and {} for {}", model.max_output_tokens, model.id),
+                "max_tokens",
+            ));
+        }
+    }
+    let input_bound = prompt::token_upper_bound(&prompt.prompt)
+        + prompt.system.as_deref().map(prompt::token_upper_bound).unwrap_or(0)
+        + state.settings.prompt_overhead_tokens;
+    let output_bound = request.max_tokens.unwrap_or(model.max_output_tokens);
+    if input_bound.saturating_add(output_bound) > model.context_window {
+        return Err(ApiError::BadRequest {
+            message: format!(
+                "this request may need {} tokens of input and {output_bound} of output, more than the \
+                 {} tokens of {}'s context window",
+                input_bound, model.context_window, model.id
+            ),
+            param: Some("messages".into()),
+            code: Some("context_length_exceeded"),
+        });
+    }
+    let amount = model.cost(&crate::pricing::TokenUsage {
+        input_tokens: input_bound,
+        output_tokens: output_bound,
+        ..Default::default()
+    });
+    let reservation = state
+        .budget
+        .reserve(ReservationRequest {
+            request_id: request.request_id.clone(),
+            project_id: request.project_id.clone(),
+            key_id: request.key_id.clone(),
+            endpoint: request.endpoint.to_string(),
+            model_requested: Some(request.model.clone()),
+            model_used: Some(model.id.clone()),
+            amount,
+        })
+        .await?;
+    let deadline = tokio::time::Instant::from_std(request.received_at)
+        + Duration::from_secs(state.settings.request_timeout_secs);
+    let job = Job {
+        model: model.cli_name().to_string(),
+        system_prompt: prompt.system,
+        prompt: prompt.prompt,
+        max_output_tokens: request.max_tokens,
+        max_budget: amount,
+        deadline,
+    };
+    Ok((model, job, reservation))
+}
+
+pub fn resolve_model(state: &AppState, name: &str) -> Result<Model, ApiError> {
+    state.prices.resolve(name).cloned().ok_or_else(|| ApiError::NotFound {
+        message: format!(
+            "the model {name:?} does not exist or is not served here; see GET /v1/models (for example: {})",
+            state.prices.models().iter().filter_map(|m| m.aliases.first().cloned()).collect::<Vec<_>>().join(", ")
+        ),
+        param: Some("model".into()),
+        code: Some("model_not_found"),
+    })
+}
+
+async fn launch(
+    state: &AppState,
+    request: ChatRequest,
+    model: Model,
+    job: Job,
+    reservation: Reservation,
+) -> Result<Running, ApiError> {
+    let admission = match state.pool.admit() {
+        Ok(admission) => admission,
+        Err(full) => {
+            let error = ApiError::Overloaded(format!("{full}; retry shortly"));
+            let completion = completion_for(&request, &error, RunReport::new(RunEnd::Cancelled), Micros::ZERO);
+            settle_later(state, reservation, completion);
+            return Err(error);
+        }
+    };
+    let (event_tx, event_rx) = mpsc::channel(EVENT_BUFFER);
+    let (outcome_tx, outcome_rx) = oneshot::channel();
+    let cancel = state.pool.run_token();
+    let supervisor_state = state.clone();
+    let supervisor_model = model.clone();
+    state.tasks.spawn(async move {
+        let state = supervisor_state;
+        let report = state.pool.run(admission, job, event_tx, cancel).await;
+        let cost = report.reported_cost.unwrap_or_else(|| supervisor_model.cost(&report.usage));
+        let error = error_for(&state, &report.end);
+        let completion = match &error {
+            Some(error) => completion_for(&request, error, report.clone(), cost),
+            None => completion_for_success(&request, report.clone(), cost),
+        };
+        // The client hears first; the books are settled right after.
+        let _ = outcome_tx.send(Outcome { report, cost, error });
+        if let Err(e) = state.budget.settle(reservation, completion).await {
+            tracing::error!(request_id = %request.request_id, error = %e, "failed to settle a reservation");
+        }
+    });
+    Ok(Running { model, events: event_rx, outcome: outcome_rx })
+}
+
+fn error_for(state: &AppState, end: &RunEnd) -> Option<ApiError> {
+    let settings = &state.settings;
+    Some(match end {
+        RunEnd::Completed => return None,
+        RunEnd::Failed { api_status: Some(429), message, .. } => {
+            ApiError::RateLimited { message: format!("the upstream API is rate-limiting: {message}"), retry_after_secs: None }
+        }
+        RunEnd::Failed { api_status: Some(status), message, .. } => {
+            ApiError::Upstream(format!("the upstream API answered {status}: {message}"))
+        }
+        RunEnd::Failed { subtype, message, .. } if subtype == "error_max_budget_usd" => {
+            ApiError::Upstream(format!("the run reached its spending cap and was stopped: {message}"))
+        }
+        RunEnd::Failed { message, .. } => ApiError::Upstream(format!("Claude Code reported an error: {message}")),
+        RunEnd::Deadline => ApiError::Timeout(format!(
+            "the request did not finish within its deadline of {} seconds",
+            settings.request_timeout_secs
+        )),
+        RunEnd::Stalled => ApiError::Timeout(format!(
+            "the worker produced no output for {} seconds and was stopped",
+            settings.stall_timeout_secs
+        )),
+        RunEnd::Cancelled => ApiError::Timeout("the client closed the connection".into()),
+        RunEnd::Shutdown => ApiError::Overloaded("the gateway is shutting down".into()),
+        RunEnd::SpawnFailed { not_installed: true, message } => ApiError::CliUnavailable(format!(
+            "{message}. Install the Claude Code CLI with `npm install -g @anthropic-ai/claude-code` \
+             (or set claude_bin / CCGATE_CLAUDE_BIN to its path)"
+        )),
+        RunEnd::SpawnFailed { message, .. } => ApiError::CliUnavailable(message.clone()),
+        RunEnd::Crashed { message } => ApiError::Upstream(message.clone()),
+    })
+}
+
+fn completion_for_success(request: &ChatRequest, report: RunReport, cost: Micros) -> Completion {
+    Completion {
+        status: "succeeded".into(),
+        http_status: Some(200),
+        ..base_completion(request, report, cost)
+    }
+}
+
+fn completion_for(request: &ChatRequest, error: &ApiError, report: RunReport, cost: Micros) -> Completion {
+    let client_gone = report.end == RunEnd::Cancelled;
+    Completion {
+        status: if client_gone { "client_disconnected".into() } else { error.outcome().into() },
+        // 499: nginx's "client closed request", the usual record for it.
+        http_status: Some(if client_gone { 499 } else { error.status().as_u16() }),
+        error_message: Some(error.to_string()),
+        ..base_completion(request, report, cost)
+    }
+}
+
+fn base_completion(request: &ChatRequest, report: RunReport, cost: Micros) -> Completion {
+    let usage = report.usage;
+    Completion {
+        finished_at_ms: 0,
+        model_used: report.model,
+        status: String::new(),
+        http_status: None,
+        error_message: None,
+        input_tokens: usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens,
+        output_tokens: usage.output_tokens,
+        cache_read_tokens: usage.cache_read_tokens,
+        cache_write_tokens: usage.cache_write_tokens,
+        cost,
+        latency_ms: Some(request.received_at.elapsed().as_millis() as u64),
+        ttft_ms: report.first_token_at.map(|t| t.saturating_duration_since(request.received_at).as_millis() as u64),
+    }
+}
+
+fn settle_later(state: &AppState, reservation: Reservation, completion: Completion) {
+    let budget = state.budget.clone();
+    state.tasks.spawn(async move {
+        if let Err(e) = budget.settle(reservation, completion).await {
+            tracing::error!(error = %e, "failed to settle a reservation");
+        }
+    });
+}
+
+/// Writes the ledger row of a request refused before it held a reservation.
+pub fn record_refusal(state: &AppState, request: &ChatRequest, error: &ApiError) {
+    let entry = LedgerEntry {
+        request_id: request.request_id.clone(),
+        created_at_ms: state.budget.now().timestamp_millis(),
+        project_id: request.project_id.clone(),
+        key_id: request.key_id.clone(),
+        endpoint: request.endpoint.to_string(),
+        model_requested: Some(request.model.clone()).filter(|m| !m.is_empty()),
+        completion: Completion {
+            status: error.outcome().into(),
+            http_status: Some(error.status().as_u16()),
+            error_message: Some(error.to_string()),
+            latency_ms: Some(request.received_at.elapsed().as_millis() as u64),
+            ..Completion::default()
+        },
+    };
+    record_later(state, entry);
+}
+
+pub fn record_later(state: &AppState, entry: LedgerEntry) {
+    let budget = state.budget.clone();
+    state.tasks.spawn(async move {
+        if let Err(e) = budget.record(entry).await {
+            tracing::error!(error = %e, "failed to write a ledger row");
+        }
+    });
+}

@@ -1,0 +1,16 @@
+//! ccgate: an OpenAI-compatible gateway that runs prompts on a pool of
+//! Claude Code CLI workers, with budgets that cannot be overspent.
+
+pub mod api;
+pub mod app;
+pub mod budget;
+pub mod chat;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod money;
+pub mod pricing;
+pub mod server;
+pub mod store;
+pub mod workers;

@@ -1,0 +1,146 @@
+//! Running the gateway: open the store, recover what a crashed instance
+//! left, serve HTTP, and stop cleanly (finish in-flight work within the
+//! grace period, then kill what is left).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{resolve_bin, AppState};
+use crate::clock::Clock;
+use crate::config::Settings;
+use crate::store;
+
+/// Opens the store and builds the state for these settings.
+pub async fn build_state(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<AppState> {
+    let store = store::connect(&settings.database_url)
+        .await
+        .with_context(|| format!("cannot open the database {}", redact(&settings.database_url)))?;
+    AppState::new(settings, store, clock)
+}
+
+/// Serves on `listener` until `shutdown` completes, then drains.
+pub async fn run(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let settings = Arc::clone(&state.settings);
+    state.budget.register().await?;
+    let released = state.budget.recover(Duration::from_secs(settings.instance_ttl_secs)).await?;
+    if released > 0 {
+        tracing::warn!(released, "released reservations left by a gateway instance that stopped");
+    }
+    let maintenance = CancellationToken::new();
+    spawn_maintenance(&state, maintenance.clone());
+    warn_about_setup(&state, &listener);
+
+    let stopping = CancellationToken::new();
+    let stop = stopping.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stop.cancel();
+    });
+    // After the grace period, whatever still runs is killed, which ends
+    // the open streams and lets the server finish.
+    let pool = Arc::clone(&state.pool);
+    let grace = Duration::from_secs(settings.shutdown_grace_secs);
+    let grace_stop = stopping.clone();
+    tokio::spawn(async move {
+        grace_stop.cancelled().await;
+        tracing::info!(grace_secs = grace.as_secs(), "stopping: no new connections; in-flight requests may finish");
+        tokio::time::sleep(grace).await;
+        pool.kill_all();
+    });
+
+    let app = crate::api::router(state.clone());
+    let server_stop = stopping.clone();
+    axum::serve(listener, app).with_graceful_shutdown(async move { server_stop.cancelled().await }).await?;
+
+    state.pool.kill_all();
+    state.tasks.close();
+    if tokio::time::timeout(Duration::from_secs(10), state.tasks.wait()).await.is_err() {
+        tracing::error!("background tasks did not finish within 10 s of shutdown");
+    }
+    maintenance.cancel();
+    state.budget.deregister().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn spawn_maintenance(state: &AppState, stop: CancellationToken) {
+    let budget = state.budget.clone();
+    let ttl = Duration::from_secs(state.settings.instance_ttl_secs);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(ttl / 3);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = budget.heartbeat().await {
+                tracing::warn!(error = %e, "heartbeat failed");
+            }
+            match budget.recover(ttl).await {
+                Ok(0) => {}
+                Ok(released) => tracing::warn!(released, "released reservations of a stopped instance"),
+                Err(e) => tracing::warn!(error = %e, "reservation recovery failed"),
+            }
+        }
+    });
+}
+
+fn warn_about_setup(state: &AppState, listener: &TcpListener) {
+    let settings = &state.settings;
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(%addr, pool_size = settings.pool_size, queue_limit = settings.queue_limit, "ccgate listening");
+    if settings.admin_key.is_none() {
+        if settings.listen.ip().is_loopback() {
+            tracing::warn!("no admin key is set: /admin is open to anyone who can reach this loopback address");
+        } else {
+            tracing::warn!("no admin key is set: /admin is disabled because the gateway listens beyond loopback");
+        }
+    }
+    let bin = resolve_bin(&settings.claude_bin);
+    if !bin.is_file() {
+        tracing::warn!(
+            claude_bin = %bin.display(),
+            "the Claude Code CLI was not found; chat requests will get 503 until it is installed \
+             (npm install -g @anthropic-ai/claude-code) or claude_bin points at it"
+        );
+    }
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// Hides the password in a database URL for logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***{}", &url[..scheme], &url[at..]),
+        _ => url.to_string(),
+    }
+}

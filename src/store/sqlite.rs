@@ -1,0 +1,44 @@
+//! SQLite, the embedded default. Writes go through a single connection (the
+//! "one writer path") and open with `BEGIN IMMEDIATE`, so a transaction holds
+//! the write lock from its first statement and never fails half-way with
+//! "database is locked"; reads use their own pool, which WAL lets run
+//! alongside the writer.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool, Transaction};
+
+use super::queries::impl_store;
+use super::StoreResult;
+
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+impl SqliteStore {
+    pub async fn connect(url: &str) -> StoreResult<SqliteStore> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // NORMAL in WAL mode survives a process crash; only an OS crash can
+            // lose the last commits, and never corrupts the file.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
+        MIGRATOR.run(&writer).await?;
+        let reader = SqlitePoolOptions::new().max_connections(4).connect_with(options.read_only(true)).await?;
+        Ok(SqliteStore { writer, reader })
+    }
+
+    async fn begin_write(&self) -> Result<Transaction<'_, Sqlite>, sqlx::Error> {
+        self.writer.begin_with("BEGIN IMMEDIATE").await
+    }
+}
+
+impl_store!(SqliteStore, Sqlite);

@@ -1,0 +1,356 @@
+//! Runs one prompt as a cold `claude -p` process and turns its stream-json
+//! output into events. The process runs in its own process group; the whole
+//! group is killed and the leader reaped on every way out of `run`, even
+//! when the future is dropped.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::stream_json::{parse_line, CliLine, CliResult};
+use super::{Event, Job, PoolStats, RunEnd, RunReport, Worker};
+use crate::money::Micros;
+use crate::pricing::TokenUsage;
+
+/// System prompts longer than this go through a file: Linux caps a single
+/// argument at 128 KiB.
+const MAX_SYSTEM_PROMPT_ARG: usize = 32 * 1024;
+/// How much of the CLI's stderr is kept for error messages.
+const STDERR_TAIL: usize = 4096;
+/// After the result line, how long the CLI may take to exit by itself.
+const EXIT_GRACE: Duration = Duration::from_millis(500);
+
+pub struct ClaudeCli {
+    bin: PathBuf,
+    work_dir: PathBuf,
+    stall_timeout: Duration,
+    stats: Arc<PoolStats>,
+}
+
+impl ClaudeCli {
+    pub fn new(bin: PathBuf, work_dir: PathBuf, stall_timeout: Duration, stats: Arc<PoolStats>) -> ClaudeCli {
+        ClaudeCli { bin, work_dir, stall_timeout, stats }
+    }
+
+    fn command(&self, job: &Job, system_file: Option<&PathBuf>) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["-p", "--output-format", "stream-json", "--verbose", "--include-partial-messages"])
+            .args(["--model", &job.model])
+            .args(["--bare", "--tools", "", "--no-session-persistence"])
+            .args(["--max-budget-usd", &format!("{:.6}", job.max_budget.as_usd())]);
+        match (&job.system_prompt, system_file) {
+            (_, Some(file)) => {
+                cmd.arg("--system-prompt-file").arg(file);
+            }
+            (Some(system), None) => {
+                cmd.args(["--system-prompt", system]);
+            }
+            (None, None) => {}
+        }
+        // The gateway's own settings (admin key, database URL) are not the
+        // worker's business; a nested Claude Code session refuses to start
+        // while CLAUDECODE is set.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("CCGATE_") {
+                cmd.env_remove(name);
+            }
+        }
+        cmd.env_remove("CLAUDECODE")
+            .env("DISABLE_TELEMETRY", "1")
+            .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+            .env("DISABLE_AUTOUPDATER", "1");
+        if let Some(max) = job.max_output_tokens {
+            cmd.env("CLAUDE_CODE_MAX_OUTPUT_TOKENS", max.to_string());
+        }
+        cmd.current_dir(&self.work_dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        // SAFETY: prctl is async-signal-safe and touches only the child. It
+        // makes the kernel kill the CLI if the gateway dies without a chance
+        // to clean up (kill -9), so no worker outlives its gateway.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+}
+
+/// Kills the process group and reaps the leader when dropped, so that no
+/// exit path (including a dropped future) leaves a process behind.
+struct Group {
+    child: Option<Child>,
+    pgid: Option<i32>,
+    stats: Arc<PoolStats>,
+}
+
+impl Group {
+    fn kill(&mut self) {
+        if let Some(pgid) = self.pgid.take() {
+            // SAFETY: plain syscall. The leader is not reaped yet (we still
+            // own its Child), so the group id cannot have been reused.
+            if unsafe { libc::killpg(pgid, libc::SIGKILL) } == 0 {
+                self.stats.killed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    async fn finish(&mut self) {
+        self.kill();
+        if let Some(mut child) = self.child.take() {
+            // Bounded: SIGKILL cannot be ignored, so this returns promptly.
+            let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.kill();
+        // Dropping the Child hands it to tokio's orphan reaper.
+    }
+}
+
+struct RunState {
+    report: RunReport,
+    /// Whether the upstream message now streaming sent text deltas, so its
+    /// whole `assistant` line is not emitted a second time.
+    deltas_in_message: bool,
+    stream_usage: TokenUsage,
+}
+
+#[async_trait]
+impl Worker for ClaudeCli {
+    async fn run(&self, job: Job, events: mpsc::Sender<Event>, cancel: CancellationToken) -> RunReport {
+        let system_file = match &job.system_prompt {
+            Some(s) if s.len() > MAX_SYSTEM_PROMPT_ARG => {
+                let path = self.work_dir.join(format!("system-{}.txt", uuid::Uuid::new_v4().simple()));
+                if let Err(e) = tokio::fs::write(&path, s).await {
+                    return RunReport::new(RunEnd::Crashed { message: format!("cannot write system prompt: {e}") });
+                }
+                Some(path)
+            }
+            _ => None,
+        };
+        let report = self.run_process(&job, system_file.as_ref(), events, cancel).await;
+        if let Some(path) = system_file {
+            let _ = tokio::fs::remove_file(path).await;
+        }
+        report
+    }
+}
+
+impl ClaudeCli {
+    async fn run_process(
+        &self,
+        job: &Job,
+        system_file: Option<&PathBuf>,
+        events: mpsc::Sender<Event>,
+        cancel: CancellationToken,
+    ) -> RunReport {
+        let mut child = match self.command(job, system_file).spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                self.stats.spawn_failures.fetch_add(1, Ordering::Relaxed);
+                let not_installed =
+                    matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied);
+                return RunReport::new(RunEnd::SpawnFailed {
+                    not_installed,
+                    message: format!("cannot start {}: {e}", self.bin.display()),
+                });
+            }
+        };
+        self.stats.spawned.fetch_add(1, Ordering::Relaxed);
+        let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+        let pgid = child.id().and_then(|id| i32::try_from(id).ok());
+        let mut group = Group { child: Some(child), pgid, stats: Arc::clone(&self.stats) };
+
+        // Writing runs beside reading: a prompt larger than the pipe buffer
+        // would otherwise deadlock against a CLI that is already writing.
+        let prompt = job.prompt.clone();
+        let writer = tokio::spawn(async move {
+            let Some(mut stdin) = stdin else { return };
+            let _ = stdin.write_all(prompt.as_bytes()).await;
+            let _ = stdin.shutdown().await;
+        });
+        let stderr_tail = tokio::spawn(async move {
+            let mut tail = Vec::new();
+            let Some(mut stderr) = stderr else { return String::new() };
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                tail.extend_from_slice(&buf[..n]);
+                if tail.len() > STDERR_TAIL {
+                    tail.drain(..tail.len() - STDERR_TAIL);
+                }
+            }
+            String::from_utf8_lossy(&tail).trim().to_string()
+        });
+
+        let mut state = RunState {
+            report: RunReport::new(RunEnd::Crashed { message: String::new() }),
+            deltas_in_message: false,
+            stream_usage: TokenUsage::default(),
+        };
+        let Some(stdout) = stdout else {
+            group.finish().await;
+            return RunReport::new(RunEnd::Crashed { message: "no stdout from the CLI".into() });
+        };
+        let mut lines = BufReader::new(stdout).lines();
+        let end = loop {
+            let line = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break RunEnd::Cancelled,
+                _ = events.closed() => break RunEnd::Cancelled,
+                _ = tokio::time::sleep_until(job.deadline) => {
+                    self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                    break RunEnd::Deadline;
+                }
+                line = tokio::time::timeout(self.stall_timeout, lines.next_line()) => line,
+            };
+            let line = match line {
+                Err(_) => {
+                    self.stats.stalls.fetch_add(1, Ordering::Relaxed);
+                    break RunEnd::Stalled;
+                }
+                Ok(Ok(Some(line))) => line,
+                // End of output without a result: the CLI died or quit.
+                Ok(Ok(None)) | Ok(Err(_)) => break RunEnd::Crashed { message: String::new() },
+            };
+            let Some(parsed) = parse_line(&line) else {
+                tracing::debug!(line = %line, "ignoring a non-JSON line from the CLI");
+                continue;
+            };
+            match apply(&mut state, parsed) {
+                Step::Continue => {}
+                Step::Emit(event) => {
+                    if events.send(event).await.is_err() {
+                        break RunEnd::Cancelled;
+                    }
+                }
+                Step::Done(end) => break end,
+            }
+        };
+
+        let finished_normally = matches!(end, RunEnd::Completed | RunEnd::Failed { .. });
+        if finished_normally {
+            // Let the CLI exit on its own for a moment (it closes stdout when
+            // it does); the group is killed right after either way.
+            let _ = tokio::time::timeout(EXIT_GRACE, async { while let Ok(Some(_)) = lines.next_line().await {} })
+                .await;
+        }
+        group.finish().await;
+        writer.abort();
+        let stderr = tokio::time::timeout(Duration::from_secs(1), stderr_tail).await.ok().and_then(Result::ok);
+
+        let mut report = state.report;
+        report.end = match end {
+            RunEnd::Crashed { .. } => RunEnd::Crashed {
+                message: match stderr.filter(|s| !s.is_empty()) {
+                    Some(s) => format!("the CLI exited without a result: {s}"),
+                    None => "the CLI exited without a result".into(),
+                },
+            },
+            other => other,
+        };
+        if report.reported_cost.is_none() || report.usage == TokenUsage::default() {
+            report.usage = state.stream_usage;
+        }
+        report
+    }
+}
+
+enum Step {
+    Continue,
+    Emit(Event),
+    Done(RunEnd),
+}
+
+fn apply(state: &mut RunState, line: CliLine) -> Step {
+    let report = &mut state.report;
+    match line {
+        CliLine::Init { session_id, model } => {
+            report.session_id = session_id.clone();
+            report.model = model.clone();
+            Step::Emit(Event::Started { model, session_id })
+        }
+        CliLine::MessageStart { model, usage } => {
+            state.deltas_in_message = false;
+            if let Some(model) = model {
+                report.model = Some(model);
+            }
+            state.stream_usage.input_tokens += usage.input_tokens;
+            state.stream_usage.cache_read_tokens += usage.cache_read_tokens;
+            state.stream_usage.cache_write_tokens += usage.cache_write_tokens;
+            Step::Continue
+        }
+        CliLine::TextDelta(text) => {
+            state.deltas_in_message = true;
+            report.first_token_at.get_or_insert_with(Instant::now);
+            report.text.push_str(&text);
+            Step::Emit(Event::Text(text))
+        }
+        CliLine::MessageDelta { output_tokens, stop_reason } => {
+            state.stream_usage.output_tokens += output_tokens.unwrap_or(0);
+            if stop_reason.is_some() {
+                report.stop_reason = stop_reason;
+            }
+            Step::Continue
+        }
+        CliLine::Assistant { model, text, .. } => {
+            let synthetic = model.as_deref() == Some("<synthetic>");
+            if state.deltas_in_message || synthetic || text.is_empty() {
+                return Step::Continue;
+            }
+            report.first_token_at.get_or_insert_with(Instant::now);
+            report.text.push_str(&text);
+            Step::Emit(Event::Text(text))
+        }
+        CliLine::Result(result) => Step::Done(finish(report, result)),
+        CliLine::Other => Step::Continue,
+    }
+}
+
+fn finish(report: &mut RunReport, result: CliResult) -> RunEnd {
+    report.reported_cost = Some(Micros::from_usd(result.total_cost_usd));
+    report.usage = result.usage;
+    report.num_turns = result.num_turns;
+    if result.session_id.is_some() {
+        report.session_id = result.session_id;
+    }
+    if report.stop_reason.is_none() {
+        report.stop_reason = result.stop_reason;
+    }
+    if report.model.is_none() {
+        report.model = result.models.into_iter().next();
+    }
+    if !result.is_error {
+        // Without partial messages the result text is the only copy.
+        if report.text.is_empty() {
+            report.text = result.result.unwrap_or_default();
+        }
+        return RunEnd::Completed;
+    }
+    RunEnd::Failed {
+        api_status: result.api_error_status,
+        message: result.result.unwrap_or_else(|| format!("the CLI reported {}", result.subtype)),
+        subtype: result.subtype,
+    }
+}

@@ -1,0 +1,99 @@
+//! Workers run one prompt each and report what happened. They know nothing
+//! of HTTP, budgets or projects: a `Job` goes in, `Event`s stream out, and a
+//! `RunReport` says how it ended. Whatever happens, a worker's processes are
+//! gone when `run` returns.
+
+pub mod cli;
+pub mod pool;
+pub mod stream_json;
+
+use std::time::Instant;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::money::Micros;
+use crate::pricing::TokenUsage;
+
+pub use pool::{Admission, PoolState, PoolStats, QueueFull, WorkerPool};
+
+/// One prompt to run.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// What the CLI is given as `--model` (an alias or id).
+    pub model: String,
+    pub system_prompt: Option<String>,
+    /// The whole prompt, sent on stdin.
+    pub prompt: String,
+    pub max_output_tokens: Option<u64>,
+    /// The CLI's own spending cap for the run (`--max-budget-usd`).
+    pub max_budget: Micros,
+    /// The run is killed at this instant, queueing included.
+    pub deadline: tokio::time::Instant,
+}
+
+/// What a run shows while it is under way.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Started { model: Option<String>, session_id: Option<String> },
+    Text(String),
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunEnd {
+    Completed,
+    /// The CLI reported an error (`is_error`), maybe from the upstream API.
+    Failed { api_status: Option<u16>, subtype: String, message: String },
+    Deadline,
+    Stalled,
+    /// The caller went away (client disconnect).
+    Cancelled,
+    /// The gateway is stopping and the grace period is over.
+    Shutdown,
+    /// The CLI could not be started at all.
+    SpawnFailed { not_installed: bool, message: String },
+    /// The CLI exited without a result line.
+    Crashed { message: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunReport {
+    pub end: RunEnd,
+    /// The model id the CLI resolved and reported.
+    pub model: Option<String>,
+    pub session_id: Option<String>,
+    pub text: String,
+    pub usage: TokenUsage,
+    /// The cost the CLI reported, if it got as far as a result.
+    pub reported_cost: Option<Micros>,
+    pub stop_reason: Option<String>,
+    pub num_turns: u64,
+    pub started_at: Instant,
+    pub first_token_at: Option<Instant>,
+}
+
+impl RunReport {
+    pub fn new(end: RunEnd) -> RunReport {
+        RunReport {
+            end,
+            model: None,
+            session_id: None,
+            text: String::new(),
+            usage: TokenUsage::default(),
+            reported_cost: None,
+            stop_reason: None,
+            num_turns: 0,
+            started_at: Instant::now(),
+            first_token_at: None,
+        }
+    }
+}
+
+#[async_trait]
+pub trait Worker: Send + Sync + 'static {
+    /// Runs the job to its end. Events go to `events`; if that channel closes
+    /// the caller is gone and the run stops as if cancelled.
+    async fn run(&self, job: Job, events: mpsc::Sender<Event>, cancel: CancellationToken) -> RunReport;
+}
