@@ -11,7 +11,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
 use crate::pricing::PriceTable;
 use crate::store::Store;
-use crate::workers::cli::ClaudeCli;
+use crate::workers::cli::{ClaudeCli, CliSettings};
 use crate::workers::{PoolStats, Worker, WorkerPool};
 
 #[derive(Clone)]
@@ -35,9 +35,13 @@ impl AppState {
         std::fs::create_dir_all(&settings.work_dir)?;
         let stats = Arc::new(PoolStats::default());
         let worker: Arc<dyn Worker> = Arc::new(ClaudeCli::new(
-            resolve_bin(&settings.claude_bin),
-            settings.work_dir.clone(),
-            Duration::from_secs(settings.stall_timeout_secs),
+            CliSettings {
+                bin: resolve_bin(&settings.claude_bin),
+                work_dir: settings.work_dir.clone(),
+                stall_timeout: Duration::from_secs(settings.stall_timeout_secs),
+                max_retries: settings.cli_max_retries,
+                extra_env: settings.worker_env.clone(),
+            },
             Arc::clone(&stats),
         ));
         Ok(AppState::with_worker(settings, store, clock, prices, worker, stats))

@@ -48,6 +48,12 @@ pub struct Settings {
     /// How long a crashed instance's reservations are held before another
     /// instance releases them, in seconds (heartbeats come every third of it).
     pub instance_ttl_secs: u64,
+    /// Times the CLI itself retries a failed upstream call (429, 529,
+    /// connection errors) before it reports the error.
+    pub cli_max_retries: u32,
+    /// Extra environment variables for workers (for example
+    /// ANTHROPIC_BASE_URL), on top of the gateway's own environment.
+    pub worker_env: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -77,6 +83,8 @@ impl Default for Settings {
             max_messages: 2048,
             log_format: LogFormat::Text,
             instance_ttl_secs: 30,
+            cli_max_retries: 2,
+            worker_env: BTreeMap::new(),
         }
     }
 }

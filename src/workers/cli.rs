@@ -3,6 +3,7 @@
 //! group is killed and the leader reaped on every way out of `run`, even
 //! when the future is dropped.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::Ordering;
@@ -32,12 +33,30 @@ pub struct ClaudeCli {
     bin: PathBuf,
     work_dir: PathBuf,
     stall_timeout: Duration,
+    max_retries: u32,
+    extra_env: BTreeMap<String, String>,
     stats: Arc<PoolStats>,
 }
 
+/// How a `ClaudeCli` worker runs its processes.
+pub struct CliSettings {
+    pub bin: PathBuf,
+    pub work_dir: PathBuf,
+    pub stall_timeout: Duration,
+    pub max_retries: u32,
+    pub extra_env: BTreeMap<String, String>,
+}
+
 impl ClaudeCli {
-    pub fn new(bin: PathBuf, work_dir: PathBuf, stall_timeout: Duration, stats: Arc<PoolStats>) -> ClaudeCli {
-        ClaudeCli { bin, work_dir, stall_timeout, stats }
+    pub fn new(settings: CliSettings, stats: Arc<PoolStats>) -> ClaudeCli {
+        ClaudeCli {
+            bin: settings.bin,
+            work_dir: settings.work_dir,
+            stall_timeout: settings.stall_timeout,
+            max_retries: settings.max_retries,
+            extra_env: settings.extra_env,
+            stats,
+        }
     }
 
     fn command(&self, job: &Job, system_file: Option<&PathBuf>) -> Command {
@@ -66,7 +85,9 @@ impl ClaudeCli {
         cmd.env_remove("CLAUDECODE")
             .env("DISABLE_TELEMETRY", "1")
             .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
-            .env("DISABLE_AUTOUPDATER", "1");
+            .env("DISABLE_AUTOUPDATER", "1")
+            .env("CLAUDE_CODE_MAX_RETRIES", self.max_retries.to_string())
+            .envs(&self.extra_env);
         if let Some(max) = job.max_output_tokens {
             cmd.env("CLAUDE_CODE_MAX_OUTPUT_TOKENS", max.to_string());
         }

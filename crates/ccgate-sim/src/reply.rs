@@ -1,0 +1,253 @@
+//! Deciding what one request gets back (a reply, a failure or a hang) as a
+//! pure function of the request, its directives and the start-up config.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::config::SimConfig;
+use crate::directives::Parsed;
+use crate::error::ApiError;
+use crate::request::MessagesRequest;
+use crate::tokens;
+
+/// Every simulated text reply starts with this.
+pub const PREFIX: &str = "Simulated reply:";
+/// How many words of the prompt an echo reply repeats.
+pub const ECHO_WORDS: usize = 40;
+/// How much of a tool result a reply quotes.
+pub const TOOL_RESULT_CHARS: usize = 200;
+
+/// What the server will do with one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub model: String,
+    pub stream: bool,
+    pub input_tokens: u64,
+    pub timing: Timing,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Timing {
+    /// Before the first content delta.
+    pub first_token: Duration,
+    /// Between later content deltas.
+    pub between_chunks: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Fail(ApiError),
+    /// Start the reply and never finish it.
+    Hang,
+    Reply(Reply),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub content: ReplyContent,
+    pub stop_reason: StopReason,
+    pub output_tokens: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReplyContent {
+    Text(String),
+    ToolUse { id: String, name: String, input: Value },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    EndTurn,
+    MaxTokens,
+    ToolUse,
+}
+
+impl StopReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::EndTurn => "end_turn",
+            StopReason::MaxTokens => "max_tokens",
+            StopReason::ToolUse => "tool_use",
+        }
+    }
+}
+
+/// Plans the answer to `request`, whose prompt parsed to `parsed`.
+/// `first_fail_once` says whether this is the first request carrying its
+/// `[sim:fail_once=KEY]` key (the only fact that needs server memory).
+pub fn plan(request: &MessagesRequest, parsed: &Parsed, config: &SimConfig, first_fail_once: bool) -> Plan {
+    let directives = &parsed.directives;
+    let timing = Timing {
+        first_token: Duration::from_millis(directives.first_token_ms.unwrap_or(config.first_token_delay_ms)),
+        between_chunks: Duration::from_millis(directives.delay_ms.unwrap_or(config.default_delay_ms)),
+    };
+    let outcome = if let Some(code) = directives.status {
+        Outcome::Fail(ApiError::simulated(code))
+    } else if first_fail_once {
+        // retry-after 0 lets a retrying client come straight back.
+        Outcome::Fail(ApiError::simulated(529).with_retry_after(0))
+    } else if let Some(code) = config.fail_status {
+        Outcome::Fail(ApiError::simulated(code))
+    } else if directives.hang || config.hang {
+        Outcome::Hang
+    } else {
+        Outcome::Reply(reply(request, parsed))
+    };
+    Plan {
+        model: request.model.clone(),
+        stream: request.stream,
+        input_tokens: tokens::input(request),
+        timing,
+        outcome,
+    }
+}
+
+fn reply(request: &MessagesRequest, parsed: &Parsed) -> Reply {
+    if let Some(result) = request.pending_tool_result() {
+        let quoted: String = result.chars().take(TOOL_RESULT_CHARS).collect();
+        return text_reply(format!("{PREFIX} tool result: {quoted}"), request.max_tokens);
+    }
+    if let Some(tool) = &parsed.directives.tool {
+        let output_tokens =
+            tokens::for_chars(tool.name.chars().count() + tool.input.to_string().chars().count());
+        return Reply {
+            content: ReplyContent::ToolUse {
+                // Each turn adds messages, so the count is unique within a conversation
+                // and keeps the reply a function of the request alone.
+                id: format!("toolu_sim_{}", request.messages.len()),
+                name: tool.name.clone(),
+                input: tool.input.clone(),
+            },
+            stop_reason: StopReason::ToolUse,
+            output_tokens: output_tokens.max(1),
+        };
+    }
+    let words: Vec<String> = match parsed.directives.words {
+        Some(n) => (1..=n).map(|i| format!("w{i}")).collect(),
+        None => parsed.text.split_whitespace().take(ECHO_WORDS).map(str::to_owned).collect(),
+    };
+    let text = if words.is_empty() { PREFIX.to_owned() } else { format!("{PREFIX} {}", words.join(" ")) };
+    text_reply(text, request.max_tokens)
+}
+
+/// A text reply cut to `max_tokens` when it would be longer.
+fn text_reply(text: String, max_tokens: Option<u64>) -> Reply {
+    let tokens = tokens::for_text(&text);
+    match max_tokens {
+        Some(max) if tokens > max => {
+            let keep = usize::try_from(max.saturating_mul(4)).unwrap_or(usize::MAX);
+            let text: String = text.chars().take(keep).collect();
+            Reply {
+                output_tokens: tokens::for_text(&text),
+                content: ReplyContent::Text(text),
+                stop_reason: StopReason::MaxTokens,
+            }
+        }
+        _ => Reply {
+            content: ReplyContent::Text(text),
+            stop_reason: StopReason::EndTurn,
+            output_tokens: tokens,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::directives;
+    use serde_json::json;
+
+    fn plan_for(body: Value, config: &SimConfig) -> Plan {
+        let request: MessagesRequest = serde_json::from_value(body).unwrap();
+        let parsed = directives::parse(&request.last_user_text()).unwrap();
+        plan(&request, &parsed, config, false)
+    }
+
+    fn user(text: &str) -> Value {
+        json!({"model": "claude-x", "max_tokens": 1000, "messages": [{"role": "user", "content": text}]})
+    }
+
+    fn text_of(plan: &Plan) -> (&str, StopReason, u64) {
+        match &plan.outcome {
+            Outcome::Reply(Reply { content: ReplyContent::Text(text), stop_reason, output_tokens }) => {
+                (text, *stop_reason, *output_tokens)
+            }
+            other => panic!("expected a text reply, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn echoes_the_prompt() {
+        let plan = plan_for(user("What is 2+2?"), &SimConfig::default());
+        assert_eq!(text_of(&plan), ("Simulated reply: What is 2+2?", StopReason::EndTurn, 8));
+        assert_eq!(plan.model, "claude-x");
+    }
+
+    #[test]
+    fn echo_stops_after_forty_words() {
+        let prompt: Vec<String> = (0..50).map(|i| format!("x{i}")).collect();
+        let plan = plan_for(user(&prompt.join(" ")), &SimConfig::default());
+        let (text, _, _) = text_of(&plan);
+        assert_eq!(text.split_whitespace().count(), 2 + ECHO_WORDS);
+        assert!(text.ends_with(" x39"));
+    }
+
+    #[test]
+    fn words_directive_sets_the_length() {
+        let plan = plan_for(user("[sim:words=5] ignored"), &SimConfig::default());
+        assert_eq!(text_of(&plan).0, "Simulated reply: w1 w2 w3 w4 w5");
+    }
+
+    #[test]
+    fn max_tokens_truncates() {
+        let mut body = user("[sim:words=100]");
+        body["max_tokens"] = json!(10);
+        let plan = plan_for(body, &SimConfig::default());
+        let (text, stop, tokens) = text_of(&plan);
+        assert_eq!((text.chars().count(), stop, tokens), (40, StopReason::MaxTokens, 10));
+    }
+
+    #[test]
+    fn directives_override_config() {
+        let config =
+            SimConfig { default_delay_ms: 7, first_token_delay_ms: 9, fail_status: Some(500), hang: false };
+        let failing = plan_for(user("hi"), &config);
+        assert_eq!(failing.outcome, Outcome::Fail(ApiError::simulated(500)));
+        assert_eq!(failing.timing.between_chunks, Duration::from_millis(7));
+        let plan = plan_for(user("[sim:status=429][sim:delay_ms=1][sim:first_token_ms=2]"), &config);
+        assert_eq!(plan.outcome, Outcome::Fail(ApiError::simulated(429)));
+        assert_eq!(
+            plan.timing,
+            Timing { first_token: Duration::from_millis(2), between_chunks: Duration::from_millis(1) }
+        );
+    }
+
+    #[test]
+    fn tool_directive_then_tool_result() {
+        let first = plan_for(user(r#"[sim:tool=Read {"file_path":"/a"}] read it"#), &SimConfig::default());
+        let Outcome::Reply(reply) = &first.outcome else {
+            panic!("expected a reply, got {:?}", first.outcome)
+        };
+        assert_eq!(reply.stop_reason, StopReason::ToolUse);
+        assert_eq!(
+            reply.content,
+            ReplyContent::ToolUse {
+                id: "toolu_sim_1".into(),
+                name: "Read".into(),
+                input: json!({"file_path": "/a"})
+            }
+        );
+        let second = plan_for(
+            json!({"model": "m", "messages": [
+                {"role": "user", "content": r#"[sim:tool=Read {"file_path":"/a"}] read it"#},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_sim_1", "name": "Read", "input": {}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_sim_1", "content": "1\thello"}]}
+            ]}),
+            &SimConfig::default(),
+        );
+        assert_eq!(text_of(&second).0, "Simulated reply: tool result: 1\thello");
+        assert_eq!(text_of(&second).1, StopReason::EndTurn);
+    }
+}

@@ -1,0 +1,228 @@
+//! The incoming side of the Messages API: request types and the text the
+//! simulator reads out of them.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Text blocks the CLI injects into user turns; they are not the user's prompt.
+const SYSTEM_REMINDER: &str = "<system-reminder>";
+
+/// A `POST /v1/messages` (or `/count_tokens`) body. Unknown fields are ignored,
+/// as the simulator only needs what shapes its reply and its token counts.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MessagesRequest {
+    pub model: String,
+    pub messages: Vec<Message>,
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
+    #[serde(default)]
+    pub stream: bool,
+    #[serde(default)]
+    pub system: Option<Content>,
+    #[serde(default)]
+    pub tools: Option<Vec<Value>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: Content,
+}
+
+/// Message content (and `system`): a bare string or a list of blocks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Blocks(Vec<Block>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Block {
+    Text {
+        text: String,
+    },
+    ToolUse {
+        name: String,
+        #[serde(default)]
+        input: Value,
+    },
+    ToolResult {
+        #[serde(default)]
+        content: Option<Content>,
+    },
+    Thinking {
+        #[serde(default)]
+        thinking: String,
+    },
+    /// Images, documents and anything newer: they carry no text to count or echo.
+    #[serde(other)]
+    Other,
+}
+
+impl Content {
+    /// Text of every text block, joined by newlines.
+    pub fn text(&self) -> String {
+        match self {
+            Content::Text(text) => text.clone(),
+            Content::Blocks(blocks) => joined(blocks.iter().filter_map(Block::as_text)),
+        }
+    }
+
+    fn blocks(&self) -> &[Block] {
+        match self {
+            Content::Text(_) => &[],
+            Content::Blocks(blocks) => blocks,
+        }
+    }
+
+    /// The user's own words: text blocks minus the CLI's system reminders.
+    fn prompt_text(&self) -> String {
+        let is_prompt = |text: &&str| !text.trim_start().starts_with(SYSTEM_REMINDER);
+        match self {
+            Content::Text(text) => joined(std::iter::once(text.as_str()).filter(is_prompt)),
+            Content::Blocks(blocks) => joined(blocks.iter().filter_map(Block::as_text).filter(is_prompt)),
+        }
+    }
+}
+
+impl Block {
+    fn as_text(&self) -> Option<&str> {
+        match self {
+            Block::Text { text } => Some(text),
+            _ => None,
+        }
+    }
+}
+
+impl MessagesRequest {
+    /// The prompt the reply answers: the text of the last user message,
+    /// without system reminders. A user turn that only returns tool results has
+    /// no such text, so the search goes back to the user turn that started the
+    /// exchange; its directives then keep applying to the whole agent run.
+    pub fn last_user_text(&self) -> String {
+        self.messages
+            .iter()
+            .rev()
+            .filter(|message| message.role == "user")
+            .map(|message| message.content.prompt_text())
+            .find(|text| !text.trim().is_empty())
+            .unwrap_or_default()
+    }
+
+    /// Text of the first `tool_result` block when the conversation ends with a
+    /// user turn returning tool results, i.e. when the model must now read them.
+    pub fn pending_tool_result(&self) -> Option<String> {
+        let last = self.messages.last().filter(|message| message.role == "user")?;
+        last.content.blocks().iter().find_map(|block| match block {
+            Block::ToolResult { content } => Some(content.as_ref().map(Content::text).unwrap_or_default()),
+            _ => None,
+        })
+    }
+
+    /// Number of characters of all text the model would read: system prompt,
+    /// every message block, and the JSON of the tool definitions.
+    pub fn text_chars(&self) -> usize {
+        let system = self.system.as_ref().map_or(0, content_chars);
+        let messages: usize = self.messages.iter().map(|m| content_chars(&m.content)).sum();
+        let tools = self.tools.as_ref().map_or(0, |tools| tools.iter().map(json_chars).sum());
+        system + messages + tools
+    }
+}
+
+fn content_chars(content: &Content) -> usize {
+    match content {
+        Content::Text(text) => text.chars().count(),
+        Content::Blocks(blocks) => blocks.iter().map(block_chars).sum(),
+    }
+}
+
+fn block_chars(block: &Block) -> usize {
+    match block {
+        Block::Text { text } => text.chars().count(),
+        Block::ToolUse { name, input } => name.chars().count() + json_chars(input),
+        Block::ToolResult { content } => content.as_ref().map_or(0, content_chars),
+        Block::Thinking { thinking } => thinking.chars().count(),
+        Block::Other => 0,
+    }
+}
+
+fn json_chars(value: &Value) -> usize {
+    value.to_string().chars().count()
+}
+
+fn joined<'a>(parts: impl Iterator<Item = &'a str>) -> String {
+    parts.collect::<Vec<_>>().join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn request(body: Value) -> MessagesRequest {
+        serde_json::from_value(body).unwrap()
+    }
+
+    #[test]
+    fn last_user_text_skips_system_reminders() {
+        let req = request(json!({
+            "model": "m",
+            "messages": [
+                {"role": "user", "content": "old question"},
+                {"role": "assistant", "content": "old answer"},
+                {"role": "user", "content": [
+                    {"type": "text", "text": "<system-reminder>\nbe nice\n</system-reminder>"},
+                    {"type": "text", "text": "What is 2+2?"}
+                ]}
+            ]
+        }));
+        assert_eq!(req.last_user_text(), "What is 2+2?");
+        assert_eq!(req.pending_tool_result(), None);
+    }
+
+    #[test]
+    fn tool_result_turn_falls_back_to_the_prompt() {
+        let req = request(json!({
+            "model": "m",
+            "messages": [
+                {"role": "user", "content": "[sim:tool=Read {}] read it"},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "Read", "input": {}}]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "t1", "content": [{"type": "text", "text": "file body"}]},
+                    {"type": "text", "text": "<system-reminder>x</system-reminder>"}
+                ]}
+            ]
+        }));
+        assert_eq!(req.last_user_text(), "[sim:tool=Read {}] read it");
+        assert_eq!(req.pending_tool_result().as_deref(), Some("file body"));
+    }
+
+    #[test]
+    fn text_chars_counts_system_messages_and_tools() {
+        let tools = json!([{"name": "t", "input_schema": {}}]);
+        let req = request(json!({
+            "model": "m",
+            "system": [{"type": "text", "text": "abcd"}],
+            "messages": [
+                {"role": "user", "content": [
+                    {"type": "text", "text": "héllo"},
+                    {"type": "image", "source": {"type": "base64", "data": "AAAA"}}
+                ]},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "x", "name": "ab", "input": {"k": 1}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "x", "content": "xyz"}]}
+            ],
+            "tools": tools
+        }));
+        let tools_len = tools[0].to_string().len();
+        // 4 system + 5 text + (2 + 7) tool_use + 3 tool_result + tools JSON
+        assert_eq!(req.text_chars(), 4 + 5 + 9 + 3 + tools_len);
+    }
+
+    #[test]
+    fn missing_model_or_messages_is_rejected() {
+        assert!(serde_json::from_value::<MessagesRequest>(json!({"messages": []})).is_err());
+        assert!(serde_json::from_value::<MessagesRequest>(json!({"model": "m"})).is_err());
+    }
+}
