@@ -327,11 +327,11 @@ macro_rules! impl_store {
                 to_ms: i64,
             ) -> $crate::store::StoreResult<Vec<$crate::store::ModelUsage>> {
                 let rows = sqlx::query(
-                    "SELECT COALESCE(model_used, model_requested, 'unknown') AS model, CAST(COUNT(*) AS BIGINT), \
+                    "SELECT model_used, CAST(COUNT(*) AS BIGINT), \
                      CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT), CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT), \
                      CAST(COALESCE(SUM(cost_micros), 0) AS BIGINT) FROM requests \
                      WHERE project_id = $1 AND created_at_ms >= $2 AND created_at_ms < $3 \
-                     AND status <> 'in_progress' GROUP BY 1 ORDER BY 1",
+                     AND status <> 'in_progress' AND model_used IS NOT NULL GROUP BY 1 ORDER BY 1",
                 )
                 .bind(project_id)
                 .bind(from_ms)

@@ -1,0 +1,276 @@
+//! Budgets that cannot be overspent: the store under concurrency on SQLite
+//! and PostgreSQL, the same through the gateway with the real CLI, two
+//! gateway processes on one database, and calendar roll-over.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ccgate::budget::{Budget, BudgetError, ReservationRequest};
+use ccgate::clock::ManualClock;
+use ccgate::money::Micros;
+use ccgate::store::{self, Completion, Limits, PeriodKind, Project, Store};
+use chrono::{DateTime, Utc};
+use common::{client, processes_with_marker, GatewayProcess, Options, TestApp, TestDb};
+use serde_json::{json, Value};
+
+fn at(text: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+}
+
+async fn project(store: &Arc<dyn Store>, id: &str, limits: Limits) {
+    store.create_project(&Project { id: id.into(), name: id.into(), limits, created_at_ms: 0, updated_at_ms: 0 }).await.unwrap();
+}
+
+fn reservation(id: String, project: &str, amount: i64) -> ReservationRequest {
+    ReservationRequest {
+        request_id: id,
+        project_id: project.into(),
+        key_id: None,
+        endpoint: "/test".into(),
+        model_requested: Some("haiku".into()),
+        model_used: Some("claude-haiku-4-5-20251001".into()),
+        amount: Micros(amount),
+    }
+}
+
+/// 64 concurrent reservations against a limit that fits exactly 5: exactly
+/// 5 succeed, and spent + reserved never passes the limit.
+async fn concurrent_reservations_never_overspend(url: &str) {
+    let store = store::connect(url).await.unwrap();
+    let limit = Micros(5 * 1_000);
+    project(&store, "tight", Limits { daily: Some(limit), weekly: None, monthly: Some(Micros(1_000_000)) }).await;
+    let budget = Budget::new(Arc::clone(&store), Arc::new(ccgate::clock::SystemClock), "test-instance".into(), Duration::from_secs(600));
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let budget = budget.clone();
+            tokio::spawn(async move { budget.reserve(reservation(format!("r{i}"), "tight", 1_000)).await })
+        })
+        .collect();
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(r) => held.push(r),
+            Err(BudgetError::Exhausted { period, .. }) => {
+                assert_eq!(period, "daily");
+                refused += 1;
+            }
+            Err(other) => panic!("unexpected error: {other}"),
+        }
+    }
+    assert_eq!(held.len(), 5);
+    assert_eq!(refused, 59);
+    let usage = budget.usage("tight", PeriodKind::Day).await.unwrap();
+    assert_eq!((usage.spent, usage.reserved), (Micros(0), limit));
+
+    // Settle concurrently for less than reserved; each settles exactly once.
+    let settles: Vec<_> = held
+        .iter()
+        .cloned()
+        .map(|r| {
+            let budget = budget.clone();
+            tokio::spawn(async move {
+                let done = Completion { status: "succeeded".into(), cost: Micros(700), ..Completion::default() };
+                budget.settle(r, done).await.unwrap()
+            })
+        })
+        .collect();
+    for s in settles {
+        assert!(s.await.unwrap());
+    }
+    let again = Completion { status: "succeeded".into(), cost: Micros(700), ..Completion::default() };
+    assert!(!budget.settle(held[0].clone(), again).await.unwrap(), "a second settle changes nothing");
+    let usage = budget.usage("tight", PeriodKind::Day).await.unwrap();
+    assert_eq!((usage.spent, usage.reserved), (Micros(3_500), Micros(0)));
+    let month = budget.usage("tight", PeriodKind::Month).await.unwrap();
+    assert_eq!(month.spent, Micros(3_500));
+    let by_model = &usage.by_model;
+    assert_eq!(by_model.len(), 1);
+    assert_eq!((by_model[0].requests, by_model[0].cost), (5, Micros(3_500)));
+}
+
+#[tokio::test]
+async fn concurrent_reservations_never_overspend_on_sqlite() {
+    let db = TestDb::sqlite();
+    concurrent_reservations_never_overspend(&db.url).await;
+}
+
+#[tokio::test]
+async fn concurrent_reservations_never_overspend_on_postgres() {
+    let db = TestDb::postgres().await;
+    concurrent_reservations_never_overspend(&db.url).await;
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn periods_roll_over_on_utc_day_week_and_month_boundaries() {
+    let db = TestDb::sqlite();
+    let store = store::connect(&db.url).await.unwrap();
+    let usd = |n: i64| Micros(n * 1_000_000);
+    project(&store, "p", Limits { daily: Some(usd(1)), weekly: Some(usd(2)), monthly: Some(usd(3)) }).await;
+    let clock = ManualClock::new(at("2026-11-29T23:00:00Z")); // a Sunday
+    let budget = Budget::new(Arc::clone(&store), Arc::new(clock.clone()), "i".into(), Duration::from_secs(600));
+    let mut n = 0;
+    let mut spend = |budget: Budget| {
+        n += 1;
+        let id = format!("req{n}");
+        async move {
+            let r = budget.reserve(reservation(id, "p", 1_000_000)).await?;
+            let done = Completion { status: "succeeded".into(), cost: Micros(1_000_000), ..Completion::default() };
+            budget.settle(r, done).await?;
+            Ok::<(), BudgetError>(())
+        }
+    };
+    spend(budget.clone()).await.unwrap();
+    let refused = spend(budget.clone()).await.unwrap_err();
+    assert!(refused.to_string().contains("daily") && refused.to_string().contains("2026-11-30T00:00:00"), "{refused}");
+
+    clock.set(at("2026-11-30T00:00:00Z")); // Monday: new day and week, same month
+    spend(budget.clone()).await.unwrap();
+    let month = budget.usage("p", PeriodKind::Month).await.unwrap();
+    assert_eq!((month.period_start, month.spent), (at("2026-11-01T00:00:00Z"), usd(2)));
+    let week = budget.usage("p", PeriodKind::Week).await.unwrap();
+    assert_eq!((week.period_start, week.period_end, week.spent), (at("2026-11-30T00:00:00Z"), at("2026-12-07T00:00:00Z"), usd(1)));
+
+    clock.set(at("2026-12-01T00:00:00Z")); // new day and month, same week
+    spend(budget.clone()).await.unwrap();
+    let month = budget.usage("p", PeriodKind::Month).await.unwrap();
+    assert_eq!((month.period_start, month.spent), (at("2026-12-01T00:00:00Z"), usd(1)));
+    let week = budget.usage("p", PeriodKind::Week).await.unwrap();
+    assert_eq!(week.spent, usd(2), "the week spans November and December");
+
+    clock.set(at("2026-12-02T09:00:00Z")); // new day, but the week is spent
+    let refused = spend(budget.clone()).await.unwrap_err();
+    assert!(refused.to_string().contains("weekly") && refused.to_string().contains("2026-12-07T00:00:00"), "{refused}");
+    let day = budget.usage("p", PeriodKind::Day).await.unwrap();
+    assert_eq!((day.spent, day.reserved, day.remaining()), (usd(0), usd(0), Some(usd(1))));
+}
+
+/// Learns what one request of this shape reserves, from its ledger row.
+async fn reservation_for(app: &TestApp, body: &Value) -> Micros {
+    let response = client()
+        .post(format!("{}/v1/chat/completions", app.url))
+        .header("x-request-id", "probe")
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    app.wait_settled("default").await;
+    app.state.budget.store().ledger_row("probe").await.unwrap().expect("probe row").reserved
+}
+
+/// A budget that fits exactly N requests, hit by 20×N at once.
+async fn gateway_admits_exactly_what_the_budget_fits(db: &TestDb) {
+    const N: usize = 3;
+    let opts = Options { pool_size: N, queue_limit: 20 * N, ..Options::default() };
+    let app = TestApp::spawn(db, opts).await;
+    // Runs take 1.5 s, so every reservation below is tried while the
+    // admitted ones are still in flight.
+    let mut body = json!({"model": "haiku", "max_tokens": 200,
+        "messages": [{"role": "user", "content": "budget test [sim:first_token_ms=1500]"}]});
+    let each = reservation_for(&app, &body).await;
+    let limit_usd = Micros(each.0 * N as i64).as_usd();
+    app.create_project("exact", Some(limit_usd)).await;
+    body["project_id"] = json!("exact");
+    let requests = (0..20 * N).map(|_| app.chat(body.clone()));
+    let responses = futures::future::join_all(requests).await;
+    let mut ok = 0;
+    for r in responses {
+        match r.status().as_u16() {
+            200 => ok += 1,
+            429 => {
+                let error: Value = r.json().await.unwrap();
+                assert_eq!(error["error"]["type"], "insufficient_quota", "{error}");
+                let message = error["error"]["message"].as_str().unwrap();
+                assert!(message.contains("exact") && message.contains("daily") && message.contains("resets"), "{message}");
+            }
+            other => panic!("unexpected status {other}: {}", r.text().await.unwrap_or_default()),
+        }
+    }
+    assert_eq!(ok, N, "exactly the requests the budget fits run");
+    let usage = app.wait_settled("exact").await;
+    assert!(usage["spent_usd"].as_f64().unwrap() <= limit_usd);
+    assert!(usage["spent_usd"].as_f64().unwrap() > 0.0);
+    assert_eq!(usage["limit_usd"].as_f64(), Some(limit_usd));
+    assert_eq!(usage["by_model"][0]["requests"], json!(N), "usage counts the requests that ran");
+    let rows = app.state.budget.store().ledger("exact", 1000).await.unwrap();
+    assert_eq!(rows.len(), 20 * N, "refused requests are in the ledger too");
+    assert_eq!(rows.iter().filter(|r| r.status == "budget_exceeded").count(), 19 * N);
+    assert_eq!(app.sim.sim.request_count(), N + 1, "refused requests never reached a worker");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn gateway_admits_exactly_what_the_budget_fits_on_sqlite() {
+    gateway_admits_exactly_what_the_budget_fits(&TestDb::sqlite()).await;
+}
+
+#[tokio::test]
+async fn gateway_admits_exactly_what_the_budget_fits_on_postgres() {
+    let db = TestDb::postgres().await;
+    gateway_admits_exactly_what_the_budget_fits(&db).await;
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn two_gateway_processes_share_one_postgres_budget_exactly() {
+    const N: usize = 4;
+    let db = TestDb::postgres().await;
+    let sim = ccgate_sim::spawn(Default::default()).await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let marker = uuid::Uuid::new_v4().simple().to_string();
+    let env = [("CCGATE_POOL_SIZE", "4"), ("CCGATE_QUEUE_LIMIT", "100")];
+    let a = GatewayProcess::start(&db.url, &sim, &marker, work.path(), &env);
+    let b = GatewayProcess::start(&db.url, &sim, &marker, work.path(), &env);
+    let body = json!({"model": "haiku", "max_tokens": 100, "project_id": "shared",
+        "messages": [{"role": "user", "content": "shared budget [sim:first_token_ms=2000]"}]});
+    // The reservation is a pure function of the request and the price
+    // table; an unlimited probe project learns it.
+    let probe = json!({"id": "probe", "name": "probe"});
+    assert_eq!(client().post(format!("{}/admin/projects", a.url)).json(&probe).send().await.unwrap().status(), 201);
+    let mut probe_body = body.clone();
+    probe_body["project_id"] = json!("probe");
+    let r = client().post(format!("{}/v1/chat/completions", a.url)).header("x-request-id", "probe-1").json(&probe_body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let store = store::connect(&db.url).await.unwrap();
+    let mut reserved = Micros(0);
+    for _ in 0..100 {
+        if let Some(row) = store.ledger_row("probe-1").await.unwrap() {
+            if row.status != "in_progress" {
+                reserved = row.reserved;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reserved > Micros(0));
+    let limit = Micros(reserved.0 * N as i64);
+    let create = json!({"id": "shared", "name": "shared", "budget": {"daily_usd": limit.as_usd()}});
+    assert_eq!(client().post(format!("{}/admin/projects", b.url)).json(&create).send().await.unwrap().status(), 201);
+
+    let requests = (0..20 * N).map(|i| {
+        let url = if i % 2 == 0 { &a.url } else { &b.url };
+        client().post(format!("{url}/v1/chat/completions")).json(&body).send()
+    });
+    let statuses: Vec<u16> = futures::future::join_all(requests).await.into_iter().map(|r| r.unwrap().status().as_u16()).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), N, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 19 * N, "{statuses:?}");
+
+    let day_start = ccgate::budget::period::bounds(PeriodKind::Day, Utc::now()).0.timestamp();
+    let mut totals = store.period_totals("shared", PeriodKind::Day, day_start).await.unwrap();
+    for _ in 0..100 {
+        if totals.reserved == Micros(0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        totals = store.period_totals("shared", PeriodKind::Day, day_start).await.unwrap();
+    }
+    assert_eq!(totals.reserved, Micros(0));
+    assert!(totals.spent <= limit && totals.spent > Micros(0));
+    drop((a, b));
+    assert!(common::wait_for(Duration::from_secs(10), || processes_with_marker(&marker).is_empty().then_some(()).ok_or(())).await.is_ok());
+    db.cleanup().await;
+}

@@ -1,0 +1,106 @@
+//! The gateway as a real process: a graceful stop lets in-flight work
+//! finish, and after `kill -9` no worker survives and a restart releases
+//! what the dead process had reserved, with the ledger and totals agreeing.
+
+mod common;
+
+use std::time::Duration;
+
+use ccgate::money::Micros;
+use ccgate::store::{self, PeriodKind};
+use chrono::Utc;
+use common::{chat_body, client, processes_with_marker, wait_for, GatewayProcess, TestDb};
+use serde_json::Value;
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_finish_then_exits_cleanly() {
+    let db = TestDb::sqlite();
+    let sim = ccgate_sim::spawn(Default::default()).await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let marker = uuid::Uuid::new_v4().simple().to_string();
+    let mut gateway = GatewayProcess::start(&db.url, &sim, &marker, work.path(), &[]);
+    let url = format!("{}/v1/chat/completions", gateway.url);
+    let in_flight = tokio::spawn(async move {
+        client().post(url).json(&chat_body("haiku", "finish me [sim:first_token_ms=1500]")).send().await
+    });
+    wait_for(Duration::from_secs(10), || (!processes_with_marker(&marker).is_empty()).then_some(()).ok_or(()))
+        .await
+        .expect("the request reached a worker");
+    let status = tokio::task::spawn_blocking(move || gateway.terminate()).await.unwrap();
+    assert!(status.success(), "the gateway exits 0 after SIGTERM: {status:?}");
+    let response = in_flight.await.unwrap().expect("the in-flight request got its answer");
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["choices"][0]["message"]["content"].as_str().unwrap().starts_with("Simulated reply:"));
+    assert!(processes_with_marker(&marker).is_empty());
+    let store = store::connect(&db.url).await.unwrap();
+    let rows = store.ledger("default", 10).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, "succeeded", "settled before the process exited");
+}
+
+#[tokio::test]
+async fn kill_9_leaves_no_worker_and_a_restart_releases_its_reservations() {
+    let db = TestDb::sqlite();
+    let sim = ccgate_sim::spawn(Default::default()).await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let marker = uuid::Uuid::new_v4().simple().to_string();
+    let mut gateway = GatewayProcess::start(&db.url, &sim, &marker, work.path(), &[]);
+    // One request completes, three are in flight when the gateway dies.
+    let done = client()
+        .post(format!("{}/v1/chat/completions", gateway.url))
+        .json(&chat_body("haiku", "quick one"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 200);
+    let url = format!("{}/v1/chat/completions", gateway.url);
+    let pending: Vec<_> = (0..3)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { client().post(url).json(&chat_body("haiku", "slow [sim:first_token_ms=30000]")).send().await })
+        })
+        .collect();
+    let store = store::connect(&db.url).await.unwrap();
+    let day = ccgate::budget::period::bounds(PeriodKind::Day, Utc::now()).0.timestamp();
+    let mut reserved = Micros(0);
+    for _ in 0..200 {
+        reserved = store.period_totals("default", PeriodKind::Day, day).await.unwrap().reserved;
+        if reserved > Micros(0) && processes_with_marker(&marker).len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reserved > Micros(0), "requests hold reservations");
+
+    gateway.kill9();
+    for p in pending {
+        assert!(p.await.unwrap().is_err(), "the connection died with the gateway");
+    }
+    let left = wait_for(Duration::from_secs(10), || {
+        let left = processes_with_marker(&marker);
+        left.is_empty().then_some(()).ok_or(left)
+    })
+    .await;
+    assert_eq!(left, Ok(()), "no claude process outlives a killed gateway");
+
+    let restarted = GatewayProcess::start(&db.url, &sim, &marker, work.path(), &[]);
+    let usage: Value = client()
+        .get(format!("{}/v1/usage?project_id=default&period=day", restarted.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(usage["reserved_usd"].as_f64(), Some(0.0), "released at start-up: {usage}");
+
+    let rows = store.ledger("default", 100).await.unwrap();
+    assert_eq!(rows.len(), 4, "every request has exactly one row");
+    assert_eq!(rows.iter().filter(|r| r.status == "interrupted").count(), 3);
+    assert_eq!(rows.iter().filter(|r| r.status == "succeeded").count(), 1);
+    let ledger_total: i64 = rows.iter().map(|r| r.cost.0).sum();
+    let totals = store.period_totals("default", PeriodKind::Day, day).await.unwrap();
+    assert_eq!(totals.spent, Micros(ledger_total), "period totals match the ledger");
+    assert_eq!(totals.reserved, Micros(0));
+}
