@@ -61,7 +61,13 @@ impl AppState {
         let ttl = Duration::from_secs(settings.request_timeout_secs * 2 + 60);
         let budget = Budget::new(store, clock, instance_id, ttl);
         let pool = Arc::new(WorkerPool::new(worker, settings.pool_size, settings.queue_limit, stats));
-        AppState { settings: Arc::new(settings), prices: Arc::new(prices), budget, pool, tasks: TaskTracker::new() }
+        AppState {
+            settings: Arc::new(settings),
+            prices: Arc::new(prices),
+            budget,
+            pool,
+            tasks: TaskTracker::new(),
+        }
     }
 
     pub fn system_clock() -> Arc<dyn Clock> {

@@ -109,24 +109,24 @@ impl Settings {
         env: impl IntoIterator<Item = (String, String)>,
         overrides: Vec<(&'static str, toml::Value)>,
     ) -> Result<Settings, ConfigError> {
-        let mut table = toml::Table::try_from(Settings::default()).map_err(|e| ConfigError::Invalid {
-            name: "defaults".into(),
-            message: e.to_string(),
-        })?;
+        let mut table = toml::Table::try_from(Settings::default())
+            .map_err(|e| ConfigError::Invalid { name: "defaults".into(), message: e.to_string() })?;
         let known: Vec<String> = known_settings();
 
         if let Some(path) = file {
             let path_text = path.display().to_string();
             let text = std::fs::read_to_string(path)
                 .map_err(|source| ConfigError::Read { path: path_text.clone(), source })?;
-            let from_file: toml::Table =
-                text.parse().map_err(|e: toml::de::Error| ConfigError::File {
-                    path: path_text.clone(),
-                    message: e.message().to_string(),
-                })?;
+            let from_file: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::File {
+                path: path_text.clone(),
+                message: e.message().to_string(),
+            })?;
             for (key, value) in from_file {
                 if !known.contains(&key) {
-                    return Err(ConfigError::File { path: path_text, message: format!("unknown setting {key}") });
+                    return Err(ConfigError::File {
+                        path: path_text,
+                        message: format!("unknown setting {key}"),
+                    });
                 }
                 table.insert(key, value);
             }
@@ -142,8 +142,10 @@ impl Settings {
             if !known.contains(&key) {
                 return Err(ConfigError::UnknownEnv { name: var });
             }
-            let value = env_value(table.get(&key), &raw)
-                .ok_or_else(|| ConfigError::Invalid { name: var.clone(), message: format!("cannot parse {raw:?}") })?;
+            let value = env_value(table.get(&key), &raw).ok_or_else(|| ConfigError::Invalid {
+                name: var.clone(),
+                message: format!("cannot parse {raw:?}"),
+            })?;
             table.insert(key, value);
         }
 
@@ -174,7 +176,8 @@ impl Settings {
         if self.instance_ttl_secs < 3 {
             return invalid("instance_ttl_secs", "must be at least 3");
         }
-        if !(self.database_url.starts_with("sqlite:") || self.database_url.starts_with("postgres://")
+        if !(self.database_url.starts_with("sqlite:")
+            || self.database_url.starts_with("postgres://")
             || self.database_url.starts_with("postgresql://"))
         {
             return invalid("database_url", "must start with sqlite: or postgres://");
@@ -189,9 +192,8 @@ impl Settings {
 /// The names of every top-level setting, taken from the struct itself so the
 /// list cannot drift from it.
 fn known_settings() -> Vec<String> {
-    let mut names: Vec<String> = toml::Table::try_from(Settings::default())
-        .map(|t| t.keys().cloned().collect())
-        .unwrap_or_default();
+    let mut names: Vec<String> =
+        toml::Table::try_from(Settings::default()).map(|t| t.keys().cloned().collect()).unwrap_or_default();
     // Optional settings are absent from the serialized defaults.
     names.extend(["admin_key", "prices_file"].map(String::from));
     names
@@ -210,11 +212,7 @@ fn env_value(default: Option<&toml::Value>, raw: &str) -> Option<toml::Value> {
 fn setting_named_in(error: &toml::de::Error) -> String {
     // toml names the offending key in its message ("… for key `pool_size`").
     let message = error.to_string();
-    message
-        .split('`')
-        .nth(1)
-        .map(str::to_string)
-        .unwrap_or_else(|| "settings".to_string())
+    message.split('`').nth(1).map(str::to_string).unwrap_or_else(|| "settings".to_string())
 }
 
 #[cfg(test)]

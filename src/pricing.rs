@@ -104,10 +104,8 @@ impl PriceTable {
     }
 
     pub fn load(path: &Path) -> Result<PriceTable, PriceError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PriceError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| PriceError::Read { path: path.display().to_string(), source })?;
         PriceTable::parse(&text)
     }
 
@@ -147,9 +145,7 @@ impl PriceTable {
     /// Finds a model by id or alias. Matching is exact (aliases are
     /// lower-case), so `Sonnet` is not silently taken for `sonnet`.
     pub fn resolve(&self, name: &str) -> Option<&Model> {
-        self.models
-            .iter()
-            .find(|m| m.id == name || m.aliases.iter().any(|a| a == name))
+        self.models.iter().find(|m| m.id == name || m.aliases.iter().any(|a| a == name))
     }
 
     /// Finds the model a CLI reported by id, tolerating the CLI's habit of
@@ -197,13 +193,20 @@ mod tests {
         let table = PriceTable::builtin();
         let haiku = table.resolve("haiku").cloned();
         let Some(haiku) = haiku else { panic!("haiku missing") };
-        let usage = TokenUsage { cache_read_tokens: 1_000_000, cache_write_tokens: 1_000_000, ..TokenUsage::default() };
+        let usage = TokenUsage {
+            cache_read_tokens: 1_000_000,
+            cache_write_tokens: 1_000_000,
+            ..TokenUsage::default()
+        };
         assert_eq!(haiku.cost(&usage), Micros(100_000 + 1_250_000));
     }
 
     #[test]
     fn rejects_bad_tables() {
-        assert!(PriceTable::parse("effective_date = \"x\"\ncache_read_factor = 0.1\ncache_write_factor = 1.0\nmodels = []").is_err());
+        assert!(PriceTable::parse(
+            "effective_date = \"x\"\ncache_read_factor = 0.1\ncache_write_factor = 1.0\nmodels = []"
+        )
+        .is_err());
         assert!(PriceTable::parse("nonsense = 1").is_err());
     }
 }

@@ -52,7 +52,10 @@ pub async fn run(
     let grace_stop = stopping.clone();
     tokio::spawn(async move {
         grace_stop.cancelled().await;
-        tracing::info!(grace_secs = grace.as_secs(), "stopping: no new connections; in-flight requests may finish");
+        tracing::info!(
+            grace_secs = grace.as_secs(),
+            "stopping: no new connections; in-flight requests may finish"
+        );
         tokio::time::sleep(grace).await;
         pool.kill_all();
     });
@@ -100,9 +103,13 @@ fn warn_about_setup(state: &AppState, listener: &TcpListener) {
     tracing::info!(%addr, pool_size = settings.pool_size, queue_limit = settings.queue_limit, "ccgate listening");
     if settings.admin_key.is_none() {
         if settings.listen.ip().is_loopback() {
-            tracing::warn!("no admin key is set: /admin is open to anyone who can reach this loopback address");
+            tracing::warn!(
+                "no admin key is set: /admin is open to anyone who can reach this loopback address"
+            );
         } else {
-            tracing::warn!("no admin key is set: /admin is disabled because the gateway listens beyond loopback");
+            tracing::warn!(
+                "no admin key is set: /admin is disabled because the gateway listens beyond loopback"
+            );
         }
     }
     let bin = resolve_bin(&settings.claude_bin);

@@ -20,7 +20,16 @@ fn at(text: &str) -> DateTime<Utc> {
 }
 
 async fn project(store: &Arc<dyn Store>, id: &str, limits: Limits) {
-    store.create_project(&Project { id: id.into(), name: id.into(), limits, created_at_ms: 0, updated_at_ms: 0 }).await.unwrap();
+    store
+        .create_project(&Project {
+            id: id.into(),
+            name: id.into(),
+            limits,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        })
+        .await
+        .unwrap();
 }
 
 fn reservation(id: String, project: &str, amount: i64) -> ReservationRequest {
@@ -40,8 +49,14 @@ fn reservation(id: String, project: &str, amount: i64) -> ReservationRequest {
 async fn concurrent_reservations_never_overspend(url: &str) {
     let store = store::connect(url).await.unwrap();
     let limit = Micros(5 * 1_000);
-    project(&store, "tight", Limits { daily: Some(limit), weekly: None, monthly: Some(Micros(1_000_000)) }).await;
-    let budget = Budget::new(Arc::clone(&store), Arc::new(ccgate::clock::SystemClock), "test-instance".into(), Duration::from_secs(600));
+    project(&store, "tight", Limits { daily: Some(limit), weekly: None, monthly: Some(Micros(1_000_000)) })
+        .await;
+    let budget = Budget::new(
+        Arc::clone(&store),
+        Arc::new(ccgate::clock::SystemClock),
+        "test-instance".into(),
+        Duration::from_secs(600),
+    );
     let tasks: Vec<_> = (0..64)
         .map(|i| {
             let budget = budget.clone();
@@ -72,7 +87,8 @@ async fn concurrent_reservations_never_overspend(url: &str) {
         .map(|r| {
             let budget = budget.clone();
             tokio::spawn(async move {
-                let done = Completion { status: "succeeded".into(), cost: Micros(700), ..Completion::default() };
+                let done =
+                    Completion { status: "succeeded".into(), cost: Micros(700), ..Completion::default() };
                 budget.settle(r, done).await.unwrap()
             })
         })
@@ -111,28 +127,36 @@ async fn periods_roll_over_on_utc_day_week_and_month_boundaries() {
     let usd = |n: i64| Micros(n * 1_000_000);
     project(&store, "p", Limits { daily: Some(usd(1)), weekly: Some(usd(2)), monthly: Some(usd(3)) }).await;
     let clock = ManualClock::new(at("2026-11-29T23:00:00Z")); // a Sunday
-    let budget = Budget::new(Arc::clone(&store), Arc::new(clock.clone()), "i".into(), Duration::from_secs(600));
+    let budget =
+        Budget::new(Arc::clone(&store), Arc::new(clock.clone()), "i".into(), Duration::from_secs(600));
     let mut n = 0;
     let mut spend = |budget: Budget| {
         n += 1;
         let id = format!("req{n}");
         async move {
             let r = budget.reserve(reservation(id, "p", 1_000_000)).await?;
-            let done = Completion { status: "succeeded".into(), cost: Micros(1_000_000), ..Completion::default() };
+            let done =
+                Completion { status: "succeeded".into(), cost: Micros(1_000_000), ..Completion::default() };
             budget.settle(r, done).await?;
             Ok::<(), BudgetError>(())
         }
     };
     spend(budget.clone()).await.unwrap();
     let refused = spend(budget.clone()).await.unwrap_err();
-    assert!(refused.to_string().contains("daily") && refused.to_string().contains("2026-11-30T00:00:00"), "{refused}");
+    assert!(
+        refused.to_string().contains("daily") && refused.to_string().contains("2026-11-30T00:00:00"),
+        "{refused}"
+    );
 
     clock.set(at("2026-11-30T00:00:00Z")); // Monday: new day and week, same month
     spend(budget.clone()).await.unwrap();
     let month = budget.usage("p", PeriodKind::Month).await.unwrap();
     assert_eq!((month.period_start, month.spent), (at("2026-11-01T00:00:00Z"), usd(2)));
     let week = budget.usage("p", PeriodKind::Week).await.unwrap();
-    assert_eq!((week.period_start, week.period_end, week.spent), (at("2026-11-30T00:00:00Z"), at("2026-12-07T00:00:00Z"), usd(1)));
+    assert_eq!(
+        (week.period_start, week.period_end, week.spent),
+        (at("2026-11-30T00:00:00Z"), at("2026-12-07T00:00:00Z"), usd(1))
+    );
 
     clock.set(at("2026-12-01T00:00:00Z")); // new day and month, same week
     spend(budget.clone()).await.unwrap();
@@ -143,7 +167,10 @@ async fn periods_roll_over_on_utc_day_week_and_month_boundaries() {
 
     clock.set(at("2026-12-02T09:00:00Z")); // new day, but the week is spent
     let refused = spend(budget.clone()).await.unwrap_err();
-    assert!(refused.to_string().contains("weekly") && refused.to_string().contains("2026-12-07T00:00:00"), "{refused}");
+    assert!(
+        refused.to_string().contains("weekly") && refused.to_string().contains("2026-12-07T00:00:00"),
+        "{refused}"
+    );
     let day = budget.usage("p", PeriodKind::Day).await.unwrap();
     assert_eq!((day.spent, day.reserved, day.remaining()), (usd(0), usd(0), Some(usd(1))));
 }
@@ -185,7 +212,10 @@ async fn gateway_admits_exactly_what_the_budget_fits(db: &TestDb) {
                 let error: Value = r.json().await.unwrap();
                 assert_eq!(error["error"]["type"], "insufficient_quota", "{error}");
                 let message = error["error"]["message"].as_str().unwrap();
-                assert!(message.contains("exact") && message.contains("daily") && message.contains("resets"), "{message}");
+                assert!(
+                    message.contains("exact") && message.contains("daily") && message.contains("resets"),
+                    "{message}"
+                );
             }
             other => panic!("unexpected status {other}: {}", r.text().await.unwrap_or_default()),
         }
@@ -230,10 +260,19 @@ async fn two_gateway_processes_share_one_postgres_budget_exactly() {
     // The reservation is a pure function of the request and the price
     // table; an unlimited probe project learns it.
     let probe = json!({"id": "probe", "name": "probe"});
-    assert_eq!(client().post(format!("{}/admin/projects", a.url)).json(&probe).send().await.unwrap().status(), 201);
+    assert_eq!(
+        client().post(format!("{}/admin/projects", a.url)).json(&probe).send().await.unwrap().status(),
+        201
+    );
     let mut probe_body = body.clone();
     probe_body["project_id"] = json!("probe");
-    let r = client().post(format!("{}/v1/chat/completions", a.url)).header("x-request-id", "probe-1").json(&probe_body).send().await.unwrap();
+    let r = client()
+        .post(format!("{}/v1/chat/completions", a.url))
+        .header("x-request-id", "probe-1")
+        .json(&probe_body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let store = store::connect(&db.url).await.unwrap();
     let mut reserved = Micros(0);
@@ -249,13 +288,17 @@ async fn two_gateway_processes_share_one_postgres_budget_exactly() {
     assert!(reserved > Micros(0));
     let limit = Micros(reserved.0 * N as i64);
     let create = json!({"id": "shared", "name": "shared", "budget": {"daily_usd": limit.as_usd()}});
-    assert_eq!(client().post(format!("{}/admin/projects", b.url)).json(&create).send().await.unwrap().status(), 201);
+    assert_eq!(
+        client().post(format!("{}/admin/projects", b.url)).json(&create).send().await.unwrap().status(),
+        201
+    );
 
     let requests = (0..20 * N).map(|i| {
         let url = if i % 2 == 0 { &a.url } else { &b.url };
         client().post(format!("{url}/v1/chat/completions")).json(&body).send()
     });
-    let statuses: Vec<u16> = futures::future::join_all(requests).await.into_iter().map(|r| r.unwrap().status().as_u16()).collect();
+    let statuses: Vec<u16> =
+        futures::future::join_all(requests).await.into_iter().map(|r| r.unwrap().status().as_u16()).collect();
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), N, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 19 * N, "{statuses:?}");
 
@@ -271,6 +314,11 @@ async fn two_gateway_processes_share_one_postgres_budget_exactly() {
     assert_eq!(totals.reserved, Micros(0));
     assert!(totals.spent <= limit && totals.spent > Micros(0));
     drop((a, b));
-    assert!(common::wait_for(Duration::from_secs(10), || processes_with_marker(&marker).is_empty().then_some(()).ok_or(())).await.is_ok());
+    assert!(common::wait_for(Duration::from_secs(10), || processes_with_marker(&marker)
+        .is_empty()
+        .then_some(())
+        .ok_or(()))
+    .await
+    .is_ok());
     db.cleanup().await;
 }

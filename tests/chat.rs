@@ -90,16 +90,22 @@ async fn streaming_sends_chunks_while_the_model_is_still_writing() {
     assert_eq!(chunks[0].1["choices"][0]["delta"]["role"], "assistant");
     let texts: Vec<(Instant, &str)> = chunks
         .iter()
-        .filter_map(|(t, c)| c["choices"][0]["delta"]["content"].as_str().filter(|s| !s.is_empty()).map(|s| (*t, s)))
+        .filter_map(|(t, c)| {
+            c["choices"][0]["delta"]["content"].as_str().filter(|s| !s.is_empty()).map(|s| (*t, s))
+        })
         .collect();
     let joined: String = texts.iter().map(|(_, s)| *s).collect();
-    assert_eq!(joined, "Simulated reply: w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 w12", "text arrives once, in order");
+    assert_eq!(
+        joined, "Simulated reply: w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 w12",
+        "text arrives once, in order"
+    );
     // The sim waits 250 ms between its 3-word chunks: the first text must
     // reach the client long before the last.
     assert!(texts.len() >= 4, "{texts:?}");
     let spread = texts.last().unwrap().0 - texts[0].0;
     assert!(spread >= Duration::from_millis(600), "chunks were not streamed: spread {spread:?}");
-    let finish = chunks.iter().find(|(_, c)| c["choices"][0]["finish_reason"] == "stop").expect("finish chunk");
+    let finish =
+        chunks.iter().find(|(_, c)| c["choices"][0]["finish_reason"] == "stop").expect("finish chunk");
     assert!(finish.1["x_ccgate"]["cost_usd"].as_f64().unwrap() > 0.0);
     let usage_chunk = chunks.last().unwrap();
     assert_eq!(usage_chunk.1["choices"].as_array().map(Vec::len), Some(0));
@@ -115,7 +121,13 @@ async fn bad_input_gets_openai_errors_and_the_gateway_keeps_serving() {
     let raw = |body: &'static str| {
         let url = url.clone();
         async move {
-            let r = client().post(url).header("content-type", "application/json").body(body).send().await.unwrap();
+            let r = client()
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
             let status = r.status().as_u16();
             (status, r.json::<Value>().await.unwrap())
         }
@@ -130,7 +142,11 @@ async fn bad_input_gets_openai_errors_and_the_gateway_keeps_serving() {
         (r#"{"model":"haiku","messages":[{"role":"robot","content":"hi"}]}"#, 400, json!("messages[0].role")),
         (r#"{"model":"haiku","messages":[{"role":"user","content":5}]}"#, 400, json!("messages[0].content")),
         (r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#, 404, json!("model")),
-        (r#"{"model":"haiku","max_tokens":999999,"messages":[{"role":"user","content":"hi"}]}"#, 400, json!("max_tokens")),
+        (
+            r#"{"model":"haiku","max_tokens":999999,"messages":[{"role":"user","content":"hi"}]}"#,
+            400,
+            json!("max_tokens"),
+        ),
     ];
     for (body, status, param) in cases {
         let (got, error) = raw(body).await;
@@ -145,9 +161,11 @@ async fn bad_input_gets_openai_errors_and_the_gateway_keeps_serving() {
                        "messages": [{"role": "user", "content": "hi"}]});
     let response = app.chat(tools).await;
     assert_eq!(response.status(), 400, "tools are refused, never dropped");
-    let unknown_project = json!({"model": "haiku", "project_id": "nope", "messages": [{"role": "user", "content": "hi"}]});
+    let unknown_project =
+        json!({"model": "haiku", "project_id": "nope", "messages": [{"role": "user", "content": "hi"}]});
     assert_eq!(app.chat(unknown_project).await.status(), 404);
-    let bad_project = json!({"model": "haiku", "project_id": "Not Valid", "messages": [{"role": "user", "content": "hi"}]});
+    let bad_project =
+        json!({"model": "haiku", "project_id": "Not Valid", "messages": [{"role": "user", "content": "hi"}]});
     assert_eq!(app.chat(bad_project).await.status(), 400);
 
     // Still serving, and no CLI was started for any of the above.
@@ -260,7 +278,8 @@ async fn requests_queue_for_workers_and_a_full_queue_gets_503() {
     assert_eq!(error["error"]["code"], "overloaded");
     statuses.sort();
     assert_eq!(statuses, vec![200, 200, 503], "one runs, one waits, one is refused");
-    let health: Value = client().get(format!("{}/health", app.url)).send().await.unwrap().json().await.unwrap();
+    let health: Value =
+        client().get(format!("{}/health", app.url)).send().await.unwrap().json().await.unwrap();
     assert_eq!(health["workers"]["size"], 1);
     assert_eq!(health["workers"]["busy"], 0);
     app.stop().await;

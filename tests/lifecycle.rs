@@ -23,9 +23,11 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_cleanly() {
     let in_flight = tokio::spawn(async move {
         client().post(url).json(&chat_body("haiku", "finish me [sim:first_token_ms=1500]")).send().await
     });
-    wait_for(Duration::from_secs(10), || (!processes_with_marker(&marker).is_empty()).then_some(()).ok_or(()))
-        .await
-        .expect("the request reached a worker");
+    wait_for(Duration::from_secs(10), || {
+        (!processes_with_marker(&marker).is_empty()).then_some(()).ok_or(())
+    })
+    .await
+    .expect("the request reached a worker");
     let status = tokio::task::spawn_blocking(move || gateway.terminate()).await.unwrap();
     assert!(status.success(), "the gateway exits 0 after SIGTERM: {status:?}");
     let response = in_flight.await.unwrap().expect("the in-flight request got its answer");
@@ -58,7 +60,9 @@ async fn kill_9_leaves_no_worker_and_a_restart_releases_its_reservations() {
     let pending: Vec<_> = (0..3)
         .map(|_| {
             let url = url.clone();
-            tokio::spawn(async move { client().post(url).json(&chat_body("haiku", "slow [sim:first_token_ms=30000]")).send().await })
+            tokio::spawn(async move {
+                client().post(url).json(&chat_body("haiku", "slow [sim:first_token_ms=30000]")).send().await
+            })
         })
         .collect();
     let store = store::connect(&db.url).await.unwrap();

@@ -70,7 +70,8 @@ pub struct ProjectList {
 
 impl From<Project> for ProjectView {
     fn from(p: Project) -> ProjectView {
-        let ts = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339()).unwrap_or_default();
+        let ts =
+            |ms: i64| chrono::DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339()).unwrap_or_default();
         ProjectView {
             budget: BudgetView {
                 daily_usd: p.limits.daily.map(Micros::as_usd),
@@ -97,7 +98,10 @@ fn apply_budget(limits: &mut Limits, budget: &BudgetBody) -> Result<(), ApiError
             None => None,
             Some(usd) if usd.is_finite() && *usd >= 0.0 && *usd <= 1e9 => Some(Micros::from_usd(*usd)),
             Some(usd) => {
-                return Err(ApiError::bad_request(format!("{param} must be between 0 and 1e9 USD, not {usd}"), param))
+                return Err(ApiError::bad_request(
+                    format!("{param} must be between 0 and 1e9 USD, not {usd}"),
+                    param,
+                ))
             }
         };
     }
@@ -143,13 +147,21 @@ pub async fn list_projects(State(state): State<AppState>) -> Result<Json<Project
 
 async fn load(state: &AppState, id: &str) -> Result<Project, ApiError> {
     check_project_id(id, "id")?;
-    state.budget.store().get_project(id).await?.ok_or_else(|| ApiError::not_found(format!("project {id:?} not found")))
+    state
+        .budget
+        .store()
+        .get_project(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("project {id:?} not found")))
 }
 
 /// Reads one project.
 #[utoipa::path(get, path = "/admin/projects/{id}", tag = "admin", params(("id" = String, Path)),
     responses((status = 200, body = ProjectView), (status = 404, body = ErrorBody)), security(("admin_key" = [])))]
-pub async fn get_project(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<ProjectView>, ApiError> {
+pub async fn get_project(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ProjectView>, ApiError> {
     Ok(Json(load(&state, &id).await?.into()))
 }
 
@@ -180,7 +192,10 @@ pub async fn update_project(
 #[utoipa::path(delete, path = "/admin/projects/{id}", tag = "admin", params(("id" = String, Path)),
     responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("admin_key" = [])))]
-pub async fn delete_project(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete_project(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     check_project_id(&id, "id")?;
     if id == "default" {
         return Err(ApiError::bad_request("the default project cannot be deleted", "id"));

@@ -10,8 +10,8 @@ use futures::stream::{self, Stream, StreamExt};
 
 use super::extract::{check_project_id, Context, JsonBody};
 use super::openai::{
-    finish_reason, AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice, ChunkChoice,
-    Delta, RunInfo, Usage,
+    finish_reason, AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice,
+    ChunkChoice, Delta, RunInfo, Usage,
 };
 use crate::app::AppState;
 use crate::chat::{self, ChatRequest, Outcome, Running};
@@ -94,7 +94,8 @@ async fn complete_response(request_id: String, mut running: Running) -> Result<R
     // Text is also collected in the report; draining the events keeps the
     // worker from blocking on a full channel.
     while running.events.recv().await.is_some() {}
-    let outcome = running.outcome.await.map_err(|_| ApiError::internal("the run ended without an outcome"))?;
+    let outcome =
+        running.outcome.await.map_err(|_| ApiError::internal("the run ended without an outcome"))?;
     if let Some(error) = outcome.error {
         return Err(error);
     }
@@ -123,7 +124,11 @@ async fn complete_response(request_id: String, mut running: Running) -> Result<R
 /// Streams chunks as the worker produces text. The HTTP status is decided
 /// when the first text arrives: a run that fails before saying anything
 /// gets a proper error status instead of a 200 stream holding an error.
-async fn stream_response(request_id: String, mut running: Running, include_usage: bool) -> Result<Response, ApiError> {
+async fn stream_response(
+    request_id: String,
+    mut running: Running,
+    include_usage: bool,
+) -> Result<Response, ApiError> {
     let first_text = loop {
         match running.events.recv().await {
             Some(Event::Text(text)) => break Some(text),
@@ -132,29 +137,37 @@ async fn stream_response(request_id: String, mut running: Running, include_usage
         }
     };
     if first_text.is_none() {
-        let outcome = running.outcome.await.map_err(|_| ApiError::internal("the run ended without an outcome"))?;
+        let outcome =
+            running.outcome.await.map_err(|_| ApiError::internal("the run ended without an outcome"))?;
         if let Some(error) = outcome.error {
             return Err(error);
         }
         let model = outcome.report.model.clone().unwrap_or_else(|| running.model.id.clone());
         let frames = closing_frames(&ChunkMeta::new(&request_id, model), outcome, include_usage);
-        return Ok(sse(stream::iter(std::iter::once(role_frame(&request_id, &running.model.id)).chain(frames))));
+        return Ok(sse(stream::iter(
+            std::iter::once(role_frame(&request_id, &running.model.id)).chain(frames),
+        )));
     }
     let model = running.model.id.clone();
     let meta = ChunkMeta::new(&request_id, model.clone());
-    let head = stream::iter([role_frame(&request_id, &model), text_frame(&meta, first_text.unwrap_or_default())]);
+    let head =
+        stream::iter([role_frame(&request_id, &model), text_frame(&meta, first_text.unwrap_or_default())]);
     let tail = stream::unfold(Some((running, meta)), move |state| async move {
         let (mut running, meta) = state?;
         loop {
             match running.events.recv().await {
-                Some(Event::Text(text)) => return Some((vec![text_frame(&meta, text)], Some((running, meta)))),
+                Some(Event::Text(text)) => {
+                    return Some((vec![text_frame(&meta, text)], Some((running, meta))))
+                }
                 Some(Event::Started { .. }) => continue,
                 None => break,
             }
         }
         let frames = match running.outcome.await {
             Ok(outcome) => closing_frames(&meta, outcome, include_usage),
-            Err(_) => vec![error_frame(&ApiError::internal("the run ended without an outcome")), done_frame()],
+            Err(_) => {
+                vec![error_frame(&ApiError::internal("the run ended without an outcome")), done_frame()]
+            }
         };
         Some((frames, None))
     })
@@ -175,7 +188,12 @@ struct ChunkMeta {
 
 impl ChunkMeta {
     fn new(request_id: &str, model: String) -> ChunkMeta {
-        ChunkMeta { id: format!("chatcmpl-{request_id}"), request_id: request_id.into(), created: unix_now(), model }
+        ChunkMeta {
+            id: format!("chatcmpl-{request_id}"),
+            request_id: request_id.into(),
+            created: unix_now(),
+            model,
+        }
     }
 
     fn chunk(&self, delta: Delta, finish_reason: Option<String>) -> ChatCompletionChunk {

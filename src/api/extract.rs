@@ -88,13 +88,18 @@ impl<S: Send + Sync> FromRequestParts<S> for Context {
 
 /// Checks a project id against `[a-z0-9_-]{1,64}`.
 pub fn valid_project_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    !id.is_empty()
+        && id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 pub fn check_project_id(id: &str, param: &'static str) -> Result<(), ApiError> {
     if valid_project_id(id) {
         Ok(())
     } else {
-        Err(ApiError::bad_request(format!("invalid project id {id:?}: use 1 to 64 of a-z, 0-9, _ and -"), param))
+        Err(ApiError::bad_request(
+            format!("invalid project id {id:?}: use 1 to 64 of a-z, 0-9, _ and -"),
+            param,
+        ))
     }
 }

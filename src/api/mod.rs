@@ -103,7 +103,11 @@ async fn request_id(mut request: Request, next: Next) -> Response {
         .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)))
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 128
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     request.extensions_mut().insert(RequestId(id.clone()));
@@ -127,7 +131,11 @@ async fn request_id(mut request: Request, next: Next) -> Response {
 
 /// Guards `/admin/*`: the admin key when one is set; otherwise only while
 /// the gateway listens on loopback.
-async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
+async fn require_admin(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     match &state.settings.admin_key {
         Some(key) => {
             let given = request
@@ -136,14 +144,19 @@ async fn require_admin(State(state): State<AppState>, request: Request, next: Ne
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "));
             match given {
-                Some(given) if constant_time_eq(given.as_bytes(), key.as_bytes()) => Ok(next.run(request).await),
+                Some(given) if constant_time_eq(given.as_bytes(), key.as_bytes()) => {
+                    Ok(next.run(request).await)
+                }
                 Some(_) => Err(ApiError::Unauthorized("the admin key is wrong".into())),
-                None => Err(ApiError::Unauthorized("the admin API needs `Authorization: Bearer <admin key>`".into())),
+                None => Err(ApiError::Unauthorized(
+                    "the admin API needs `Authorization: Bearer <admin key>`".into(),
+                )),
             }
         }
         None if state.settings.listen.ip().is_loopback() => Ok(next.run(request).await),
         None => Err(ApiError::Forbidden(
-            "the admin API is disabled: set admin_key (CCGATE_ADMIN_KEY) to use it on a non-loopback address".into(),
+            "the admin API is disabled: set admin_key (CCGATE_ADMIN_KEY) to use it on a non-loopback address"
+                .into(),
         )),
     }
 }

@@ -193,7 +193,11 @@ pub struct Usage {
 impl From<TokenUsage> for Usage {
     fn from(u: TokenUsage) -> Usage {
         let prompt = u.input_tokens + u.cache_read_tokens + u.cache_write_tokens;
-        Usage { prompt_tokens: prompt, completion_tokens: u.output_tokens, total_tokens: prompt + u.output_tokens }
+        Usage {
+            prompt_tokens: prompt,
+            completion_tokens: u.output_tokens,
+            total_tokens: prompt + u.output_tokens,
+        }
     }
 }
 

@@ -85,7 +85,12 @@ pub struct Budget {
 }
 
 impl Budget {
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, instance_id: String, reservation_ttl: Duration) -> Budget {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        instance_id: String,
+        reservation_ttl: Duration,
+    ) -> Budget {
         Budget { store, clock, instance_id, reservation_ttl }
     }
 
@@ -103,8 +108,11 @@ impl Budget {
             return Err(StoreError::NotFound(format!("project {:?} not found", request.project_id)).into());
         };
         let now = self.clock.now();
-        let periods = PeriodKind::ALL
-            .map(|kind| PeriodSlot { kind, start: period::bounds(kind, now).0.timestamp(), limit: project.limits.get(kind) });
+        let periods = PeriodKind::ALL.map(|kind| PeriodSlot {
+            kind,
+            start: period::bounds(kind, now).0.timestamp(),
+            limit: project.limits.get(kind),
+        });
         let new = NewReservation {
             request_id: request.request_id.clone(),
             created_at_ms: now.timestamp_millis(),
@@ -119,7 +127,9 @@ impl Budget {
             expires_at_ms: now.timestamp_millis() + self.reservation_ttl.as_millis() as i64,
         };
         match self.store.reserve(&new).await? {
-            ReserveOutcome::Reserved => Ok(Reservation { request_id: request.request_id, amount: request.amount }),
+            ReserveOutcome::Reserved => {
+                Ok(Reservation { request_id: request.request_id, amount: request.amount })
+            }
             ReserveOutcome::Exhausted { kind, limit, spent, reserved, .. } => Err(BudgetError::Exhausted {
                 project: request.project_id,
                 period: match kind {
@@ -137,7 +147,11 @@ impl Budget {
     }
 
     /// Settles a reservation to what the request really cost.
-    pub async fn settle(&self, reservation: Reservation, mut completion: Completion) -> Result<bool, BudgetError> {
+    pub async fn settle(
+        &self,
+        reservation: Reservation,
+        mut completion: Completion,
+    ) -> Result<bool, BudgetError> {
         completion.finished_at_ms = self.clock.now_ms();
         Ok(self.store.settle(&reservation.request_id, &completion).await?)
     }

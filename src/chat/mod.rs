@@ -65,7 +65,8 @@ pub async fn start(state: &AppState, request: ChatRequest) -> Result<Running, Ap
 
 async fn prepare(state: &AppState, request: &ChatRequest) -> Result<(Model, Job, Reservation), ApiError> {
     let model = resolve_model(state, &request.model)?;
-    let prompt = prompt::build(&request.messages).map_err(|e| ApiError::bad_request(e.to_string(), "messages"))?;
+    let prompt =
+        prompt::build(&request.messages).map_err(|e| ApiError::bad_request(e.to_string(), "messages"))?;
     if let Some(max) = request.max_tokens {
         if max == 0 || max > model.max_output_tokens {
             return Err(ApiError::bad_request(
@@ -123,7 +124,13 @@ pub fn resolve_model(state: &AppState, name: &str) -> Result<Model, ApiError> {
     state.prices.resolve(name).cloned().ok_or_else(|| ApiError::NotFound {
         message: format!(
             "the model {name:?} does not exist or is not served here; see GET /v1/models (for example: {})",
-            state.prices.models().iter().filter_map(|m| m.aliases.first().cloned()).collect::<Vec<_>>().join(", ")
+            state
+                .prices
+                .models()
+                .iter()
+                .filter_map(|m| m.aliases.first().cloned())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         param: Some("model".into()),
         code: Some("model_not_found"),
@@ -141,7 +148,8 @@ async fn launch(
         Ok(admission) => admission,
         Err(full) => {
             let error = ApiError::Overloaded(format!("{full}; retry shortly"));
-            let completion = completion_for(&request, &error, RunReport::new(RunEnd::Cancelled), Micros::ZERO);
+            let completion =
+                completion_for(&request, &error, RunReport::new(RunEnd::Cancelled), Micros::ZERO);
             settle_later(state, reservation, completion);
             return Err(error);
         }
@@ -173,16 +181,19 @@ fn error_for(state: &AppState, end: &RunEnd) -> Option<ApiError> {
     let settings = &state.settings;
     Some(match end {
         RunEnd::Completed => return None,
-        RunEnd::Failed { api_status: Some(429), message, .. } => {
-            ApiError::RateLimited { message: format!("the upstream API is rate-limiting: {message}"), retry_after_secs: None }
-        }
+        RunEnd::Failed { api_status: Some(429), message, .. } => ApiError::RateLimited {
+            message: format!("the upstream API is rate-limiting: {message}"),
+            retry_after_secs: None,
+        },
         RunEnd::Failed { api_status: Some(status), message, .. } => {
             ApiError::Upstream(format!("the upstream API answered {status}: {message}"))
         }
         RunEnd::Failed { subtype, message, .. } if subtype == "error_max_budget_usd" => {
             ApiError::Upstream(format!("the run reached its spending cap and was stopped: {message}"))
         }
-        RunEnd::Failed { message, .. } => ApiError::Upstream(format!("Claude Code reported an error: {message}")),
+        RunEnd::Failed { message, .. } => {
+            ApiError::Upstream(format!("Claude Code reported an error: {message}"))
+        }
         RunEnd::Deadline => ApiError::Timeout(format!(
             "the request did not finish within its deadline of {} seconds",
             settings.request_timeout_secs
@@ -235,7 +246,9 @@ fn base_completion(request: &ChatRequest, report: RunReport, cost: Micros) -> Co
         cache_write_tokens: usage.cache_write_tokens,
         cost,
         latency_ms: Some(request.received_at.elapsed().as_millis() as u64),
-        ttft_ms: report.first_token_at.map(|t| t.saturating_duration_since(request.received_at).as_millis() as u64),
+        ttft_ms: report
+            .first_token_at
+            .map(|t| t.saturating_duration_since(request.received_at).as_millis() as u64),
     }
 }
 

@@ -80,7 +80,8 @@ mod tests {
 
     #[test]
     fn system_messages_become_the_system_prompt() {
-        let p = build(&[m(Role::System, "be brief"), m(Role::System, "be kind"), m(Role::User, "hi")]).unwrap();
+        let p =
+            build(&[m(Role::System, "be brief"), m(Role::System, "be kind"), m(Role::User, "hi")]).unwrap();
         assert_eq!(p.system.as_deref(), Some("be brief\n\nbe kind"));
         assert_eq!(p.prompt, "hi");
     }
@@ -106,7 +107,10 @@ mod tests {
     fn refuses_chats_without_a_final_user_message() {
         assert_eq!(build(&[]), Err(PromptError::NoUserMessage));
         assert_eq!(build(&[m(Role::System, "s")]), Err(PromptError::NoUserMessage));
-        assert_eq!(build(&[m(Role::User, "q"), m(Role::Assistant, "a")]), Err(PromptError::EndsWithAssistant));
+        assert_eq!(
+            build(&[m(Role::User, "q"), m(Role::Assistant, "a")]),
+            Err(PromptError::EndsWithAssistant)
+        );
     }
 
     #[test]

@@ -116,7 +116,13 @@ pub struct NewReservation {
 pub enum ReserveOutcome {
     Reserved,
     /// The first period (in day, week, month order) that could not take it.
-    Exhausted { kind: PeriodKind, start: i64, limit: Micros, spent: Micros, reserved: Micros },
+    Exhausted {
+        kind: PeriodKind,
+        start: i64,
+        limit: Micros,
+        spent: Micros,
+        reserved: Micros,
+    },
 }
 
 /// The end of a request: what it cost and how it went.
@@ -202,8 +208,18 @@ pub trait Store: Send + Sync + 'static {
     async fn settle(&self, request_id: &str, completion: &Completion) -> StoreResult<bool>;
     async fn record(&self, entry: &LedgerEntry) -> StoreResult<()>;
 
-    async fn period_totals(&self, project_id: &str, kind: PeriodKind, start: i64) -> StoreResult<PeriodTotals>;
-    async fn usage_by_model(&self, project_id: &str, from_ms: i64, to_ms: i64) -> StoreResult<Vec<ModelUsage>>;
+    async fn period_totals(
+        &self,
+        project_id: &str,
+        kind: PeriodKind,
+        start: i64,
+    ) -> StoreResult<PeriodTotals>;
+    async fn usage_by_model(
+        &self,
+        project_id: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> StoreResult<Vec<ModelUsage>>;
     async fn ledger(&self, project_id: &str, limit: i64) -> StoreResult<Vec<LedgerRow>>;
     async fn ledger_row(&self, request_id: &str) -> StoreResult<Option<LedgerRow>>;
 

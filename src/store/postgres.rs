@@ -33,6 +33,29 @@ impl PostgresStore {
     async fn begin_write(&self) -> Result<Transaction<'_, Postgres>, sqlx::Error> {
         self.writer.begin().await
     }
+
+    /// Locks a project's three period rows in one fixed order before they
+    /// are updated: a multi-row UPDATE locks rows in whatever order its scan
+    /// meets them, and two such orders can deadlock.
+    async fn lock_periods(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        project_id: &str,
+        [day, week, month]: [i64; 3],
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "SELECT 1 FROM period_totals WHERE project_id = $1 AND ((kind = 'day' AND period_start = $2) \
+             OR (kind = 'week' AND period_start = $3) OR (kind = 'month' AND period_start = $4)) \
+             ORDER BY kind FOR UPDATE",
+        )
+        .bind(project_id)
+        .bind(day)
+        .bind(week)
+        .bind(month)
+        .fetch_all(&mut **tx)
+        .await?;
+        Ok(())
+    }
 }
 
 impl_store!(PostgresStore, Postgres);

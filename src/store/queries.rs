@@ -64,9 +64,43 @@ pub(super) const LEDGER_COLUMNS: &str = "request_id, project_id, endpoint, model
      latency_ms, ttft_ms, created_at_ms";
 
 /// Implements `Store` for a type with `writer` and `reader` pools of `$db`
-/// and an `async fn begin_write(&self) -> Result<Transaction<'_, $db>, sqlx::Error>`.
+/// and `begin_write` and `lock_periods` methods.
 macro_rules! impl_store {
     ($store:ty, $db:ty) => {
+        impl $store {
+            /// Finds the first period (day, week, month) that has no room
+            /// for the reservation, to explain a refusal.
+            async fn exhausted(
+                &self,
+                r: &$crate::store::NewReservation,
+            ) -> $crate::store::StoreResult<$crate::store::ReserveOutcome> {
+                for slot in &r.periods {
+                    let Some(limit) = slot.limit else { continue };
+                    let totals = $crate::store::Store::period_totals(self, &r.project_id, slot.kind, slot.start).await?;
+                    if totals.spent.0 + totals.reserved.0 + r.amount.0 > limit.0 {
+                        return Ok($crate::store::ReserveOutcome::Exhausted {
+                            kind: slot.kind,
+                            start: slot.start,
+                            limit,
+                            spent: totals.spent,
+                            reserved: totals.reserved,
+                        });
+                    }
+                }
+                // Room appeared between the refused update and this read; the
+                // caller is refused all the same, naming the tightest period.
+                let slot = r.periods.iter().find(|s| s.limit.is_some()).unwrap_or(&r.periods[0]);
+                let totals = $crate::store::Store::period_totals(self, &r.project_id, slot.kind, slot.start).await?;
+                Ok($crate::store::ReserveOutcome::Exhausted {
+                    kind: slot.kind,
+                    start: slot.start,
+                    limit: slot.limit.unwrap_or_default(),
+                    spent: totals.spent,
+                    reserved: totals.reserved,
+                })
+            }
+        }
+
         #[async_trait::async_trait]
         impl $crate::store::Store for $store {
             async fn create_project(&self, p: &$crate::store::Project) -> $crate::store::StoreResult<()> {
@@ -131,62 +165,45 @@ macro_rules! impl_store {
                 &self,
                 r: &$crate::store::NewReservation,
             ) -> $crate::store::StoreResult<$crate::store::ReserveOutcome> {
+                let [day, week, month] = &r.periods;
                 let mut tx = self.begin_write().await?;
-                for slot in &r.periods {
-                    sqlx::query(
-                        "INSERT INTO period_totals (project_id, kind, period_start, spent_micros, reserved_micros) \
-                         VALUES ($1, $2, $3, 0, 0) ON CONFLICT DO NOTHING",
-                    )
-                    .bind(&r.project_id)
-                    .bind(slot.kind.as_str())
-                    .bind(slot.start)
-                    .execute(&mut *tx)
-                    .await?;
-                    // The limit check and the increment are one statement, so
-                    // no other transaction can slip in between them.
-                    let done = match slot.limit {
-                        Some(limit) => sqlx::query(
-                            "UPDATE period_totals SET reserved_micros = reserved_micros + $1 \
-                             WHERE project_id = $2 AND kind = $3 AND period_start = $4 \
-                             AND spent_micros + reserved_micros + $1 <= $5",
-                        )
-                        .bind(r.amount.0)
-                        .bind(&r.project_id)
-                        .bind(slot.kind.as_str())
-                        .bind(slot.start)
-                        .bind(limit.0)
-                        .execute(&mut *tx)
-                        .await?,
-                        None => sqlx::query(
-                            "UPDATE period_totals SET reserved_micros = reserved_micros + $1 \
-                             WHERE project_id = $2 AND kind = $3 AND period_start = $4",
-                        )
-                        .bind(r.amount.0)
-                        .bind(&r.project_id)
-                        .bind(slot.kind.as_str())
-                        .bind(slot.start)
-                        .execute(&mut *tx)
-                        .await?,
-                    };
-                    if done.rows_affected() == 0 {
-                        let row = sqlx::query(
-                            "SELECT spent_micros, reserved_micros FROM period_totals \
-                             WHERE project_id = $1 AND kind = $2 AND period_start = $3",
-                        )
-                        .bind(&r.project_id)
-                        .bind(slot.kind.as_str())
-                        .bind(slot.start)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                        tx.rollback().await?;
-                        return Ok($crate::store::ReserveOutcome::Exhausted {
-                            kind: slot.kind,
-                            start: slot.start,
-                            limit: slot.limit.unwrap_or_default(),
-                            spent: $crate::money::Micros(sqlx::Row::try_get(&row, 0)?),
-                            reserved: $crate::money::Micros(sqlx::Row::try_get(&row, 1)?),
-                        });
-                    }
+                sqlx::query(
+                    "INSERT INTO period_totals (project_id, kind, period_start, spent_micros, reserved_micros) \
+                     VALUES ($1, 'day', $2, 0, 0), ($1, 'week', $3, 0, 0), ($1, 'month', $4, 0, 0) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(&r.project_id)
+                .bind(day.start)
+                .bind(week.start)
+                .bind(month.start)
+                .execute(&mut *tx)
+                .await?;
+                self.lock_periods(&mut tx, &r.project_id, [day.start, week.start, month.start]).await?;
+                // The limit checks and the increments are one statement, so no
+                // other transaction can slip in between them; it must touch
+                // all three rows, or one period had no room.
+                let done = sqlx::query(
+                    "UPDATE period_totals SET reserved_micros = reserved_micros + $1 WHERE project_id = $2 AND ( \
+                     (kind = 'day' AND period_start = $3 \
+                        AND (CAST($4 AS BIGINT) IS NULL OR spent_micros + reserved_micros + $1 <= $4)) \
+                     OR (kind = 'week' AND period_start = $5 \
+                        AND (CAST($6 AS BIGINT) IS NULL OR spent_micros + reserved_micros + $1 <= $6)) \
+                     OR (kind = 'month' AND period_start = $7 \
+                        AND (CAST($8 AS BIGINT) IS NULL OR spent_micros + reserved_micros + $1 <= $8)))",
+                )
+                .bind(r.amount.0)
+                .bind(&r.project_id)
+                .bind(day.start)
+                .bind(day.limit.map(|l| l.0))
+                .bind(week.start)
+                .bind(week.limit.map(|l| l.0))
+                .bind(month.start)
+                .bind(month.limit.map(|l| l.0))
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() != 3 {
+                    tx.rollback().await?;
+                    return self.exhausted(r).await;
                 }
                 sqlx::query(
                     "INSERT INTO requests (request_id, created_at_ms, project_id, key_id, endpoint, \
@@ -248,21 +265,26 @@ macro_rules! impl_store {
                 };
                 let project_id: String = sqlx::Row::try_get(&row, 0)?;
                 let reserved: i64 = sqlx::Row::try_get(&row, 1)?;
-                for (index, kind) in $crate::store::PeriodKind::ALL.into_iter().enumerate() {
-                    let start: Option<i64> = sqlx::Row::try_get(&row, index + 2)?;
-                    let Some(start) = start else { continue };
-                    sqlx::query(
-                        "UPDATE period_totals SET reserved_micros = reserved_micros - $1, \
-                         spent_micros = spent_micros + $2 WHERE project_id = $3 AND kind = $4 AND period_start = $5",
-                    )
-                    .bind(reserved)
-                    .bind(c.cost.0)
-                    .bind(&project_id)
-                    .bind(kind.as_str())
-                    .bind(start)
-                    .execute(&mut *tx)
-                    .await?;
+                let day: Option<i64> = sqlx::Row::try_get(&row, 2)?;
+                let week: Option<i64> = sqlx::Row::try_get(&row, 3)?;
+                let month: Option<i64> = sqlx::Row::try_get(&row, 4)?;
+                if let (Some(d), Some(w), Some(m)) = (day, week, month) {
+                    self.lock_periods(&mut tx, &project_id, [d, w, m]).await?;
                 }
+                sqlx::query(
+                    "UPDATE period_totals SET reserved_micros = reserved_micros - $1, \
+                     spent_micros = spent_micros + $2 WHERE project_id = $3 AND ( \
+                     (kind = 'day' AND period_start = $4) OR (kind = 'week' AND period_start = $5) \
+                     OR (kind = 'month' AND period_start = $6))",
+                )
+                .bind(reserved)
+                .bind(c.cost.0)
+                .bind(&project_id)
+                .bind(day)
+                .bind(week)
+                .bind(month)
+                .execute(&mut *tx)
+                .await?;
                 tx.commit().await?;
                 Ok(true)
             }

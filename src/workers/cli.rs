@@ -162,7 +162,9 @@ impl Worker for ClaudeCli {
             Some(s) if s.len() > MAX_SYSTEM_PROMPT_ARG => {
                 let path = self.work_dir.join(format!("system-{}.txt", uuid::Uuid::new_v4().simple()));
                 if let Err(e) = tokio::fs::write(&path, s).await {
-                    return RunReport::new(RunEnd::Crashed { message: format!("cannot write system prompt: {e}") });
+                    return RunReport::new(RunEnd::Crashed {
+                        message: format!("cannot write system prompt: {e}"),
+                    });
                 }
                 Some(path)
             }
@@ -274,12 +276,15 @@ impl ClaudeCli {
         if finished_normally {
             // Let the CLI exit on its own for a moment (it closes stdout when
             // it does); the group is killed right after either way.
-            let _ = tokio::time::timeout(EXIT_GRACE, async { while let Ok(Some(_)) = lines.next_line().await {} })
-                .await;
+            let _ = tokio::time::timeout(EXIT_GRACE, async {
+                while let Ok(Some(_)) = lines.next_line().await {}
+            })
+            .await;
         }
         group.finish().await;
         writer.abort();
-        let stderr = tokio::time::timeout(Duration::from_secs(1), stderr_tail).await.ok().and_then(Result::ok);
+        let stderr =
+            tokio::time::timeout(Duration::from_secs(1), stderr_tail).await.ok().and_then(Result::ok);
 
         let mut report = state.report;
         report.end = match end {

@@ -45,7 +45,11 @@ pub enum Event {
 pub enum RunEnd {
     Completed,
     /// The CLI reported an error (`is_error`), maybe from the upstream API.
-    Failed { api_status: Option<u16>, subtype: String, message: String },
+    Failed {
+        api_status: Option<u16>,
+        subtype: String,
+        message: String,
+    },
     Deadline,
     Stalled,
     /// The caller went away (client disconnect).
@@ -53,9 +57,14 @@ pub enum RunEnd {
     /// The gateway is stopping and the grace period is over.
     Shutdown,
     /// The CLI could not be started at all.
-    SpawnFailed { not_installed: bool, message: String },
+    SpawnFailed {
+        not_installed: bool,
+        message: String,
+    },
     /// The CLI exited without a result line.
-    Crashed { message: String },
+    Crashed {
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -56,7 +56,12 @@ pub struct WorkerPool {
 }
 
 impl WorkerPool {
-    pub fn new(worker: Arc<dyn Worker>, size: usize, queue_limit: usize, stats: Arc<PoolStats>) -> WorkerPool {
+    pub fn new(
+        worker: Arc<dyn Worker>,
+        size: usize,
+        queue_limit: usize,
+        stats: Arc<PoolStats>,
+    ) -> WorkerPool {
         WorkerPool {
             worker,
             size,

@@ -10,16 +10,30 @@ use crate::pricing::TokenUsage;
 #[derive(Debug, Clone, PartialEq)]
 pub enum CliLine {
     /// `system/init`: the session and the model the CLI resolved.
-    Init { session_id: Option<String>, model: Option<String> },
+    Init {
+        session_id: Option<String>,
+        model: Option<String>,
+    },
     /// An upstream message began (one per turn).
-    MessageStart { model: Option<String>, usage: TokenUsage },
+    MessageStart {
+        model: Option<String>,
+        usage: TokenUsage,
+    },
     TextDelta(String),
     /// An upstream message ended; `output_tokens` is its final count.
-    MessageDelta { output_tokens: Option<u64>, stop_reason: Option<String> },
+    MessageDelta {
+        output_tokens: Option<u64>,
+        stop_reason: Option<String>,
+    },
     /// A whole assistant message. Its text was normally streamed already as
     /// deltas; it matters only when no deltas came (no partial messages, or a
     /// synthetic error message).
-    Assistant { message_id: Option<String>, model: Option<String>, text: String, tool_uses: Vec<ToolUse> },
+    Assistant {
+        message_id: Option<String>,
+        model: Option<String>,
+        text: String,
+        tool_uses: Vec<ToolUse>,
+    },
     Result(CliResult),
     Other,
 }
@@ -69,7 +83,11 @@ impl From<Usage> for TokenUsage {
 }
 
 fn usage_of(value: Option<&Value>) -> TokenUsage {
-    value.cloned().and_then(|v| serde_json::from_value::<Usage>(v).ok()).map(TokenUsage::from).unwrap_or_default()
+    value
+        .cloned()
+        .and_then(|v| serde_json::from_value::<Usage>(v).ok())
+        .map(TokenUsage::from)
+        .unwrap_or_default()
 }
 
 fn str_of(value: &Value, key: &str) -> Option<String> {
@@ -138,7 +156,10 @@ fn parse_result(value: &Value) -> CliResult {
     CliResult {
         is_error: value.get("is_error").and_then(Value::as_bool).unwrap_or(true),
         subtype: str_of(value, "subtype").unwrap_or_default(),
-        api_error_status: value.get("api_error_status").and_then(Value::as_u64).and_then(|s| u16::try_from(s).ok()),
+        api_error_status: value
+            .get("api_error_status")
+            .and_then(Value::as_u64)
+            .and_then(|s| u16::try_from(s).ok()),
         result: str_of(value, "result"),
         session_id: str_of(value, "session_id"),
         total_cost_usd: value.get("total_cost_usd").and_then(Value::as_f64).unwrap_or(0.0),
@@ -201,7 +222,9 @@ mod tests {
             .collect();
         let result = result_of(&lines);
         assert_eq!(Some(streamed), result.result);
-        assert!(lines.iter().any(|l| matches!(l, CliLine::MessageStart { usage, .. } if usage.input_tokens == 120)));
+        assert!(lines
+            .iter()
+            .any(|l| matches!(l, CliLine::MessageStart { usage, .. } if usage.input_tokens == 120)));
         assert!(lines.iter().any(
             |l| matches!(l, CliLine::MessageDelta { output_tokens: Some(30), stop_reason: Some(s) } if s == "end_turn")
         ));
@@ -215,7 +238,9 @@ mod tests {
         assert!(result.is_error);
         assert_eq!(result.api_error_status, Some(400));
         assert_eq!(result.result.as_deref(), Some("API Error: 400 mock invalid_request_error"));
-        assert!(lines.iter().any(|l| matches!(l, CliLine::Assistant { model: Some(m), .. } if m == "<synthetic>")));
+        assert!(lines
+            .iter()
+            .any(|l| matches!(l, CliLine::Assistant { model: Some(m), .. } if m == "<synthetic>")));
     }
 
     #[test]

@@ -45,7 +45,8 @@ pub struct TestDb {
 }
 
 pub fn postgres_admin_url() -> String {
-    std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 impl TestDb {
@@ -59,8 +60,12 @@ impl TestDb {
         use sqlx::Connection;
         let admin = postgres_admin_url();
         let name = format!("ccgate_t_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = sqlx::PgConnection::connect(&admin).await.expect("PostgreSQL must be running for this test");
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create test database");
+        let mut conn =
+            sqlx::PgConnection::connect(&admin).await.expect("PostgreSQL must be running for this test");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
         let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or(admin.clone());
         TestDb { url: format!("{base}/{name}"), pg_name: Some(name), _dir: None }
     }
@@ -69,7 +74,8 @@ impl TestDb {
         use sqlx::Connection;
         let Some(name) = &self.pg_name else { return };
         if let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_admin_url()).await {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await;
+            let _ =
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await;
         }
     }
 }
@@ -111,7 +117,13 @@ pub struct TestApp {
     join: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
-pub fn settings_for(db_url: &str, sim: &SimHandle, work_dir: &Path, marker: &str, opts: &Options) -> Settings {
+pub fn settings_for(
+    db_url: &str,
+    sim: &SimHandle,
+    work_dir: &Path,
+    marker: &str,
+    opts: &Options,
+) -> Settings {
     let mut worker_env = BTreeMap::new();
     worker_env.insert("ANTHROPIC_BASE_URL".to_string(), sim.base_url());
     worker_env.insert("ANTHROPIC_API_KEY".to_string(), "sk-ccgate-test".to_string());
@@ -149,7 +161,12 @@ impl TestApp {
         let url = format!("http://{}", listener.local_addr().expect("address"));
         let stop = CancellationToken::new();
         let stopped = stop.clone();
-        let join = tokio::spawn(ccgate::server::run(state.clone(), listener, async move { stopped.cancelled().await }));
+        let join =
+            tokio::spawn(ccgate::server::run(
+                state.clone(),
+                listener,
+                async move { stopped.cancelled().await },
+            ));
         TestApp { url, state, sim, marker, work_dir, stop, join }
     }
 
@@ -260,18 +277,32 @@ pub struct GatewayProcess {
 }
 
 impl GatewayProcess {
-    pub fn start(db_url: &str, sim: &SimHandle, marker: &str, work_dir: &Path, extra: &[(&str, &str)]) -> GatewayProcess {
+    pub fn start(
+        db_url: &str,
+        sim: &SimHandle,
+        marker: &str,
+        work_dir: &Path,
+        extra: &[(&str, &str)],
+    ) -> GatewayProcess {
         let log = work_dir.join(format!("gateway-{}.log", uuid::Uuid::new_v4().simple()));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ccgate"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--database-url", db_url, "--claude-bin", &claude_bin()])
-            .env("ANTHROPIC_BASE_URL", sim.base_url())
-            .env("ANTHROPIC_API_KEY", "sk-ccgate-test")
-            .env("CCG_TEST_MARKER", marker)
-            .env("CCGATE_WORK_DIR", work_dir)
-            .env("CCGATE_CLI_MAX_RETRIES", "0")
-            .env("CCGATE_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            db_url,
+            "--claude-bin",
+            &claude_bin(),
+        ])
+        .env("ANTHROPIC_BASE_URL", sim.base_url())
+        .env("ANTHROPIC_API_KEY", "sk-ccgate-test")
+        .env("CCG_TEST_MARKER", marker)
+        .env("CCGATE_WORK_DIR", work_dir)
+        .env("CCGATE_CLI_MAX_RETRIES", "0")
+        .env("CCGATE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
         for (k, v) in extra {
             cmd.env(k, v);
         }
