@@ -8,7 +8,7 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::stream::{self, Stream, StreamExt};
 
-use super::extract::{check_project_id, Context, JsonBody};
+use super::extract::{Context, JsonBody};
 use super::openai::{
     finish_reason, AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice,
     ChunkChoice, Delta, RunInfo, Usage,
@@ -55,7 +55,7 @@ pub async fn create_chat_completion(
         max_tokens: None,
         received_at: ctx.received_at,
     };
-    let body = match parse(&state, body, &mut request) {
+    let body = match parse(&state, &ctx, body, &mut request) {
         Ok(body) => body,
         Err(error) => {
             chat::record_refusal(&state, &request, &error);
@@ -73,6 +73,7 @@ pub async fn create_chat_completion(
 
 fn parse(
     state: &AppState,
+    ctx: &Context,
     body: Result<JsonBody<ChatCompletionRequest>, ApiError>,
     request: &mut ChatRequest,
 ) -> Result<ChatCompletionRequest, ApiError> {
@@ -80,7 +81,7 @@ fn parse(
     if let Some(project) = &body.project_id {
         request.project_id = project.clone();
     }
-    check_project_id(&request.project_id, "project_id")?;
+    request.project_id = ctx.project(body.project_id.as_deref())?;
     request.model = body.model.clone().unwrap_or_default();
     if request.model.is_empty() {
         return Err(ApiError::bad_request("model is required", "model"));

@@ -86,6 +86,16 @@ impl<S: Send + Sync> FromRequestParts<S> for Context {
     }
 }
 
+impl Context {
+    /// The project a request acts for: the body's `project_id`, else the
+    /// `X-Project-Id` header, else `default`, checked for shape.
+    pub fn project(&self, from_body: Option<&str>) -> Result<String, ApiError> {
+        let project = from_body.or(self.project_header.as_deref()).unwrap_or("default").to_string();
+        check_project_id(&project, "project_id")?;
+        Ok(project)
+    }
+}
+
 /// Checks a project id against `[a-z0-9_-]{1,64}`.
 pub fn valid_project_id(id: &str) -> bool {
     !id.is_empty()
