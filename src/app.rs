@@ -9,6 +9,7 @@ use tokio_util::task::TaskTracker;
 use crate::budget::Budget;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
+use crate::limits::{KeyLimits, RateLimiter};
 use crate::pricing::PriceTable;
 use crate::store::Store;
 use crate::workers::cli::{ClaudeCli, CliSettings};
@@ -20,6 +21,7 @@ pub struct AppState {
     pub prices: Arc<PriceTable>,
     pub budget: Budget,
     pub pool: Arc<WorkerPool>,
+    pub limiter: Arc<RateLimiter>,
     /// Background work that must finish before the process exits (run
     /// supervisors, ledger writes).
     pub tasks: TaskTracker,
@@ -59,6 +61,15 @@ impl AppState {
         // A reservation outlives its request only if its owner died; give
         // the request its whole deadline plus time to settle.
         let ttl = Duration::from_secs(settings.request_timeout_secs * 2 + 60);
+        let limiter = Arc::new(RateLimiter::new(
+            Arc::clone(&store),
+            Arc::clone(&clock),
+            KeyLimits {
+                rpm: settings.default_rpm_limit,
+                tpm: settings.default_tpm_limit,
+                concurrent: settings.default_max_concurrent,
+            },
+        ));
         let budget = Budget::new(store, clock, instance_id, ttl);
         let pool = Arc::new(WorkerPool::new(worker, settings.pool_size, settings.queue_limit, stats));
         AppState {
@@ -66,6 +77,7 @@ impl AppState {
             prices: Arc::new(prices),
             budget,
             pool,
+            limiter,
             tasks: TaskTracker::new(),
         }
     }

@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+/// Optional settings that are numbers (absent from the defaults table, so
+/// their type cannot be read from it).
+const OPTIONAL_INTEGERS: &[&str] = &["default_rpm_limit", "default_tpm_limit", "default_max_concurrent"];
+
 /// Environment variables that start with `CCGATE_` but are not settings.
 const NON_SETTING_VARS: &[&str] = &["CCGATE_CONFIG", "CCGATE_LOG", "CCGATE_URL"];
 
@@ -54,6 +58,16 @@ pub struct Settings {
     /// Extra environment variables for workers (for example
     /// ANTHROPIC_BASE_URL), on top of the gateway's own environment.
     pub worker_env: BTreeMap<String, String>,
+    /// Requests per minute for project keys without their own limit.
+    pub default_rpm_limit: Option<i64>,
+    /// Tokens per minute for project keys without their own limit.
+    pub default_tpm_limit: Option<i64>,
+    /// Concurrent requests for project keys without their own limit.
+    pub default_max_concurrent: Option<i64>,
+    /// A bearer token that may scrape `/metrics` (besides the admin key).
+    pub metrics_token: Option<String>,
+    /// Log prompt text (off: prompts and secrets never reach the log).
+    pub log_prompts: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -85,6 +99,11 @@ impl Default for Settings {
             instance_ttl_secs: 30,
             cli_max_retries: 2,
             worker_env: BTreeMap::new(),
+            default_rpm_limit: None,
+            default_tpm_limit: None,
+            default_max_concurrent: None,
+            metrics_token: None,
+            log_prompts: false,
         }
     }
 }
@@ -142,7 +161,7 @@ impl Settings {
             if !known.contains(&key) {
                 return Err(ConfigError::UnknownEnv { name: var });
             }
-            let value = env_value(table.get(&key), &raw).ok_or_else(|| ConfigError::Invalid {
+            let value = env_value(&key, table.get(&key), &raw).ok_or_else(|| ConfigError::Invalid {
                 name: var.clone(),
                 message: format!("cannot parse {raw:?}"),
             })?;
@@ -185,6 +204,21 @@ impl Settings {
         if self.admin_key.as_deref().is_some_and(|k| k.len() < 16) {
             return invalid("admin_key", "must be at least 16 characters");
         }
+        if self.admin_key.is_none() && !self.listen.ip().is_loopback() {
+            return invalid(
+                "admin_key",
+                "must be set to listen on a non-loopback address: without it anyone who can reach the gateway could spend every budget",
+            );
+        }
+        for (name, value) in [
+            ("default_rpm_limit", self.default_rpm_limit),
+            ("default_tpm_limit", self.default_tpm_limit),
+            ("default_max_concurrent", self.default_max_concurrent),
+        ] {
+            if value.is_some_and(|v| v < 1) {
+                return invalid(name, "must be at least 1");
+            }
+        }
         Ok(())
     }
 }
@@ -195,16 +229,18 @@ fn known_settings() -> Vec<String> {
     let mut names: Vec<String> =
         toml::Table::try_from(Settings::default()).map(|t| t.keys().cloned().collect()).unwrap_or_default();
     // Optional settings are absent from the serialized defaults.
-    names.extend(["admin_key", "prices_file"].map(String::from));
+    names.extend(["admin_key", "prices_file", "metrics_token"].map(String::from));
+    names.extend(OPTIONAL_INTEGERS.iter().map(|s| s.to_string()));
     names
 }
 
 /// Environment values take the type of the setting's default, so an admin
 /// key made of digits stays a string and `CCGATE_POOL_SIZE=x` is an error.
-fn env_value(default: Option<&toml::Value>, raw: &str) -> Option<toml::Value> {
+fn env_value(key: &str, default: Option<&toml::Value>, raw: &str) -> Option<toml::Value> {
     match default {
         Some(toml::Value::Integer(_)) => raw.trim().parse().ok().map(toml::Value::Integer),
         Some(toml::Value::Boolean(_)) => raw.trim().parse().ok().map(toml::Value::Boolean),
+        None if OPTIONAL_INTEGERS.contains(&key) => raw.trim().parse().ok().map(toml::Value::Integer),
         _ => Some(toml::Value::String(raw.to_string())),
     }
 }

@@ -3,12 +3,14 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod budget;
 pub mod chat;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod limits;
 pub mod money;
 pub mod pricing;
 pub mod server;

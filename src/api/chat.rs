@@ -48,7 +48,7 @@ pub async fn create_chat_completion(
     let mut request = ChatRequest {
         request_id: ctx.request_id.clone(),
         project_id: ctx.project_header.clone().unwrap_or_else(|| "default".into()),
-        key_id: None,
+        key_id: ctx.key_id(),
         endpoint: "/v1/chat/completions",
         model: String::new(),
         messages: Vec::new(),
@@ -78,9 +78,6 @@ fn parse(
     request: &mut ChatRequest,
 ) -> Result<ChatCompletionRequest, ApiError> {
     let JsonBody(body) = body?;
-    if let Some(project) = &body.project_id {
-        request.project_id = project.clone();
-    }
     request.project_id = ctx.project(body.project_id.as_deref())?;
     request.model = body.model.clone().unwrap_or_default();
     if request.model.is_empty() {

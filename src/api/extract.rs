@@ -9,6 +9,7 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 
 /// A JSON body parsed with the failing field's path in the error.
@@ -61,6 +62,7 @@ pub struct Context {
     pub received_at: Instant,
     /// From the `X-Project-Id` header, if sent.
     pub project_header: Option<String>,
+    pub caller: Caller,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Context {
@@ -82,17 +84,37 @@ impl<S: Send + Sync> FromRequestParts<S> for Context {
                     .to_string(),
             ),
         };
-        Ok(Context { request_id, received_at, project_header })
+        // Only the public routes (`/`, `/health`, the docs) run without the
+        // auth middleware, and they do not act for a project.
+        let caller = parts.extensions.get::<Caller>().cloned().unwrap_or(Caller::Open);
+        Ok(Context { request_id, received_at, project_header, caller })
     }
 }
 
 impl Context {
     /// The project a request acts for: the body's `project_id`, else the
     /// `X-Project-Id` header, else `default`, checked for shape.
+    ///
+    /// A project key always acts for its own project; naming another is a
+    /// 403, so a key can never read or spend another project's anything.
     pub fn project(&self, from_body: Option<&str>) -> Result<String, ApiError> {
-        let project = from_body.or(self.project_header.as_deref()).unwrap_or("default").to_string();
+        let asked = from_body.or(self.project_header.as_deref());
+        if let Caller::Project(key) = &self.caller {
+            if let Some(asked) = asked.filter(|a| *a != key.project_id) {
+                return Err(ApiError::Forbidden(format!(
+                    "this API key belongs to project {:?} and cannot act for project {asked:?}",
+                    key.project_id
+                )));
+            }
+            return Ok(key.project_id.clone());
+        }
+        let project = asked.unwrap_or("default").to_string();
         check_project_id(&project, "project_id")?;
         Ok(project)
+    }
+
+    pub fn key_id(&self) -> Option<String> {
+        self.caller.key_id().map(str::to_string)
     }
 }
 

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod chat;
 pub mod extract;
 pub mod info;
+pub mod keys;
 pub mod openai;
 pub mod usage;
 
@@ -22,7 +23,10 @@ use utoipa_axum::routes;
 use utoipa_redoc::{Redoc, Servable};
 use utoipa_swagger_ui::SwaggerUi;
 
+use futures::StreamExt;
+
 use crate::app::AppState;
+use crate::auth::{self, Caller};
 use crate::error::ApiError;
 use extract::RequestId;
 
@@ -53,11 +57,14 @@ impl Modify for SecuritySchemes {
 
 /// The routes and their OpenAPI document, built from the same list so the
 /// two cannot disagree.
-pub fn routes(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let admin = OpenApiRouter::new()
         .routes(routes!(admin::create_project, admin::list_projects))
         .routes(routes!(admin::get_project, admin::update_project, admin::delete_project))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+        .routes(routes!(keys::create_key, keys::list_project_keys))
+        .routes(routes!(keys::list_keys))
+        .routes(routes!(keys::revoke_key))
+        .route_layer(middleware::from_fn(require_admin));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(info::root))
         .routes(routes!(info::health))
@@ -69,7 +76,7 @@ pub fn routes(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) 
 }
 
 pub fn router(state: AppState) -> Router {
-    let (routes, openapi) = routes(&state);
+    let (routes, openapi) = routes();
     let max_body = state.settings.max_body_bytes;
     routes
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi.clone()))
@@ -77,6 +84,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn(request_id))
         .with_state(state)
 }
@@ -129,38 +137,79 @@ async fn request_id(mut request: Request, next: Next) -> Response {
     response
 }
 
-/// Guards `/admin/*`: the admin key when one is set; otherwise only while
-/// the gateway listens on loopback.
-async fn require_admin(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    match &state.settings.admin_key {
-        Some(key) => {
-            let given = request
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "));
-            match given {
-                Some(given) if constant_time_eq(given.as_bytes(), key.as_bytes()) => {
-                    Ok(next.run(request).await)
+/// Paths anyone may read without a key.
+fn is_public(path: &str) -> bool {
+    matches!(path, "/" | "/health" | "/openapi.json" | "/redoc")
+        || path == "/docs"
+        || path.starts_with("/docs/")
+}
+
+/// Deny by default: every route but the public ones needs a key (or the
+/// open single-user mode), and project keys pass their rate limits here.
+async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    if is_public(request.uri().path()) {
+        return next.run(request).await;
+    }
+    let headers = request.headers();
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .map(str::to_string);
+    let now_ms = state.budget.now().timestamp_millis();
+    let caller = match auth::authenticate(
+        state.budget.store(),
+        state.settings.admin_key.as_deref(),
+        token.as_deref(),
+        now_ms,
+    )
+    .await
+    {
+        Ok(caller) => caller,
+        Err(error) => return error.into_response(),
+    };
+    let mut limit_headers = axum::http::HeaderMap::new();
+    let mut permit = None;
+    if let Caller::Project(key) = &caller {
+        if request.uri().path().starts_with("/v1/") {
+            match state.limiter.admit(key).await {
+                Ok(admitted) => {
+                    limit_headers = admitted.headers;
+                    permit = admitted.permit;
                 }
-                Some(_) => Err(ApiError::Unauthorized("the admin key is wrong".into())),
-                None => Err(ApiError::Unauthorized(
-                    "the admin API needs `Authorization: Bearer <admin key>`".into(),
-                )),
+                Err(refused) => {
+                    let mut response = refused.error.into_response();
+                    response.headers_mut().extend(refused.headers);
+                    return response;
+                }
             }
         }
-        None if state.settings.listen.ip().is_loopback() => Ok(next.run(request).await),
-        None => Err(ApiError::Forbidden(
-            "the admin API is disabled: set admin_key (CCGATE_ADMIN_KEY) to use it on a non-loopback address"
-                .into(),
-        )),
+    }
+    request.extensions_mut().insert(caller);
+    let mut response = next.run(request).await;
+    response.headers_mut().extend(limit_headers);
+    match permit {
+        // The concurrency permit lives as long as the body: a stream counts
+        // as in flight until its last chunk.
+        Some(permit) => response.map(|body| {
+            axum::body::Body::from_stream(body.into_data_stream().map(move |chunk| {
+                let _held = &permit;
+                chunk
+            }))
+        }),
+        None => response,
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Guards `/admin/*`: the admin key, or the open single-user mode (which
+/// only exists on loopback).
+async fn require_admin(request: Request, next: Next) -> Result<Response, ApiError> {
+    match request.extensions().get::<Caller>() {
+        Some(caller) if caller.is_admin() => Ok(next.run(request).await),
+        Some(Caller::Project(_)) => {
+            Err(ApiError::Forbidden("the admin API needs the admin key, not a project key".into()))
+        }
+        _ => Err(ApiError::Unauthorized("the admin API needs `Authorization: Bearer <admin key>`".into())),
+    }
 }

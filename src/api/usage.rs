@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::extract::check_project_id;
+use super::extract::Context;
 use crate::app::AppState;
 use crate::budget::PeriodUsage;
 use crate::error::{ApiError, ErrorBody};
@@ -84,11 +84,11 @@ impl From<PeriodUsage> for UsageReport {
 )]
 pub async fn get_usage(
     State(state): State<AppState>,
+    ctx: Context,
     query: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<UsageReport>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text(), None))?;
-    let project_id = query.project_id.unwrap_or_else(|| "default".into());
-    check_project_id(&project_id, "project_id")?;
+    let project_id = ctx.project(query.project_id.as_deref())?;
     let period = query.period.as_deref().unwrap_or("day");
     let Some(kind) = PeriodKind::parse(period) else {
         return Err(ApiError::bad_request(

@@ -170,8 +170,26 @@ async fn launch(
         };
         // The client hears first; the books are settled right after.
         let _ = outcome_tx.send(Outcome { report, cost, error });
+        let tokens = completion.input_tokens + completion.output_tokens;
+        tracing::info!(
+            request_id = %request.request_id,
+            project = %request.project_id,
+            key_id = request.key_id.as_deref().unwrap_or("-"),
+            model = completion.model_used.as_deref().unwrap_or("-"),
+            outcome = %completion.status,
+            status = completion.http_status.unwrap_or(0),
+            input_tokens = completion.input_tokens,
+            output_tokens = completion.output_tokens,
+            cost_usd = completion.cost.as_usd(),
+            latency_ms = completion.latency_ms.unwrap_or(0),
+            ttft_ms = completion.ttft_ms.unwrap_or(0),
+            "run finished"
+        );
         if let Err(e) = state.budget.settle(reservation, completion).await {
             tracing::error!(request_id = %request.request_id, error = %e, "failed to settle a reservation");
+        }
+        if let Some(key_id) = &request.key_id {
+            state.limiter.record_tokens(key_id, tokens).await;
         }
     });
     Ok(Running { model, events: event_rx, outcome: outcome_rx })

@@ -3,6 +3,7 @@
 //! with its own migrations. Storage writes what it is given: ids, times and
 //! amounts are decided by the domain code that calls it.
 
+pub mod keys;
 mod postgres;
 mod queries;
 mod sqlite;
@@ -190,7 +191,7 @@ pub struct LedgerRow {
 }
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: keys::KeyStore + Send + Sync + 'static {
     async fn create_project(&self, project: &Project) -> StoreResult<()>;
     async fn get_project(&self, id: &str) -> StoreResult<Option<Project>>;
     async fn list_projects(&self) -> StoreResult<Vec<Project>>;

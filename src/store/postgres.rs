@@ -8,6 +8,7 @@ use std::time::Duration;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Postgres, Transaction};
 
+use super::keys::impl_key_store;
 use super::queries::impl_store;
 use super::StoreResult;
 
@@ -58,4 +59,5 @@ impl PostgresStore {
     }
 }
 
+impl_key_store!(PostgresStore);
 impl_store!(PostgresStore, Postgres);

@@ -10,6 +10,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
+use super::keys::impl_key_store;
 use super::queries::impl_store;
 use super::StoreResult;
 
@@ -53,4 +54,5 @@ impl SqliteStore {
     }
 }
 
+impl_key_store!(SqliteStore);
 impl_store!(SqliteStore, Sqlite);

@@ -196,21 +196,30 @@ impl TestApp {
     }
 
     pub async fn usage(&self, project: &str, period: &str) -> Value {
-        client()
-            .get(format!("{}/v1/usage?project_id={project}&period={period}", self.url))
-            .send()
-            .await
-            .expect("usage")
-            .json()
-            .await
-            .expect("usage json")
+        self.usage_as(project, period, None).await
+    }
+
+    pub async fn usage_as(&self, project: &str, period: &str, key: Option<&str>) -> Value {
+        let mut request = client().get(format!("{}/v1/usage?project_id={project}&period={period}", self.url));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        request.send().await.expect("usage").json().await.expect("usage json")
     }
 
     /// Waits until the project has nothing reserved (every run settled).
     pub async fn wait_settled(&self, project: &str) -> Value {
+        self.wait_settled_inner(project, None).await
+    }
+
+    pub async fn wait_settled_as(&self, project: &str, key: &str) -> Value {
+        self.wait_settled_inner(project, Some(key)).await
+    }
+
+    async fn wait_settled_inner(&self, project: &str, key: Option<&str>) -> Value {
         let mut last = Value::Null;
         for _ in 0..200 {
-            last = self.usage(project, "day").await;
+            last = self.usage_as(project, "day", key).await;
             if last["reserved_usd"].as_f64() == Some(0.0) {
                 return last;
             }

@@ -1,0 +1,166 @@
+//! Rate limits per project key: requests per minute and tokens per minute in
+//! fixed one-minute windows kept in the store (so instances sharing a
+//! PostgreSQL database share them), and concurrent requests per instance.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::http::{HeaderMap, HeaderValue};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::clock::Clock;
+use crate::error::ApiError;
+use crate::store::keys::ApiKey;
+use crate::store::Store;
+
+const WINDOW_MS: i64 = 60_000;
+
+/// Limits that apply to a key: its own, else the configured defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyLimits {
+    pub rpm: Option<i64>,
+    pub tpm: Option<i64>,
+    pub concurrent: Option<i64>,
+}
+
+pub struct RateLimiter {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    defaults: KeyLimits,
+    /// One semaphore per key with a concurrency limit. A std mutex: it is
+    /// held only to look up or insert, never across an await.
+    concurrency: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+/// What a request was allowed, with the headers that describe it.
+pub struct Admitted {
+    pub headers: HeaderMap,
+    /// Held while the request (and its response body) lives.
+    pub permit: Option<OwnedSemaphorePermit>,
+}
+
+/// A refusal, with the same headers.
+pub struct Refused {
+    pub error: ApiError,
+    pub headers: HeaderMap,
+}
+
+impl RateLimiter {
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, defaults: KeyLimits) -> RateLimiter {
+        RateLimiter { store, clock, defaults, concurrency: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn limits_for(&self, key: &ApiKey) -> KeyLimits {
+        KeyLimits {
+            rpm: key.rpm_limit.or(self.defaults.rpm),
+            tpm: key.tpm_limit.or(self.defaults.tpm),
+            concurrent: key.max_concurrent.or(self.defaults.concurrent),
+        }
+    }
+
+    fn window(&self) -> (i64, u64) {
+        let now = self.clock.now_ms();
+        let start = now - now.rem_euclid(WINDOW_MS);
+        let reset_secs = ((start + WINDOW_MS - now) as u64).div_ceil(1000);
+        (start, reset_secs)
+    }
+
+    /// Counts one request against the key's limits, or refuses it.
+    pub async fn admit(&self, key: &ApiKey) -> Result<Admitted, Refused> {
+        let limits = self.limits_for(key);
+        let (window, reset) = self.window();
+        let mut headers = HeaderMap::new();
+        let internal = |e: crate::store::StoreError, headers: &HeaderMap| Refused {
+            error: ApiError::internal(e),
+            headers: headers.clone(),
+        };
+
+        if let Some(tpm) = limits.tpm {
+            let used = self
+                .store
+                .window_used(&key.key_id, "tpm", window)
+                .await
+                .map_err(|e| internal(e, &headers))?;
+            set_headers(&mut headers, "tokens", tpm, (tpm - used).max(0), reset);
+            if used >= tpm {
+                return Err(Refused {
+                    error: ApiError::RateLimited {
+                        message: format!(
+                            "key {} used its {tpm} tokens per minute; retry in {reset} s",
+                            key.key_id
+                        ),
+                        retry_after_secs: Some(reset),
+                    },
+                    headers,
+                });
+            }
+        }
+        if let Some(rpm) = limits.rpm {
+            let taken = self
+                .store
+                .take_from_window(&key.key_id, "rpm", window, 1, rpm)
+                .await
+                .map_err(|e| internal(e, &headers))?;
+            set_headers(&mut headers, "requests", rpm, taken.map(|t| rpm - t).unwrap_or(0), reset);
+            if taken.is_none() {
+                return Err(Refused {
+                    error: ApiError::RateLimited {
+                        message: format!(
+                            "key {} made its {rpm} requests this minute; retry in {reset} s",
+                            key.key_id
+                        ),
+                        retry_after_secs: Some(reset),
+                    },
+                    headers,
+                });
+            }
+        }
+        let permit = match limits.concurrent {
+            None => None,
+            Some(max) => {
+                let semaphore = {
+                    let mut map = self.concurrency.lock().unwrap_or_else(|e| e.into_inner());
+                    Arc::clone(map.entry(key.key_id.clone()).or_insert_with(|| {
+                        Arc::new(Semaphore::new(usize::try_from(max.max(0)).unwrap_or(0)))
+                    }))
+                };
+                match semaphore.try_acquire_owned() {
+                    Ok(permit) => Some(permit),
+                    Err(_) => {
+                        return Err(Refused {
+                            error: ApiError::RateLimited {
+                                message: format!("key {} already has {max} requests in flight", key.key_id),
+                                retry_after_secs: Some(1),
+                            },
+                            headers,
+                        })
+                    }
+                }
+            }
+        };
+        Ok(Admitted { headers, permit })
+    }
+
+    /// Adds the tokens a finished request used to its key's window.
+    pub async fn record_tokens(&self, key_id: &str, tokens: u64) {
+        let (window, _) = self.window();
+        let tokens = i64::try_from(tokens).unwrap_or(i64::MAX);
+        if let Err(e) = self.store.add_to_window(key_id, "tpm", window, tokens).await {
+            tracing::warn!(error = %e, "failed to record token usage for rate limits");
+        }
+    }
+}
+
+fn set_headers(headers: &mut HeaderMap, what: &str, limit: i64, remaining: i64, reset_secs: u64) {
+    let pairs = [
+        (format!("x-ratelimit-limit-{what}"), limit.to_string()),
+        (format!("x-ratelimit-remaining-{what}"), remaining.to_string()),
+        (format!("x-ratelimit-reset-{what}"), format!("{reset_secs}s")),
+    ];
+    for (name, value) in pairs {
+        if let (Ok(name), Ok(value)) = (axum::http::HeaderName::try_from(name), HeaderValue::from_str(&value))
+        {
+            headers.insert(name, value);
+        }
+    }
+}
