@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use tokio_util::task::TaskTracker;
 
+use crate::batch::{fair, BatchControl};
 use crate::budget::Budget;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
 use crate::limits::{KeyLimits, RateLimiter};
+use crate::metrics::Metrics;
 use crate::pricing::PriceTable;
 use crate::store::Store;
 use crate::workers::cli::{ClaudeCli, CliSettings};
@@ -21,7 +23,10 @@ pub struct AppState {
     pub prices: Arc<PriceTable>,
     pub budget: Budget,
     pub pool: Arc<WorkerPool>,
+    /// Wakes the batch runner and stops cancelled batches.
+    pub batches: Arc<BatchControl>,
     pub limiter: Arc<RateLimiter>,
+    pub metrics: Arc<Metrics>,
     /// Background work that must finish before the process exits (run
     /// supervisors, ledger writes).
     pub tasks: TaskTracker,
@@ -71,13 +76,18 @@ impl AppState {
             },
         ));
         let budget = Budget::new(store, clock, instance_id, ttl);
-        let pool = Arc::new(WorkerPool::new(worker, settings.pool_size, settings.queue_limit, stats));
+        let pool = Arc::new(
+            WorkerPool::new(worker, settings.pool_size, settings.queue_limit, stats)
+                .with_batch_slots(fair::share_slots(settings.pool_size, settings.batch_pool_share)),
+        );
         AppState {
             settings: Arc::new(settings),
             prices: Arc::new(prices),
             budget,
             pool,
+            batches: Arc::new(BatchControl::default()),
             limiter,
+            metrics: Arc::new(Metrics::new()),
             tasks: TaskTracker::new(),
         }
     }

@@ -1,9 +1,12 @@
-//! The command line: `ccgate serve` and friends. `main` only calls `run`.
+//! The command line: `ccgate serve`, and the admin commands (`projects`,
+//! `keys`, `usage`, in `admin_cli`) that talk to a running gateway. `main`
+//! only calls `run`.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::admin_cli;
 use crate::config::{LogFormat, Settings};
 
 #[derive(Parser, Debug)]
@@ -17,6 +20,12 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway.
     Serve(ServeArgs),
+    /// Manage projects and their budgets on a running gateway.
+    Projects(admin_cli::ProjectsArgs),
+    /// Create, list and revoke project API keys on a running gateway.
+    Keys(admin_cli::KeysArgs),
+    /// Show a project's spend and budget for the current day, week or month.
+    Usage(admin_cli::UsageArgs),
 }
 
 #[derive(Args, Debug)]
@@ -76,6 +85,9 @@ impl ServeArgs {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Projects(args) => admin_cli::projects(args).await,
+        Command::Keys(args) => admin_cli::keys(args).await,
+        Command::Usage(args) => admin_cli::usage(args).await,
     }
 }
 

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 const OPTIONAL_INTEGERS: &[&str] = &["default_rpm_limit", "default_tpm_limit", "default_max_concurrent"];
 
 /// Environment variables that start with `CCGATE_` but are not settings.
-const NON_SETTING_VARS: &[&str] = &["CCGATE_CONFIG", "CCGATE_LOG", "CCGATE_URL"];
+const NON_SETTING_VARS: &[&str] = &["CCGATE_CONFIG", "CCGATE_LOG", "CCGATE_URL", "CCGATE_API_KEY"];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -68,6 +68,15 @@ pub struct Settings {
     pub metrics_token: Option<String>,
     /// Log prompt text (off: prompts and secrets never reach the log).
     pub log_prompts: bool,
+    /// The most of the pool batch work may hold at once, as a fraction of
+    /// `pool_size` (rounded up, at least one worker).
+    pub batch_pool_share: f64,
+    /// Most requests in one `POST /v1/batch`.
+    pub batch_max_tasks: usize,
+    /// Most requests (lines) in one batch input file.
+    pub batch_max_file_lines: usize,
+    /// Largest `POST /v1/batch` body or uploaded batch file, in bytes.
+    pub batch_max_body_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -104,6 +113,10 @@ impl Default for Settings {
             default_max_concurrent: None,
             metrics_token: None,
             log_prompts: false,
+            batch_pool_share: 0.5,
+            batch_max_tasks: 1000,
+            batch_max_file_lines: 50_000,
+            batch_max_body_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -186,6 +199,18 @@ impl Settings {
         if self.pool_size == 0 {
             return invalid("pool_size", "must be at least 1");
         }
+        if !(self.batch_pool_share > 0.0 && self.batch_pool_share <= 1.0) {
+            return invalid("batch_pool_share", "must be more than 0 and at most 1");
+        }
+        for (name, value) in [
+            ("batch_max_tasks", self.batch_max_tasks),
+            ("batch_max_file_lines", self.batch_max_file_lines),
+            ("batch_max_body_bytes", self.batch_max_body_bytes),
+        ] {
+            if value == 0 {
+                return invalid(name, "must be at least 1");
+            }
+        }
         if self.request_timeout_secs == 0 {
             return invalid("request_timeout_secs", "must be at least 1");
         }
@@ -240,6 +265,7 @@ fn env_value(key: &str, default: Option<&toml::Value>, raw: &str) -> Option<toml
     match default {
         Some(toml::Value::Integer(_)) => raw.trim().parse().ok().map(toml::Value::Integer),
         Some(toml::Value::Boolean(_)) => raw.trim().parse().ok().map(toml::Value::Boolean),
+        Some(toml::Value::Float(_)) => raw.trim().parse().ok().map(toml::Value::Float),
         None if OPTIONAL_INTEGERS.contains(&key) => raw.trim().parse().ok().map(toml::Value::Integer),
         _ => Some(toml::Value::String(raw.to_string())),
     }
@@ -296,6 +322,18 @@ mod tests {
 
         let err = Settings::load(None, env(&[("CCGATE_LISTEN", "nowhere")]), vec![]).unwrap_err();
         assert!(err.to_string().contains("listen"), "{err}");
+    }
+
+    #[test]
+    fn the_batch_share_is_a_fraction_from_file_or_env() {
+        let settings = Settings::load(None, env(&[("CCGATE_BATCH_POOL_SHARE", "0.25")]), vec![]).unwrap();
+        assert_eq!(settings.batch_pool_share, 0.25);
+        let settings = Settings::load(None, env(&[("CCGATE_BATCH_POOL_SHARE", "1")]), vec![]).unwrap();
+        assert_eq!(settings.batch_pool_share, 1.0);
+        for bad in ["0", "1.5", "half"] {
+            let err = Settings::load(None, env(&[("CCGATE_BATCH_POOL_SHARE", bad)]), vec![]).unwrap_err();
+            assert!(err.to_string().contains("batch_pool_share") || err.to_string().contains("BATCH_POOL_SHARE"), "{err}");
+        }
     }
 
     #[test]

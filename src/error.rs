@@ -45,7 +45,7 @@ pub struct ErrorBody {
     pub error: ErrorObject,
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ErrorObject {
     pub message: String,
     #[serde(rename = "type")]

@@ -1,9 +1,11 @@
 //! ccgate: an OpenAI-compatible gateway that runs prompts on a pool of
 //! Claude Code CLI workers, with budgets that cannot be overspent.
 
+pub mod admin_cli;
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod batch;
 pub mod budget;
 pub mod chat;
 pub mod cli;
@@ -11,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod limits;
+pub mod metrics;
 pub mod money;
 pub mod pricing;
 pub mod server;

@@ -59,11 +59,19 @@ pub async fn run(
         tokio::time::sleep(grace).await;
         pool.kill_all();
     });
+    // Batches (new ones, and those a stopped or crashed instance left) run
+    // in the background until the stop.
+    let batches = crate::batch::runner::spawn(&state, stopping.clone());
 
     let app = crate::api::router(state.clone());
     let server_stop = stopping.clone();
     axum::serve(listener, app).with_graceful_shutdown(async move { server_stop.cancelled().await }).await?;
 
+    // Running batch requests may finish within the grace period; the ones
+    // killed after it go back to pending, for the next start.
+    if let Err(e) = batches.await {
+        tracing::error!(error = %e, "the batch runner failed");
+    }
     state.pool.kill_all();
     state.tasks.close();
     if tokio::time::timeout(Duration::from_secs(10), state.tasks.wait()).await.is_err() {

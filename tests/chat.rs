@@ -176,7 +176,8 @@ async fn bad_input_gets_openai_errors_and_the_gateway_keeps_serving() {
     app.wait_settled("default").await;
     let rows = app.state.budget.store().ledger("default", 100).await.unwrap();
     let nope = app.state.budget.store().ledger("nope", 100).await.unwrap();
-    assert_eq!(rows.len() + nope.len(), 10 + 1 + 1, "{rows:?}");
+    // 9 malformed, tools, unknown project, invalid project id, and the good one.
+    assert_eq!(rows.len() + nope.len(), 9 + 1 + 1 + 1 + 1, "{rows:?}");
     app.stop().await;
 }
 

@@ -14,9 +14,9 @@ use super::openai::{
     ChunkChoice, Delta, RunInfo, Usage,
 };
 use crate::app::AppState;
-use crate::chat::{self, ChatRequest, Outcome, Running};
+use crate::chat::{self, ChatEvent, ChatRequest, Outcome, Running};
 use crate::error::{ApiError, ErrorBody};
-use crate::workers::Event;
+use crate::workers::JobClass;
 
 /// Creates a chat completion, streamed or not.
 ///
@@ -54,6 +54,7 @@ pub async fn create_chat_completion(
         messages: Vec::new(),
         max_tokens: None,
         received_at: ctx.received_at,
+        class: JobClass::Interactive,
     };
     let body = match parse(&state, &ctx, body, &mut request) {
         Ok(body) => body,
@@ -64,11 +65,15 @@ pub async fn create_chat_completion(
     };
     let running = chat::start(&state, request).await?;
     let include_usage = body.stream_options.as_ref().is_some_and(|o| o.include_usage);
-    if body.stream {
+    let model = super::metrics::ModelLabel(running.model.id.clone());
+    let mut response = if body.stream {
         stream_response(ctx.request_id, running, include_usage).await
     } else {
         complete_response(ctx.request_id, running).await
     }
+    .into_response();
+    response.extensions_mut().insert(model);
+    Ok(response)
 }
 
 fn parse(
@@ -89,11 +94,14 @@ fn parse(
 }
 
 async fn complete_response(request_id: String, mut running: Running) -> Result<Response, ApiError> {
-    // Text is also collected in the report; draining the events keeps the
-    // worker from blocking on a full channel.
-    while running.events.recv().await.is_some() {}
-    let outcome =
-        running.outcome.await.map_err(|_| ApiError::internal("the run ended without an outcome"))?;
+    let outcome = loop {
+        match running.events.recv().await {
+            // Text is also collected in the report.
+            Some(ChatEvent::Text(_)) => continue,
+            Some(ChatEvent::Done(outcome)) => break outcome,
+            None => return Err(ApiError::internal("the run ended without an outcome")),
+        }
+    };
     if let Some(error) = outcome.error {
         return Err(error);
     }
@@ -122,52 +130,31 @@ async fn complete_response(request_id: String, mut running: Running) -> Result<R
 /// Streams chunks as the worker produces text. The HTTP status is decided
 /// when the first text arrives: a run that fails before saying anything
 /// gets a proper error status instead of a 200 stream holding an error.
-async fn stream_response(
-    request_id: String,
-    mut running: Running,
-    include_usage: bool,
-) -> Result<Response, ApiError> {
-    let first_text = loop {
-        match running.events.recv().await {
-            Some(Event::Text(text)) => break Some(text),
-            Some(Event::Started { .. }) => continue,
-            None => break None,
-        }
-    };
-    if first_text.is_none() {
-        let outcome =
-            running.outcome.await.map_err(|_| ApiError::internal("the run ended without an outcome"))?;
-        if let Some(error) = outcome.error {
-            return Err(error);
-        }
-        let model = outcome.report.model.clone().unwrap_or_else(|| running.model.id.clone());
-        let frames = closing_frames(&ChunkMeta::new(&request_id, model), outcome, include_usage);
-        return Ok(sse(stream::iter(
-            std::iter::once(role_frame(&request_id, &running.model.id)).chain(frames),
-        )));
-    }
+async fn stream_response(request_id: String, mut running: Running, include_usage: bool) -> Result<Response, ApiError> {
     let model = running.model.id.clone();
     let meta = ChunkMeta::new(&request_id, model.clone());
-    let head =
-        stream::iter([role_frame(&request_id, &model), text_frame(&meta, first_text.unwrap_or_default())]);
+    let first_text = match running.events.recv().await {
+        Some(ChatEvent::Text(text)) => text,
+        Some(ChatEvent::Done(outcome)) => {
+            if let Some(error) = outcome.error {
+                return Err(error);
+            }
+            let frames = closing_frames(&meta, outcome, include_usage);
+            return Ok(sse(stream::iter(std::iter::once(role_frame(&meta)).chain(frames))));
+        }
+        None => return Err(ApiError::internal("the run ended without an outcome")),
+    };
+    let head = stream::iter([role_frame(&meta), text_frame(&meta, first_text)]);
     let tail = stream::unfold(Some((running, meta)), move |state| async move {
         let (mut running, meta) = state?;
-        loop {
-            match running.events.recv().await {
-                Some(Event::Text(text)) => {
-                    return Some((vec![text_frame(&meta, text)], Some((running, meta))))
-                }
-                Some(Event::Started { .. }) => continue,
-                None => break,
-            }
+        match running.events.recv().await {
+            Some(ChatEvent::Text(text)) => Some((vec![text_frame(&meta, text)], Some((running, meta)))),
+            Some(ChatEvent::Done(outcome)) => Some((closing_frames(&meta, outcome, include_usage), None)),
+            None => Some((
+                vec![error_frame(&ApiError::internal("the run ended without an outcome")), done_frame()],
+                None,
+            )),
         }
-        let frames = match running.outcome.await {
-            Ok(outcome) => closing_frames(&meta, outcome, include_usage),
-            Err(_) => {
-                vec![error_frame(&ApiError::internal("the run ended without an outcome")), done_frame()]
-            }
-        };
-        Some((frames, None))
     })
     .flat_map(stream::iter);
     Ok(sse(head.chain(tail)))
@@ -211,8 +198,7 @@ fn json_frame<T: serde::Serialize>(value: &T) -> SseEvent {
     SseEvent::default().data(serde_json::to_string(value).unwrap_or_else(|_| "{}".into()))
 }
 
-fn role_frame(request_id: &str, model: &str) -> SseEvent {
-    let meta = ChunkMeta::new(request_id, model.to_string());
+fn role_frame(meta: &ChunkMeta) -> SseEvent {
     json_frame(&meta.chunk(Delta { role: Some("assistant"), content: Some(String::new()) }, None))
 }
 

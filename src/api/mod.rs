@@ -2,10 +2,14 @@
 //! thin; wire formats live here and nowhere else.
 
 pub mod admin;
+pub mod batch;
+pub mod batches;
 pub mod chat;
 pub mod extract;
+pub mod files;
 pub mod info;
 pub mod keys;
+pub mod metrics;
 pub mod openai;
 pub mod usage;
 
@@ -37,6 +41,7 @@ use extract::RequestId;
     tags(
         (name = "chat", description = "OpenAI-compatible chat completions"),
         (name = "budget", description = "Usage and budgets"),
+        (name = "batch", description = "Batches: POST /v1/batch, and OpenAI's Files and Batch APIs"),
         (name = "admin", description = "Projects and budgets (admin key)"),
         (name = "info", description = "Service information"),
     )
@@ -65,12 +70,24 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(keys::list_keys))
         .routes(routes!(keys::revoke_key))
         .route_layer(middleware::from_fn(require_admin));
+    // Uploads enforce `batch_max_body_bytes` themselves, as the parts stream in.
+    let uploads = OpenApiRouter::new()
+        .routes(routes!(files::create_file, files::list_files))
+        .layer(DefaultBodyLimit::disable());
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(info::root))
         .routes(routes!(info::health))
         .routes(routes!(info::list_models))
+        .routes(routes!(metrics::metrics))
         .routes(routes!(chat::create_chat_completion))
         .routes(routes!(usage::get_usage))
+        .routes(routes!(batch::run_batch))
+        .routes(routes!(batches::create_batch, batches::list_batches))
+        .routes(routes!(batches::get_batch))
+        .routes(routes!(batches::cancel_batch))
+        .routes(routes!(files::get_file, files::delete_file))
+        .routes(routes!(files::get_file_content))
+        .merge(uploads)
         .merge(admin)
         .split_for_parts()
 }
@@ -79,6 +96,7 @@ pub fn router(state: AppState) -> Router {
     let (routes, openapi) = routes();
     let max_body = state.settings.max_body_bytes;
     routes
+        .route_layer(middleware::from_fn_with_state(state.clone(), metrics::track))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi.clone()))
         .merge(Redoc::with_url("/redoc", openapi))
         .fallback(not_found)
@@ -157,6 +175,12 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
         .and_then(|v| v.strip_prefix("Bearer "))
         .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
         .map(str::to_string);
+    if let (Some(expected), Some(given)) = (&state.settings.metrics_token, &token) {
+        if request.uri().path() == "/metrics" && auth::constant_time_eq(expected.as_bytes(), given.as_bytes()) {
+            request.extensions_mut().insert(metrics::MetricsToken);
+            return next.run(request).await;
+        }
+    }
     let now_ms = state.budget.now().timestamp_millis();
     let caller = match auth::authenticate(
         state.budget.store(),

@@ -7,6 +7,7 @@ use utoipa::ToSchema;
 use crate::chat::{Message, Role};
 use crate::error::ApiError;
 use crate::pricing::TokenUsage;
+use crate::workers::RunReport;
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatCompletionRequest {
@@ -167,6 +168,27 @@ pub struct ChatCompletion {
     pub choices: Vec<Choice>,
     pub usage: Usage,
     pub system_fingerprint: Option<String>,
+}
+
+impl ChatCompletion {
+    /// The completion for a finished run: its text, stop reason and usage,
+    /// under the model id the CLI reported (`fallback_model` if none).
+    pub fn from_report(request_id: &str, created: i64, fallback_model: &str, report: RunReport) -> ChatCompletion {
+        ChatCompletion {
+            id: format!("chatcmpl-{request_id}"),
+            object: "chat.completion",
+            created,
+            model: report.model.clone().unwrap_or_else(|| fallback_model.to_string()),
+            choices: vec![Choice {
+                index: 0,
+                message: AssistantMessage { role: "assistant".into(), content: report.text },
+                finish_reason: finish_reason(report.stop_reason.as_deref()),
+                logprobs: None,
+            }],
+            usage: Usage::from(report.usage),
+            system_fingerprint: None,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

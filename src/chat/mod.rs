@@ -7,7 +7,7 @@ pub mod prompt;
 
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::app::AppState;
 use crate::budget::{Reservation, ReservationRequest};
@@ -15,7 +15,7 @@ use crate::error::ApiError;
 use crate::money::Micros;
 use crate::pricing::Model;
 use crate::store::{Completion, LedgerEntry};
-use crate::workers::{Event, Job, RunEnd, RunReport};
+use crate::workers::{Admission, Event, Job, JobClass, RunEnd, RunReport};
 
 pub use prompt::{Message, Role};
 
@@ -30,13 +30,20 @@ pub struct ChatRequest {
     pub messages: Vec<Message>,
     pub max_tokens: Option<u64>,
     pub received_at: Instant,
+    /// Interactive, or part of a batch (which holds a batch slot).
+    pub class: JobClass,
 }
 
-/// A run under way: its events, then its outcome.
+/// A run under way: text as it comes, then exactly one `Done`.
 pub struct Running {
     pub model: Model,
-    pub events: mpsc::Receiver<Event>,
-    pub outcome: oneshot::Receiver<Outcome>,
+    pub events: mpsc::Receiver<ChatEvent>,
+}
+
+#[derive(Debug)]
+pub enum ChatEvent {
+    Text(String),
+    Done(Outcome),
 }
 
 /// How a run ended, as the client sees it.
@@ -63,7 +70,47 @@ pub async fn start(state: &AppState, request: ChatRequest) -> Result<Running, Ap
     }
 }
 
+/// The most a request may cost (what `start` would reserve), or why it
+/// cannot run at all; nothing is reserved or recorded.
+pub fn estimate(state: &AppState, request: &ChatRequest) -> Result<Micros, ApiError> {
+    plan(state, request).map(|plan| plan.amount)
+}
+
+/// What a request will run, and its worst-case cost.
+struct Plan {
+    model: Model,
+    prompt: prompt::Prompt,
+    amount: Micros,
+}
+
 async fn prepare(state: &AppState, request: &ChatRequest) -> Result<(Model, Job, Reservation), ApiError> {
+    let Plan { model, prompt, amount } = plan(state, request)?;
+    let reservation = state
+        .budget
+        .reserve(ReservationRequest {
+            request_id: request.request_id.clone(),
+            project_id: request.project_id.clone(),
+            key_id: request.key_id.clone(),
+            endpoint: request.endpoint.to_string(),
+            model_requested: Some(request.model.clone()),
+            model_used: Some(model.id.clone()),
+            amount,
+        })
+        .await?;
+    let deadline = tokio::time::Instant::from_std(request.received_at)
+        + Duration::from_secs(state.settings.request_timeout_secs);
+    let job = Job {
+        model: model.cli_name().to_string(),
+        system_prompt: prompt.system,
+        prompt: prompt.prompt,
+        max_output_tokens: request.max_tokens,
+        max_budget: amount,
+        deadline,
+    };
+    Ok((model, job, reservation))
+}
+
+fn plan(state: &AppState, request: &ChatRequest) -> Result<Plan, ApiError> {
     let model = resolve_model(state, &request.model)?;
     let prompt =
         prompt::build(&request.messages).map_err(|e| ApiError::bad_request(e.to_string(), "messages"))?;
@@ -95,29 +142,7 @@ async fn prepare(state: &AppState, request: &ChatRequest) -> Result<(Model, Job,
         output_tokens: output_bound,
         ..Default::default()
     });
-    let reservation = state
-        .budget
-        .reserve(ReservationRequest {
-            request_id: request.request_id.clone(),
-            project_id: request.project_id.clone(),
-            key_id: request.key_id.clone(),
-            endpoint: request.endpoint.to_string(),
-            model_requested: Some(request.model.clone()),
-            model_used: Some(model.id.clone()),
-            amount,
-        })
-        .await?;
-    let deadline = tokio::time::Instant::from_std(request.received_at)
-        + Duration::from_secs(state.settings.request_timeout_secs);
-    let job = Job {
-        model: model.cli_name().to_string(),
-        system_prompt: prompt.system,
-        prompt: prompt.prompt,
-        max_output_tokens: request.max_tokens,
-        max_budget: amount,
-        deadline,
-    };
-    Ok((model, job, reservation))
+    Ok(Plan { model, prompt, amount })
 }
 
 pub fn resolve_model(state: &AppState, name: &str) -> Result<Model, ApiError> {
@@ -139,12 +164,15 @@ pub fn resolve_model(state: &AppState, name: &str) -> Result<Model, ApiError> {
 
 async fn launch(
     state: &AppState,
-    request: ChatRequest,
+    mut request: ChatRequest,
     model: Model,
     job: Job,
     reservation: Reservation,
 ) -> Result<Running, ApiError> {
-    let admission = match state.pool.admit() {
+    // The admission holds a batch run's slot, so the slot is free as soon as
+    // the run ends (not when its settlement is written).
+    let class = std::mem::replace(&mut request.class, JobClass::Interactive);
+    let admission = match state.pool.admit(class) {
         Ok(admission) => admission,
         Err(full) => {
             let error = ApiError::Overloaded(format!("{full}; retry shortly"));
@@ -154,23 +182,35 @@ async fn launch(
             return Err(error);
         }
     };
-    let (event_tx, event_rx) = mpsc::channel(EVENT_BUFFER);
-    let (outcome_tx, outcome_rx) = oneshot::channel();
-    let cancel = state.pool.run_token();
+    let (client_tx, client_rx) = mpsc::channel(EVENT_BUFFER);
     let supervisor_state = state.clone();
     let supervisor_model = model.clone();
     state.tasks.spawn(async move {
         let state = supervisor_state;
-        let report = state.pool.run(admission, job, event_tx, cancel).await;
-        let cost = report.reported_cost.unwrap_or_else(|| supervisor_model.cost(&report.usage));
+        let (report, answered_at) = supervise(&state, &supervisor_model, admission, job, client_tx).await;
+        let cost = cost_of(&supervisor_model, &report);
         let error = error_for(&state, &report.end);
         let completion = match &error {
             Some(error) => completion_for(&request, error, report.clone(), cost),
             None => completion_for_success(&request, report.clone(), cost),
         };
-        // The client hears first; the books are settled right after.
-        let _ = outcome_tx.send(Outcome { report, cost, error });
         let tokens = completion.input_tokens + completion.output_tokens;
+        // What the gateway adds: from arrival to the worker's start, and from
+        // the CLI's result line to the answer leaving (queue wait included).
+        let overhead = report
+            .finished_at
+            .map(|done| report.started_at.saturating_duration_since(request.received_at) + answered_at.saturating_duration_since(done));
+        state.metrics.observe_run(
+            &request.project_id,
+            completion.model_used.as_deref().unwrap_or(&supervisor_model.id),
+            &completion.status,
+            answered_at.saturating_duration_since(request.received_at),
+            report.first_token_at.map(|t| t.saturating_duration_since(request.received_at)),
+            overhead,
+            completion.input_tokens,
+            completion.output_tokens,
+            completion.cost.as_usd(),
+        );
         tracing::info!(
             request_id = %request.request_id,
             project = %request.project_id,
@@ -192,7 +232,73 @@ async fn launch(
             state.limiter.record_tokens(key_id, tokens).await;
         }
     });
-    Ok(Running { model, events: event_rx, outcome: outcome_rx })
+    Ok(Running { model, events: client_rx })
+}
+
+fn cost_of(model: &Model, report: &RunReport) -> Micros {
+    report.reported_cost.unwrap_or_else(|| model.cost(&report.usage))
+}
+
+/// Runs the job, passing text to the client and the outcome as soon as the
+/// CLI has reported it (process clean-up happens after the client has its
+/// answer). A client that goes away cancels the run.
+async fn supervise(
+    state: &AppState,
+    model: &Model,
+    admission: Admission,
+    job: Job,
+    client: mpsc::Sender<ChatEvent>,
+) -> (RunReport, Instant) {
+    let (worker_tx, mut worker_rx) = mpsc::channel(EVENT_BUFFER);
+    let cancel = state.pool.run_token();
+    let run = state.pool.run(admission, job, worker_tx, cancel.clone());
+    tokio::pin!(run);
+    let mut answered = false;
+    let mut answered_at = None;
+    let forward = |event: Event, answered: &mut bool| -> Option<ChatEvent> {
+        match event {
+            Event::Text(text) => Some(ChatEvent::Text(text)),
+            Event::Started { .. } => None,
+            Event::Finished(report) => {
+                *answered = true;
+                let cost = cost_of(model, &report);
+                Some(ChatEvent::Done(Outcome { error: error_for(state, &report.end), report: *report, cost }))
+            }
+        }
+    };
+    let report = loop {
+        tokio::select! {
+            report = &mut run => break report,
+            Some(event) = worker_rx.recv() => {
+                if let Some(event) = forward(event, &mut answered) {
+                    let done = matches!(event, ChatEvent::Done(_));
+                    if client.send(event).await.is_err() {
+                        cancel.cancel();
+                    }
+                    if done {
+                        answered_at = Some(Instant::now());
+                    }
+                }
+            }
+            _ = client.closed(), if !cancel.is_cancelled() => cancel.cancel(),
+        }
+    };
+    while let Ok(event) = worker_rx.try_recv() {
+        if let Some(event) = forward(event, &mut answered) {
+            let done = matches!(event, ChatEvent::Done(_));
+            let _ = client.send(event).await;
+            if done {
+                answered_at = Some(Instant::now());
+            }
+        }
+    }
+    if !answered {
+        let cost = cost_of(model, &report);
+        let outcome = Outcome { error: error_for(state, &report.end), report: report.clone(), cost };
+        let _ = client.send(ChatEvent::Done(outcome)).await;
+        answered_at = Some(Instant::now());
+    }
+    (report, answered_at.unwrap_or_else(Instant::now))
 }
 
 fn error_for(state: &AppState, end: &RunEnd) -> Option<ApiError> {

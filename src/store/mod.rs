@@ -3,6 +3,7 @@
 //! with its own migrations. Storage writes what it is given: ids, times and
 //! amounts are decided by the domain code that calls it.
 
+pub mod batches;
 pub mod keys;
 mod postgres;
 mod queries;
@@ -191,7 +192,7 @@ pub struct LedgerRow {
 }
 
 #[async_trait]
-pub trait Store: keys::KeyStore + Send + Sync + 'static {
+pub trait Store: batches::BatchStore + keys::KeyStore + Send + Sync + 'static {
     async fn create_project(&self, project: &Project) -> StoreResult<()>;
     async fn get_project(&self, id: &str) -> StoreResult<Option<Project>>;
     async fn list_projects(&self) -> StoreResult<Vec<Project>>;

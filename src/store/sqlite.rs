@@ -10,6 +10,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
+use super::batches::impl_batch_store;
 use super::keys::impl_key_store;
 use super::queries::impl_store;
 use super::StoreResult;
@@ -54,5 +55,6 @@ impl SqliteStore {
     }
 }
 
+impl_batch_store!(SqliteStore, Sqlite);
 impl_key_store!(SqliteStore);
 impl_store!(SqliteStore, Sqlite);

@@ -274,6 +274,9 @@ impl ClaudeCli {
 
         let finished_normally = matches!(end, RunEnd::Completed | RunEnd::Failed { .. });
         if finished_normally {
+            let mut report = state.report.clone();
+            report.end = end.clone();
+            let _ = events.send(Event::Finished(Box::new(report))).await;
             // Let the CLI exit on its own for a moment (it closes stdout when
             // it does); the group is killed right after either way.
             let _ = tokio::time::timeout(EXIT_GRACE, async {
@@ -355,6 +358,7 @@ fn apply(state: &mut RunState, line: CliLine) -> Step {
 }
 
 fn finish(report: &mut RunReport, result: CliResult) -> RunEnd {
+    report.finished_at = Some(Instant::now());
     report.reported_cost = Some(Micros::from_usd(result.total_cost_usd));
     report.usage = result.usage;
     report.num_turns = result.num_turns;

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::money::Micros;
 use crate::pricing::TokenUsage;
 
-pub use pool::{Admission, PoolState, PoolStats, QueueFull, WorkerPool};
+pub use pool::{Admission, BatchSlot, JobClass, PoolState, PoolStats, QueueFull, WorkerPool};
 
 /// One prompt to run.
 #[derive(Debug, Clone)]
@@ -38,6 +38,9 @@ pub struct Job {
 pub enum Event {
     Started { model: Option<String>, session_id: Option<String> },
     Text(String),
+    /// The CLI printed its result. Sent before the process is cleaned up,
+    /// so the client need not wait for that; `run` returns the same report.
+    Finished(Box<RunReport>),
 }
 
 /// How a run ended.
@@ -81,6 +84,8 @@ pub struct RunReport {
     pub num_turns: u64,
     pub started_at: Instant,
     pub first_token_at: Option<Instant>,
+    /// When the CLI printed its result line.
+    pub finished_at: Option<Instant>,
 }
 
 impl RunReport {
@@ -96,6 +101,7 @@ impl RunReport {
             num_turns: 0,
             started_at: Instant::now(),
             first_token_at: None,
+            finished_at: None,
         }
     }
 }

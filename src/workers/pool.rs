@@ -1,5 +1,6 @@
 //! The worker pool: at most `size` runs at once, at most `queue_limit`
-//! waiting, and a clean "no" (not a hang) past that.
+//! waiting, and a clean "no" (not a hang) past that. Batch work holds one of
+//! `batch_slots` besides, so it never takes more than its share of the pool.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -27,6 +28,36 @@ pub struct PoolState {
     pub idle: usize,
     pub queued: usize,
     pub queue_limit: usize,
+    /// Most batch runs at once (the pool's batch share).
+    pub batch_slots: usize,
+    /// Batch runs holding a batch slot now.
+    pub batch_busy: usize,
+}
+
+/// Which kind of work a run is, for the pool's fair share.
+#[derive(Debug, Clone)]
+pub enum JobClass {
+    /// A client is waiting: it takes a queue place, refused at once when
+    /// the queue is full.
+    Interactive,
+    /// Part of a batch, holding a batch slot: it is bounded by the slots
+    /// rather than by queue places, so a batch never fills the queue that
+    /// interactive requests need.
+    Batch(BatchSlot),
+}
+
+/// One of the pool's batch slots. The batch runner awaits one before it
+/// reserves a task's budget (so a task never waits for a worker while its
+/// deadline runs), and the slot is freed when the task's run ends.
+#[derive(Clone)]
+pub struct BatchSlot {
+    _permit: Arc<OwnedSemaphorePermit>,
+}
+
+impl std::fmt::Debug for BatchSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BatchSlot")
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +70,8 @@ pub struct QueueFull {
 /// A place in the pool (running or queued), taken before a run starts so a
 /// full pool refuses at once.
 pub struct Admission {
-    _place: OwnedSemaphorePermit,
+    _place: Option<OwnedSemaphorePermit>,
+    _batch: Option<BatchSlot>,
 }
 
 pub struct WorkerPool {
@@ -50,6 +82,9 @@ pub struct WorkerPool {
     slots: Arc<Semaphore>,
     /// One permit per slot plus one per queue place.
     places: Arc<Semaphore>,
+    /// One permit per batch slot.
+    batch: Arc<Semaphore>,
+    batch_slots: usize,
     queued: AtomicUsize,
     stats: Arc<PoolStats>,
     shutdown: CancellationToken,
@@ -68,9 +103,29 @@ impl WorkerPool {
             queue_limit,
             slots: Arc::new(Semaphore::new(size)),
             places: Arc::new(Semaphore::new(size + queue_limit)),
+            batch: Arc::new(Semaphore::new(size)),
+            batch_slots: size,
             queued: AtomicUsize::new(0),
             stats,
             shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// Bounds batch work to `slots` runs at once (at least one).
+    pub fn with_batch_slots(mut self, slots: usize) -> WorkerPool {
+        let slots = slots.clamp(1, self.size);
+        self.batch = Arc::new(Semaphore::new(slots));
+        self.batch_slots = slots;
+        self
+    }
+
+    /// Waits for a batch slot (first come, first served).
+    pub async fn batch_slot(&self) -> BatchSlot {
+        // The semaphore is never closed, so acquiring cannot fail; if it
+        // ever were, running without a slot would be the safe side of it.
+        match Arc::clone(&self.batch).acquire_owned().await {
+            Ok(permit) => BatchSlot { _permit: Arc::new(permit) },
+            Err(_) => std::future::pending().await,
         }
     }
 
@@ -86,14 +141,20 @@ impl WorkerPool {
             idle: self.size - busy,
             queued: self.queued.load(Ordering::Relaxed),
             queue_limit: self.queue_limit,
+            batch_slots: self.batch_slots,
+            batch_busy: self.batch_slots - self.batch.available_permits().min(self.batch_slots),
         }
     }
 
-    /// Takes a place in the pool, or says at once that there is none.
-    pub fn admit(&self) -> Result<Admission, QueueFull> {
+    /// Takes a place in the pool, or says at once that there is none. A
+    /// batch run needs no place: its batch slot already bounds it.
+    pub fn admit(&self, class: JobClass) -> Result<Admission, QueueFull> {
+        if let JobClass::Batch(slot) = class {
+            return Ok(Admission { _place: None, _batch: Some(slot) });
+        }
         Arc::clone(&self.places)
             .try_acquire_owned()
-            .map(|place| Admission { _place: place })
+            .map(|place| Admission { _place: Some(place), _batch: None })
             .map_err(|_| QueueFull { size: self.size, queued: self.queued.load(Ordering::Relaxed) })
     }
 
@@ -120,13 +181,12 @@ impl WorkerPool {
             slot = Arc::clone(&self.slots).acquire_owned() => slot.ok(),
             _ = tokio::time::sleep_until(job.deadline) => None,
             _ = cancel.cancelled() => None,
-            _ = events.closed() => None,
         };
         self.queued.fetch_sub(1, Ordering::Relaxed);
         let Some(slot) = slot else {
             let end = if self.shutdown.is_cancelled() {
                 RunEnd::Shutdown
-            } else if cancel.is_cancelled() || events.is_closed() {
+            } else if cancel.is_cancelled() {
                 RunEnd::Cancelled
             } else {
                 self.stats.timeouts.fetch_add(1, Ordering::Relaxed);

@@ -88,6 +88,7 @@ pub struct Options {
     pub cli_max_retries: u32,
     pub claude_bin: Option<String>,
     pub admin_key: Option<String>,
+    pub metrics_token: Option<String>,
     pub sim: SimConfig,
 }
 
@@ -101,6 +102,7 @@ impl Default for Options {
             cli_max_retries: 0,
             claude_bin: None,
             admin_key: None,
+            metrics_token: None,
             sim: SimConfig::default(),
         }
     }
@@ -140,6 +142,7 @@ pub fn settings_for(
         shutdown_grace_secs: 5,
         work_dir: work_dir.to_path_buf(),
         admin_key: opts.admin_key.clone(),
+        metrics_token: opts.metrics_token.clone(),
         cli_max_retries: opts.cli_max_retries,
         worker_env,
         ..Settings::default()
