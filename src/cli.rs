@@ -26,6 +26,32 @@ pub enum Command {
     Keys(admin_cli::KeysArgs),
     /// Show a project's spend and budget for the current day, week or month.
     Usage(admin_cli::UsageArgs),
+    /// Score the router on a labelled JSONL file (`{"prompt":…,"tier":…}` a line).
+    RouteEval(RouteEvalArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RouteEvalArgs {
+    /// The labelled prompts, e.g. tests/data/route_eval.jsonl.
+    pub file: PathBuf,
+    /// TOML settings file, for routing weights and the price table.
+    #[arg(long, env = "CCGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+fn route_eval(args: RouteEvalArgs) -> anyhow::Result<()> {
+    let settings = Settings::load(args.config.as_deref(), Vec::new(), Vec::new())?;
+    let prices = match &settings.prices_file {
+        Some(path) => crate::pricing::PriceTable::load(path)?,
+        None => crate::pricing::PriceTable::builtin(),
+    };
+    let text = std::fs::read_to_string(&args.file)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.file.display()))?;
+    let items = ccgate_router::parse_eval_jsonl(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
+    let report = ccgate_router::evaluate(&items, &crate::routing::tiers(&prices), &settings.routing);
+    println!("{report}");
+    Ok(())
 }
 
 #[derive(Args, Debug)]
@@ -88,6 +114,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Projects(args) => admin_cli::projects(args).await,
         Command::Keys(args) => admin_cli::keys(args).await,
         Command::Usage(args) => admin_cli::usage(args).await,
+        Command::RouteEval(args) => route_eval(args),
     }
 }
 

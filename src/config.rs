@@ -77,6 +77,12 @@ pub struct Settings {
     pub batch_max_file_lines: usize,
     /// Largest `POST /v1/batch` body or uploaded batch file, in bytes.
     pub batch_max_body_bytes: usize,
+    /// How `"model": "auto"` weighs a request: signal weights, tier
+    /// thresholds, low-budget steps (see docs/ROUTING.md).
+    pub routing: ccgate_router::RouterConfig,
+    /// Per-project routing policy: `allowed_tiers`, `min_tier`, `max_tier`,
+    /// `fixed_model`, keyed by project id.
+    pub routing_policies: BTreeMap<String, ccgate_router::Policy>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -117,6 +123,8 @@ impl Default for Settings {
             batch_max_tasks: 1000,
             batch_max_file_lines: 50_000,
             batch_max_body_bytes: 64 * 1024 * 1024,
+            routing: ccgate_router::RouterConfig::default(),
+            routing_policies: BTreeMap::new(),
         }
     }
 }
@@ -332,7 +340,10 @@ mod tests {
         assert_eq!(settings.batch_pool_share, 1.0);
         for bad in ["0", "1.5", "half"] {
             let err = Settings::load(None, env(&[("CCGATE_BATCH_POOL_SHARE", bad)]), vec![]).unwrap_err();
-            assert!(err.to_string().contains("batch_pool_share") || err.to_string().contains("BATCH_POOL_SHARE"), "{err}");
+            assert!(
+                err.to_string().contains("batch_pool_share") || err.to_string().contains("BATCH_POOL_SHARE"),
+                "{err}"
+            );
         }
     }
 

@@ -16,6 +16,7 @@ pub mod limits;
 pub mod metrics;
 pub mod money;
 pub mod pricing;
+pub mod routing;
 pub mod server;
 pub mod store;
 pub mod workers;

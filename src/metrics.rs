@@ -106,7 +106,11 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("ccgate");
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register("http_requests", "HTTP requests by route, method, status and model", requests.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests by route, method, status and model",
+            requests.clone(),
+        );
         let request_seconds: HistogramFamily<RouteLabels> = Family::new_with_constructor(latency_histogram);
         registry.register(
             "http_request_duration_seconds",
@@ -116,7 +120,11 @@ impl Metrics {
         let runs = Family::<RunLabels, Counter>::default();
         registry.register("runs", "Chat runs by model and outcome", runs.clone());
         let run_seconds: HistogramFamily<ModelLabels> = Family::new_with_constructor(latency_histogram);
-        registry.register("run_duration_seconds", "Whole run latency, request to answer", run_seconds.clone());
+        registry.register(
+            "run_duration_seconds",
+            "Whole run latency, request to answer",
+            run_seconds.clone(),
+        );
         let ttft_seconds: HistogramFamily<ModelLabels> = Family::new_with_constructor(latency_histogram);
         registry.register("time_to_first_token_seconds", "Request to first token", ttft_seconds.clone());
         let overhead_seconds = overhead_histogram();
@@ -137,7 +145,11 @@ impl Metrics {
             budget_remaining_usd.clone(),
         );
         let workers = Family::<WorkerLabels, Gauge>::default();
-        registry.register("workers", "Worker pool slots by state (busy, idle) and queued requests", workers.clone());
+        registry.register(
+            "workers",
+            "Worker pool slots by state (busy, idle) and queued requests",
+            workers.clone(),
+        );
         let worker_events = Family::<WorkerEventLabels, Counter>::default();
         registry.register(
             "worker_events",
@@ -188,12 +200,19 @@ impl Metrics {
             let labels = TokenLabels { project: project.to_string(), model: model.to_string(), direction };
             self.tokens.get_or_create(&labels).inc_by(n);
         }
-        self.cost_usd.get_or_create(&UsageLabels { project: project.to_string(), model: model.to_string() }).inc_by(cost_usd);
+        self.cost_usd
+            .get_or_create(&UsageLabels { project: project.to_string(), model: model.to_string() })
+            .inc_by(cost_usd);
     }
 
     /// Renders the registry, first bringing pool figures and budgets (given
     /// as `(project, period, remaining USD)`) up to date.
-    pub fn render(&self, pool: &PoolState, stats: &PoolStats, budgets: &[(String, &'static str, f64)]) -> String {
+    pub fn render(
+        &self,
+        pool: &PoolState,
+        stats: &PoolStats,
+        budgets: &[(String, &'static str, f64)],
+    ) -> String {
         let _scrape = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
         for (state, n) in [("busy", pool.busy), ("idle", pool.idle), ("queued", pool.queued)] {
             self.workers.get_or_create(&WorkerLabels { state }).set(n as i64);
@@ -213,7 +232,9 @@ impl Metrics {
         }
         self.budget_remaining_usd.clear();
         for (project, period, remaining) in budgets {
-            self.budget_remaining_usd.get_or_create(&BudgetLabels { project: project.clone(), period }).set(*remaining);
+            self.budget_remaining_usd
+                .get_or_create(&BudgetLabels { project: project.clone(), period })
+                .set(*remaining);
         }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {

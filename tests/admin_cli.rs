@@ -61,37 +61,64 @@ async fn projects_keys_and_usage_round_trip() {
     let app = TestApp::spawn(&db, Options { admin_key: Some(ADMIN.into()), ..Options::default() }).await;
     let cli = |args: &'static [&'static str]| ccgate(&app.url, Some(ADMIN), args);
 
-    let created = cli(&["projects", "create", "acme", "--name", "Acme Corp", "--daily-usd", "5", "--monthly-usd", "100"])
-        .await
-        .assert_ok();
+    let created = cli(&[
+        "projects",
+        "create",
+        "acme",
+        "--name",
+        "Acme Corp",
+        "--daily-usd",
+        "5",
+        "--monthly-usd",
+        "100",
+    ])
+    .await
+    .assert_ok();
     assert!(created.stdout.contains("Created project acme."), "{}", created.stdout);
 
     let listed = cli(&["projects", "list"]).await.assert_ok();
     assert!(listed.stdout.starts_with("ID "), "a header row first: {}", listed.stdout);
-    let row: Vec<&str> = line_starting(&listed.stdout, "acme ").split("  ").filter(|c| !c.is_empty()).collect();
-    assert_eq!(row[..5].iter().map(|c| c.trim()).collect::<Vec<_>>(), ["acme", "Acme Corp", "$5.00", "none", "$100.00"]);
+    let row: Vec<&str> =
+        line_starting(&listed.stdout, "acme ").split("  ").filter(|c| !c.is_empty()).collect();
+    assert_eq!(
+        row[..5].iter().map(|c| c.trim()).collect::<Vec<_>>(),
+        ["acme", "Acme Corp", "$5.00", "none", "$100.00"]
+    );
     let listed = cli(&["projects", "list", "--json"]).await.assert_ok().json();
     let acme = listed["data"].as_array().unwrap().iter().find(|p| p["id"] == "acme").expect("acme listed");
-    assert_eq!(acme["budget"], serde_json::json!({"daily_usd": 5.0, "weekly_usd": null, "monthly_usd": 100.0}));
+    assert_eq!(
+        acme["budget"],
+        serde_json::json!({"daily_usd": 5.0, "weekly_usd": null, "monthly_usd": 100.0})
+    );
 
     // `none` removes a limit; fields not given stay as they were.
-    let updated = cli(&["projects", "update", "acme", "--weekly-usd", "20", "--monthly-usd", "none", "--json"])
-        .await
-        .assert_ok()
-        .json();
-    assert_eq!(updated["budget"], serde_json::json!({"daily_usd": 5.0, "weekly_usd": 20.0, "monthly_usd": null}));
+    let updated =
+        cli(&["projects", "update", "acme", "--weekly-usd", "20", "--monthly-usd", "none", "--json"])
+            .await
+            .assert_ok()
+            .json();
+    assert_eq!(
+        updated["budget"],
+        serde_json::json!({"daily_usd": 5.0, "weekly_usd": 20.0, "monthly_usd": null})
+    );
     assert_eq!(updated["name"], "Acme Corp");
     cli(&["projects", "update", "acme"]).await.assert_failed_with("nothing to change");
     let shown = cli(&["projects", "get", "acme"]).await.assert_ok();
     assert!(line_starting(&shown.stdout, "weekly limit").ends_with("$20.00"), "{}", shown.stdout);
 
-    let created = cli(&["keys", "create", "--project", "acme", "--name", "ci", "--rpm", "100"]).await.assert_ok();
-    let secret = created.stdout.split_whitespace().find(|w| w.starts_with("ccg_")).expect("the secret is printed");
+    let created =
+        cli(&["keys", "create", "--project", "acme", "--name", "ci", "--rpm", "100"]).await.assert_ok();
+    let secret =
+        created.stdout.split_whitespace().find(|w| w.starts_with("ccg_")).expect("the secret is printed");
     assert!(created.stdout.contains("only time the secret is shown"), "{}", created.stdout);
-    let key_id = created.stdout.split_whitespace().find(|w| w.starts_with("key_")).expect("the key id").to_string();
+    let key_id =
+        created.stdout.split_whitespace().find(|w| w.starts_with("key_")).expect("the key id").to_string();
     let listed = cli(&["keys", "list"]).await.assert_ok();
     let row = line_starting(&listed.stdout, &key_id);
-    assert!(row.contains("acme") && row.contains("ci") && row.contains("active") && row.contains("100"), "{row}");
+    assert!(
+        row.contains("acme") && row.contains("ci") && row.contains("active") && row.contains("100"),
+        "{row}"
+    );
     let listed_json = cli(&["keys", "list", "--project", "acme", "--json"]).await.assert_ok();
     assert_eq!(listed_json.json()["data"].as_array().unwrap().len(), 1);
     for output in [&listed.stdout, &listed_json.stdout] {

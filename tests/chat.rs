@@ -136,7 +136,7 @@ async fn bad_input_gets_openai_errors_and_the_gateway_keeps_serving() {
     let cases: [(&'static str, u16, Value); 9] = [
         ("{not json", 400, Value::Null),
         ("[]", 400, Value::Null),
-        (r#"{"messages":[{"role":"user","content":"hi"}]}"#, 400, json!("model")),
+        (r#"{"model":5,"messages":[{"role":"user","content":"hi"}]}"#, 400, json!("model")),
         (r#"{"model":"haiku"}"#, 400, Value::Null),
         (r#"{"model":"haiku","messages":[]}"#, 400, json!("messages")),
         (r#"{"model":"haiku","messages":[{"role":"robot","content":"hi"}]}"#, 400, json!("messages[0].role")),

@@ -55,7 +55,8 @@ async fn metrics_need_the_admin_key_and_count_requests_tokens_cost_and_budget() 
 
     let before = scrape(&app.url, Some(ADMIN)).await.text().await.unwrap();
     let chat_route = "route=\"/v1/chat/completions\"";
-    let before_count = sample(&before, "ccgate_http_requests_total", &[chat_route, "status=\"200\""]).unwrap_or(0.0);
+    let before_count =
+        sample(&before, "ccgate_http_requests_total", &[chat_route, "status=\"200\""]).unwrap_or(0.0);
 
     for _ in 0..2 {
         let r = client()
@@ -75,7 +76,8 @@ async fn metrics_need_the_admin_key_and_count_requests_tokens_cost_and_budget() 
     let text = response.text().await.unwrap();
     assert!(text.trim_end().ends_with("# EOF"));
     let model = "model=\"claude-haiku-4-5-20251001\"";
-    let after_count = sample(&text, "ccgate_http_requests_total", &[chat_route, "status=\"200\"", model]).unwrap();
+    let after_count =
+        sample(&text, "ccgate_http_requests_total", &[chat_route, "status=\"200\"", model]).unwrap();
     assert_eq!(after_count - before_count, 2.0);
     let project = "project=\"metered\"";
     assert!(sample(&text, "ccgate_tokens_total", &[project, "direction=\"input\""]).unwrap() > 0.0);
@@ -100,7 +102,12 @@ async fn a_metrics_token_can_scrape_and_nothing_else() {
     opts.metrics_token = Some("scrape-token-0123456789".into());
     let app = TestApp::spawn(&db, opts).await;
     assert_eq!(scrape(&app.url, Some("scrape-token-0123456789")).await.status(), 200);
-    let other = client().get(format!("{}/admin/projects", app.url)).bearer_auth("scrape-token-0123456789").send().await.unwrap();
+    let other = client()
+        .get(format!("{}/admin/projects", app.url))
+        .bearer_auth("scrape-token-0123456789")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(other.status(), 401);
     app.stop().await;
 }

@@ -11,7 +11,8 @@ use serde_json::Value;
 async fn every_documented_operation_is_served_and_has_error_responses() {
     let db = TestDb::sqlite();
     let app = TestApp::spawn(&db, Options::default()).await;
-    let spec: Value = client().get(format!("{}/openapi.json", app.url)).send().await.unwrap().json().await.unwrap();
+    let spec: Value =
+        client().get(format!("{}/openapi.json", app.url)).send().await.unwrap().json().await.unwrap();
     assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
     let paths = spec["paths"].as_object().expect("paths");
     let mut operations = 0;
@@ -28,9 +29,11 @@ async fn every_documented_operation_is_served_and_has_error_responses() {
                 .map(|seg| if seg.starts_with('{') { "no-such-thing" } else { seg })
                 .collect::<Vec<_>>()
                 .join("/");
-            let request = client().request(method.to_uppercase().parse().unwrap(), format!("{}{concrete}", app.url));
+            let request =
+                client().request(method.to_uppercase().parse().unwrap(), format!("{}{concrete}", app.url));
             // An empty JSON object: enough to reach the handler, never enough to do work.
-            let response = request.header("content-type", "application/json").body("{}").send().await.unwrap();
+            let response =
+                request.header("content-type", "application/json").body("{}").send().await.unwrap();
             let status = response.status().as_u16();
             let text = response.text().await.unwrap();
             assert_ne!(status, 405, "{method} {path} is documented but not routed");
@@ -56,7 +59,10 @@ async fn every_documented_operation_is_served_and_has_error_responses() {
         ("get", "/admin/keys"),
         ("delete", "/admin/keys/{key_id}"),
     ] {
-        assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} is served but not documented");
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} is served but not documented"
+        );
     }
     let unknown = client().get(format!("{}/v1/nothing-here", app.url)).send().await.unwrap();
     assert_eq!(unknown.status(), 404);

@@ -97,8 +97,11 @@ impl ProjectChanges {
             body.insert("name".into(), json!(name));
         }
         let mut budget = Map::new();
-        let limits =
-            [("daily_usd", self.daily_usd), ("weekly_usd", self.weekly_usd), ("monthly_usd", self.monthly_usd)];
+        let limits = [
+            ("daily_usd", self.daily_usd),
+            ("weekly_usd", self.weekly_usd),
+            ("monthly_usd", self.monthly_usd),
+        ];
         for (field, value) in limits {
             if let Some(Limit(usd)) = value {
                 budget.insert(field.into(), json!(usd));
@@ -199,14 +202,18 @@ pub async fn projects(args: ProjectsArgs) -> anyhow::Result<()> {
         ProjectsCommand::List => {
             render(connection, client.get(&["admin", "projects"], &[]).await?, views::projects)?
         }
-        ProjectsCommand::Get { id } => {
-            render(connection, client.get(&["admin", "projects", id.as_str()], &[]).await?, |p: views::Project| views::project(&p))?
-        }
+        ProjectsCommand::Get { id } => render(
+            connection,
+            client.get(&["admin", "projects", id.as_str()], &[]).await?,
+            |p: views::Project| views::project(&p),
+        )?,
         ProjectsCommand::Create { id, changes } => {
             let mut body = changes.body();
             body.insert("id".into(), json!(id));
             let created = client.post(&["admin", "projects"], &Value::Object(body)).await?;
-            render(connection, created, |p: views::Project| format!("Created project {}.\n\n{}", p.id, views::project(&p)))?
+            render(connection, created, |p: views::Project| {
+                format!("Created project {}.\n\n{}", p.id, views::project(&p))
+            })?
         }
         ProjectsCommand::Update { id, changes } => {
             let body = changes.body();
@@ -215,7 +222,9 @@ pub async fn projects(args: ProjectsArgs) -> anyhow::Result<()> {
                 "nothing to change: give --name, --daily-usd, --weekly-usd or --monthly-usd"
             );
             let updated = client.patch(&["admin", "projects", id.as_str()], &Value::Object(body)).await?;
-            render(connection, updated, |p: views::Project| format!("Updated project {}.\n\n{}", p.id, views::project(&p)))?
+            render(connection, updated, |p: views::Project| {
+                format!("Updated project {}.\n\n{}", p.id, views::project(&p))
+            })?
         }
         ProjectsCommand::Delete { id } => {
             client.delete(&["admin", "projects", id.as_str()]).await?;
@@ -314,10 +323,15 @@ mod tests {
 
     #[test]
     fn only_given_changes_are_sent() {
-        let changes =
-            ProjectChanges { name: None, daily_usd: Some(Limit(None)), weekly_usd: None, monthly_usd: Some(Limit(Some(9.0))) };
+        let changes = ProjectChanges {
+            name: None,
+            daily_usd: Some(Limit(None)),
+            weekly_usd: None,
+            monthly_usd: Some(Limit(Some(9.0))),
+        };
         assert_eq!(Value::Object(changes.body()), json!({"budget": {"daily_usd": null, "monthly_usd": 9.0}}));
-        let changes = ProjectChanges { name: Some("A".into()), daily_usd: None, weekly_usd: None, monthly_usd: None };
+        let changes =
+            ProjectChanges { name: Some("A".into()), daily_usd: None, weekly_usd: None, monthly_usd: None };
         assert_eq!(Value::Object(changes.body()), json!({"name": "A"}));
     }
 }

@@ -11,7 +11,11 @@ pub struct Table {
 
 impl Table {
     pub fn new(headers: &[&str]) -> Table {
-        Table { headers: headers.iter().map(|h| h.to_string()).collect(), rows: Vec::new(), numeric: Vec::new() }
+        Table {
+            headers: headers.iter().map(|h| h.to_string()).collect(),
+            rows: Vec::new(),
+            numeric: Vec::new(),
+        }
     }
 
     /// Right-aligns these columns (counts, money).
@@ -111,7 +115,10 @@ mod tests {
 
     #[test]
     fn fields_align_their_values() {
-        assert_eq!(fields(&[("id", "acme".into()), ("daily", "$5.00".into())]), "id     acme\ndaily  $5.00\n");
+        assert_eq!(
+            fields(&[("id", "acme".into()), ("daily", "$5.00".into())]),
+            "id     acme\ndaily  $5.00\n"
+        );
     }
 
     #[test]

@@ -113,12 +113,18 @@ pub async fn run_batch(
     Ok(Json(render(ctx.request_id, report)))
 }
 
-async fn parse(state: &AppState, ctx: &Context, body: Body, project: &mut String) -> Result<SyncBatch, ApiError> {
+async fn parse(
+    state: &AppState,
+    ctx: &Context,
+    body: Body,
+    project: &mut String,
+) -> Result<SyncBatch, ApiError> {
     let limit = state.settings.batch_max_body_bytes;
     let mut bytes = Vec::new();
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}"), None))?;
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}"), None))?;
         if bytes.len() + chunk.len() > limit {
             return Err(ApiError::PayloadTooLarge(format!(
                 "the batch is larger than the {limit} bytes this gateway accepts (batch_max_body_bytes)"

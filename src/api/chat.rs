@@ -66,6 +66,10 @@ pub async fn create_chat_completion(
     let running = chat::start(&state, request).await?;
     let include_usage = body.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let model = super::metrics::ModelLabel(running.model.id.clone());
+    let route = running.route.as_ref().and_then(|r| {
+        HeaderValue::from_str(&format!("tier={}; score={:.3}; model={}", r.tier, r.score, running.model.id))
+            .ok()
+    });
     let mut response = if body.stream {
         stream_response(ctx.request_id, running, include_usage).await
     } else {
@@ -73,6 +77,9 @@ pub async fn create_chat_completion(
     }
     .into_response();
     response.extensions_mut().insert(model);
+    if let Some(route) = route {
+        response.headers_mut().insert("x-ccgate-route", route);
+    }
     Ok(response)
 }
 
@@ -84,10 +91,8 @@ fn parse(
 ) -> Result<ChatCompletionRequest, ApiError> {
     let JsonBody(body) = body?;
     request.project_id = ctx.project(body.project_id.as_deref())?;
-    request.model = body.model.clone().unwrap_or_default();
-    if request.model.is_empty() {
-        return Err(ApiError::bad_request("model is required", "model"));
-    }
+    // No model, like "auto", lets the router choose.
+    request.model = body.model.clone().filter(|m| !m.is_empty()).unwrap_or_else(|| "auto".into());
     request.max_tokens = body.max_tokens();
     request.messages = body.domain_messages(state.settings.max_messages)?;
     Ok(body)
@@ -130,7 +135,11 @@ async fn complete_response(request_id: String, mut running: Running) -> Result<R
 /// Streams chunks as the worker produces text. The HTTP status is decided
 /// when the first text arrives: a run that fails before saying anything
 /// gets a proper error status instead of a 200 stream holding an error.
-async fn stream_response(request_id: String, mut running: Running, include_usage: bool) -> Result<Response, ApiError> {
+async fn stream_response(
+    request_id: String,
+    mut running: Running,
+    include_usage: bool,
+) -> Result<Response, ApiError> {
     let model = running.model.id.clone();
     let meta = ChunkMeta::new(&request_id, model.clone());
     let first_text = match running.events.recv().await {

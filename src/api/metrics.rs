@@ -38,7 +38,8 @@ pub async fn metrics(State(state): State<AppState>, request: Request) -> Result<
         }
     }
     let text = state.metrics.render(&state.pool.state(), state.pool.stats(), &budgets);
-    Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response())
+    Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+        .into_response())
 }
 
 /// Model label a handler leaves on its response for the request counter.
@@ -56,7 +57,12 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
     let started = std::time::Instant::now();
     let response = next.run(request).await;
     let model = response.extensions().get::<ModelLabel>().map(|m| m.0.clone()).unwrap_or_default();
-    let labels = crate::metrics::RequestLabels { route: route.clone(), method, status: response.status().as_u16(), model };
+    let labels = crate::metrics::RequestLabels {
+        route: route.clone(),
+        method,
+        status: response.status().as_u16(),
+        model,
+    };
     state.metrics.requests.get_or_create(&labels).inc();
     state
         .metrics

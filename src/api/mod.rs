@@ -11,6 +11,7 @@ pub mod info;
 pub mod keys;
 pub mod metrics;
 pub mod openai;
+pub mod route;
 pub mod usage;
 
 use std::time::Instant;
@@ -80,6 +81,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(info::list_models))
         .routes(routes!(metrics::metrics))
         .routes(routes!(chat::create_chat_completion))
+        .routes(routes!(route::route))
         .routes(routes!(usage::get_usage))
         .routes(routes!(batch::run_batch))
         .routes(routes!(batches::create_batch, batches::list_batches))
@@ -176,7 +178,8 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
         .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
         .map(str::to_string);
     if let (Some(expected), Some(given)) = (&state.settings.metrics_token, &token) {
-        if request.uri().path() == "/metrics" && auth::constant_time_eq(expected.as_bytes(), given.as_bytes()) {
+        if request.uri().path() == "/metrics" && auth::constant_time_eq(expected.as_bytes(), given.as_bytes())
+        {
             request.extensions_mut().insert(metrics::MetricsToken);
             return next.run(request).await;
         }

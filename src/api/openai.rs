@@ -91,7 +91,7 @@ impl ChatCompletionRequest {
 }
 
 impl ChatMessage {
-    fn to_domain(&self, index: usize) -> Result<Message, ApiError> {
+    pub fn to_domain(&self, index: usize) -> Result<Message, ApiError> {
         let param = |field: &str| Some(format!("messages[{index}].{field}"));
         let role = match self.role.as_str() {
             "system" | "developer" => Role::System,
@@ -173,7 +173,12 @@ pub struct ChatCompletion {
 impl ChatCompletion {
     /// The completion for a finished run: its text, stop reason and usage,
     /// under the model id the CLI reported (`fallback_model` if none).
-    pub fn from_report(request_id: &str, created: i64, fallback_model: &str, report: RunReport) -> ChatCompletion {
+    pub fn from_report(
+        request_id: &str,
+        created: i64,
+        fallback_model: &str,
+        report: RunReport,
+    ) -> ChatCompletion {
         ChatCompletion {
             id: format!("chatcmpl-{request_id}"),
             object: "chat.completion",

@@ -20,7 +20,7 @@ pub struct UsageQuery {
     pub period: Option<String>,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct UsageReport {
     pub project_id: String,
     pub period: PeriodKind,
@@ -35,7 +35,7 @@ pub struct UsageReport {
     pub by_model: Vec<ModelUsageRow>,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ModelUsageRow {
     pub model: String,
     pub requests: u64,

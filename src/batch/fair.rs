@@ -52,7 +52,12 @@ mod tests {
 
     #[async_trait]
     impl Worker for CountingWorker {
-        async fn run(&self, _job: Job, _events: mpsc::Sender<Event>, _cancel: CancellationToken) -> RunReport {
+        async fn run(
+            &self,
+            _job: Job,
+            _events: mpsc::Sender<Event>,
+            _cancel: CancellationToken,
+        ) -> RunReport {
             let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
             self.peak.fetch_max(now, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -88,15 +88,18 @@ pub async fn list(
     limit: usize,
 ) -> Result<(Vec<FileRow>, bool), ApiError> {
     let limit = limit.clamp(1, 10_000);
-    let mut files =
-        state.budget.store().list_files(project_id, purpose, after, limit as i64 + 1).await?;
+    let mut files = state.budget.store().list_files(project_id, purpose, after, limit as i64 + 1).await?;
     let more = files.len() > limit;
     files.truncate(limit);
     Ok((files, more))
 }
 
 pub fn not_found(id: &str) -> ApiError {
-    ApiError::NotFound { message: format!("no file with id {id:?}"), param: Some("file_id".into()), code: None }
+    ApiError::NotFound {
+        message: format!("no file with id {id:?}"),
+        param: Some("file_id".into()),
+        code: None,
+    }
 }
 
 /// The last path component, printable, at most 255 characters.
@@ -116,7 +119,13 @@ mod tests {
 
     #[test]
     fn filenames_keep_only_their_last_component() {
-        let cases = [("data.jsonl", "data.jsonl"), ("/etc/x/../in.jsonl", "in.jsonl"), ("a\\b.jsonl", "b.jsonl"), ("", "upload.jsonl"), ("x\ny", "xy")];
+        let cases = [
+            ("data.jsonl", "data.jsonl"),
+            ("/etc/x/../in.jsonl", "in.jsonl"),
+            ("a\\b.jsonl", "b.jsonl"),
+            ("", "upload.jsonl"),
+            ("x\ny", "xy"),
+        ];
         for (given, kept) in cases {
             assert_eq!(clean_filename(given), kept);
         }

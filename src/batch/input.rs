@@ -92,9 +92,19 @@ fn parse_line(
             ))
         }
         Some(_) => {
-            return Err(error("invalid_custom_id", format!("line {line}: custom_id must be a string"), Some("custom_id")))
+            return Err(error(
+                "invalid_custom_id",
+                format!("line {line}: custom_id must be a string"),
+                Some("custom_id"),
+            ))
         }
-        None => return Err(error("missing_custom_id", format!("line {line} has no custom_id"), Some("custom_id"))),
+        None => {
+            return Err(error(
+                "missing_custom_id",
+                format!("line {line} has no custom_id"),
+                Some("custom_id"),
+            ))
+        }
     };
     if let Some(first) = seen.get(&custom_id) {
         return Err(error(
@@ -125,7 +135,13 @@ fn parse_line(
     }
     let body = match object.remove("body") {
         Some(body @ Value::Object(_)) => body.to_string(),
-        Some(_) => return Err(error("invalid_body", format!("line {line}: body must be a JSON object"), Some("body"))),
+        Some(_) => {
+            return Err(error(
+                "invalid_body",
+                format!("line {line}: body must be a JSON object"),
+                Some("body"),
+            ))
+        }
         None => return Err(error("missing_body", format!("line {line} has no body"), Some("body"))),
     };
     Ok(InputLine { line, custom_id, body })
@@ -169,11 +185,23 @@ mod tests {
             ("{not json", "invalid_json", ""),
             ("[1, 2]", "invalid_request", ""),
             (r#"{"method":"POST","url":"/v1/chat/completions","body":{}}"#, "missing_custom_id", "custom_id"),
-            (r#"{"custom_id":7,"method":"POST","url":"/v1/chat/completions","body":{}}"#, "invalid_custom_id", "custom_id"),
+            (
+                r#"{"custom_id":7,"method":"POST","url":"/v1/chat/completions","body":{}}"#,
+                "invalid_custom_id",
+                "custom_id",
+            ),
             (&line("a"), "duplicate_custom_id", "custom_id"),
-            (r#"{"custom_id":"g","method":"GET","url":"/v1/chat/completions","body":{}}"#, "invalid_method", "method"),
+            (
+                r#"{"custom_id":"g","method":"GET","url":"/v1/chat/completions","body":{}}"#,
+                "invalid_method",
+                "method",
+            ),
             (r#"{"custom_id":"u","method":"POST","url":"/v1/embeddings","body":{}}"#, "invalid_url", "url"),
-            (r#"{"custom_id":"b","method":"POST","url":"/v1/chat/completions","body":"hi"}"#, "invalid_body", "body"),
+            (
+                r#"{"custom_id":"b","method":"POST","url":"/v1/chat/completions","body":"hi"}"#,
+                "invalid_body",
+                "body",
+            ),
             (r#"{"custom_id":"m","method":"POST","url":"/v1/chat/completions"}"#, "missing_body", "body"),
         ];
         let mut file = line("a");

@@ -125,7 +125,10 @@ pub async fn create(
     })?;
     if file.purpose != files::PURPOSE_INPUT {
         return Err(ApiError::bad_request(
-            format!("file {:?} has purpose {:?}; a batch needs a file uploaded with purpose \"batch\"", file.id, file.purpose),
+            format!(
+                "file {:?} has purpose {:?}; a batch needs a file uploaded with purpose \"batch\"",
+                file.id, file.purpose
+            ),
             "input_file_id",
         ));
     }
@@ -150,7 +153,8 @@ pub async fn create(
 /// The project's batch (another project's batch is not found).
 pub async fn get(state: &AppState, project_id: &str, id: &str) -> Result<BatchInfo, ApiError> {
     let store = state.budget.store();
-    let batch = store.get_batch(id).await?.filter(|b| b.project_id == project_id).ok_or_else(|| not_found(id))?;
+    let batch =
+        store.get_batch(id).await?.filter(|b| b.project_id == project_id).ok_or_else(|| not_found(id))?;
     let progress = store.batch_progress(id).await?;
     Ok(BatchInfo { batch, progress })
 }
@@ -210,7 +214,11 @@ pub async fn cancel(state: &AppState, project_id: &str, id: &str) -> Result<Batc
 }
 
 fn not_found(id: &str) -> ApiError {
-    ApiError::NotFound { message: format!("no batch with id {id:?}"), param: Some("batch_id".into()), code: None }
+    ApiError::NotFound {
+        message: format!("no batch with id {id:?}"),
+        param: Some("batch_id".into()),
+        code: None,
+    }
 }
 
 /// OpenAI's limits: at most 16 pairs, keys up to 64 characters, string

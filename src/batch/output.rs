@@ -37,8 +37,12 @@ fn line(row: &BatchRequestRow) -> String {
     let id = format!("batch_req_{}", row.request_id.as_deref().unwrap_or(&row.custom_id));
     let stored = row.result.as_deref().filter(|r| !r.is_empty());
     let (response, error) = match (row.status, stored) {
-        (TaskStatus::Succeeded | TaskStatus::Failed, Some(result)) => (result.to_string(), "null".to_string()),
-        (TaskStatus::Cancelled | TaskStatus::Expired, Some(result)) => ("null".to_string(), result.to_string()),
+        (TaskStatus::Succeeded | TaskStatus::Failed, Some(result)) => {
+            (result.to_string(), "null".to_string())
+        }
+        (TaskStatus::Cancelled | TaskStatus::Expired, Some(result)) => {
+            ("null".to_string(), result.to_string())
+        }
         // A row always has its result by now; if one does not, say so
         // rather than drop the line.
         (status, _) => (

@@ -29,7 +29,9 @@ use super::output;
 use super::task::{self, TaskEnd, TaskInput};
 use crate::app::AppState;
 use crate::error::{ApiError, ErrorBody};
-use crate::store::batches::{BatchRow, BatchStatus, ClaimedRequest, NewBatchRequest, NewFile, RequestResult, TaskStatus};
+use crate::store::batches::{
+    BatchRow, BatchStatus, ClaimedRequest, NewBatchRequest, NewFile, RequestResult, TaskStatus,
+};
 use crate::store::StoreResult;
 use crate::workers::BatchSlot;
 
@@ -93,7 +95,9 @@ async fn drive_batch(
                     // next), or requests were handed back: look again.
                     continue;
                 }
-                store.set_batch_status(id, BatchStatus::InProgress, BatchStatus::Finalizing, now_ms(state)).await?;
+                store
+                    .set_batch_status(id, BatchStatus::InProgress, BatchStatus::Finalizing, now_ms(state))
+                    .await?;
             }
             BatchStatus::Finalizing | BatchStatus::Cancelling => finalize(state, &batch).await?,
             BatchStatus::Completed | BatchStatus::Failed | BatchStatus::Expired | BatchStatus::Cancelled => {
@@ -118,9 +122,10 @@ async fn validate(state: &AppState, batch: &BatchRow) -> StoreResult<()> {
     };
     // Parsing up to 50,000 JSON lines is CPU work: keep it off the async threads.
     let endpoint = batch.endpoint.clone();
-    let parsed = tokio::task::spawn_blocking(move || input::parse(&content, &endpoint))
-        .await
-        .unwrap_or_else(|e| Err(vec![LineError { line: None, code: "invalid_file", message: e.to_string(), param: None }]));
+    let parsed =
+        tokio::task::spawn_blocking(move || input::parse(&content, &endpoint)).await.unwrap_or_else(|e| {
+            Err(vec![LineError { line: None, code: "invalid_file", message: e.to_string(), param: None }])
+        });
     let max_lines = state.settings.batch_max_file_lines;
     let lines = match parsed {
         Ok(lines) if lines.len() > max_lines => {
@@ -182,8 +187,11 @@ async fn dispatch(
     if requeued > 0 {
         tracing::warn!(batch_id = %batch.id, requeued, "requests interrupted by a stop will run again");
     }
-    let facts =
-        Arc::new(BatchFacts { id: batch.id.clone(), project_id: batch.project_id.clone(), key_id: batch.key_id.clone() });
+    let facts = Arc::new(BatchFacts {
+        id: batch.id.clone(),
+        project_id: batch.project_id.clone(),
+        key_id: batch.key_id.clone(),
+    });
     let in_flight = TaskTracker::new();
     let result = start_pending(state, batch, &facts, &in_flight, cancel, stop).await;
     in_flight.close();
@@ -206,7 +214,9 @@ async fn start_pending(
                 "batch_expired",
                 "this request could not be run before the batch's completion window ended",
             );
-            let expired = store.close_requests(&batch.id, TaskStatus::Pending, TaskStatus::Expired, &result, now_ms(state)).await?;
+            let expired = store
+                .close_requests(&batch.id, TaskStatus::Pending, TaskStatus::Expired, &result, now_ms(state))
+                .await?;
             tracing::warn!(batch_id = %batch.id, expired, "batch expired");
             return Ok(());
         }
@@ -263,7 +273,9 @@ async fn run_request(
             status: TaskStatus::Succeeded,
             http_status: Some(200),
             result: output::response(&request_id, 200, &success.completion),
-            input_tokens: success.usage.input_tokens + success.usage.cache_read_tokens + success.usage.cache_write_tokens,
+            input_tokens: success.usage.input_tokens
+                + success.usage.cache_read_tokens
+                + success.usage.cache_write_tokens,
             output_tokens: success.usage.output_tokens,
             cost: success.cost,
         },
@@ -316,9 +328,14 @@ async fn finalize(state: &AppState, batch: &BatchRow) -> StoreResult<()> {
             "batch_cancelled",
             "the batch was cancelled while this request was interrupted by a gateway restart; it did not run again",
         );
-        store.close_requests(&batch.id, TaskStatus::Running, TaskStatus::Cancelled, &result, now_ms(state)).await?;
-        let result = output::never_ran("batch_cancelled", "the batch was cancelled before this request started");
-        store.close_requests(&batch.id, TaskStatus::Pending, TaskStatus::Cancelled, &result, now_ms(state)).await?;
+        store
+            .close_requests(&batch.id, TaskStatus::Running, TaskStatus::Cancelled, &result, now_ms(state))
+            .await?;
+        let result =
+            output::never_ran("batch_cancelled", "the batch was cancelled before this request started");
+        store
+            .close_requests(&batch.id, TaskStatus::Pending, TaskStatus::Cancelled, &result, now_ms(state))
+            .await?;
         BatchStatus::Cancelled
     } else if store.batch_progress(&batch.id).await?.expired > 0 {
         BatchStatus::Expired
@@ -350,4 +367,3 @@ async fn finalize(state: &AppState, batch: &BatchRow) -> StoreResult<()> {
 fn now_ms(state: &AppState) -> i64 {
     state.budget.now().timestamp_millis()
 }
-

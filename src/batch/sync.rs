@@ -77,7 +77,9 @@ impl SyncReport {
                 continue;
             };
             stats.succeeded += 1;
-            let input = success.usage.input_tokens + success.usage.cache_read_tokens + success.usage.cache_write_tokens;
+            let input = success.usage.input_tokens
+                + success.usage.cache_read_tokens
+                + success.usage.cache_write_tokens;
             stats.input_tokens += input;
             stats.output_tokens += success.usage.output_tokens;
             stats.cost = stats.cost.saturating_add(success.cost);
@@ -175,7 +177,7 @@ async fn fit_budget(
     let mut committed = Micros::ZERO;
     let mut runnable = Vec::with_capacity(checked.len());
     for (index, request) in checked {
-        let amount = match chat::estimate(state, &request) {
+        let amount = match chat::estimate(state, &request).await {
             Ok(amount) => amount,
             Err(error) => {
                 chat::record_refusal(state, &request, &error);

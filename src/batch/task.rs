@@ -87,7 +87,11 @@ fn fill(state: &AppState, body: &Value, request: &mut ChatRequest) -> Result<(),
         if path == "." {
             ApiError::bad_request(format!("invalid request body: {inner}"), None)
         } else {
-            ApiError::BadRequest { message: format!("invalid field `{path}`: {inner}"), param: Some(path), code: None }
+            ApiError::BadRequest {
+                message: format!("invalid field `{path}`: {inner}"),
+                param: Some(path),
+                code: None,
+            }
         }
     })?;
     if body.project_id.as_deref().is_some_and(|p| p != request.project_id) {

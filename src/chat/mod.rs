@@ -37,6 +37,8 @@ pub struct ChatRequest {
 /// A run under way: text as it comes, then exactly one `Done`.
 pub struct Running {
     pub model: Model,
+    /// How `"model": "auto"` chose, when it did.
+    pub route: Option<RouteInfo>,
     pub events: mpsc::Receiver<ChatEvent>,
 }
 
@@ -62,7 +64,11 @@ const EVENT_BUFFER: usize = 64;
 /// started, and have already been written to the ledger.
 pub async fn start(state: &AppState, request: ChatRequest) -> Result<Running, ApiError> {
     match prepare(state, &request).await {
-        Ok((model, job, reservation)) => launch(state, request, model, job, reservation).await,
+        Ok((model, job, reservation, route)) => {
+            let mut running = launch(state, request, model, job, reservation).await?;
+            running.route = route;
+            Ok(running)
+        }
         Err(error) => {
             record_refusal(state, &request, &error);
             Err(error)
@@ -72,8 +78,46 @@ pub async fn start(state: &AppState, request: ChatRequest) -> Result<Running, Ap
 
 /// The most a request may cost (what `start` would reserve), or why it
 /// cannot run at all; nothing is reserved or recorded.
-pub fn estimate(state: &AppState, request: &ChatRequest) -> Result<Micros, ApiError> {
-    plan(state, request).map(|plan| plan.amount)
+pub async fn estimate(state: &AppState, request: &ChatRequest) -> Result<Micros, ApiError> {
+    let choice = choose(state, request).await?;
+    plan(state, request, &choice).map(|plan| plan.amount)
+}
+
+/// The tier and score behind an auto-routed request.
+#[derive(Debug, Clone)]
+pub struct RouteInfo {
+    pub tier: String,
+    pub score: f64,
+}
+
+/// The model a request runs on and its output cap.
+struct Choice {
+    model: String,
+    max_tokens: Option<u64>,
+    route: Option<RouteInfo>,
+}
+
+/// `auto` (or no model) asks the router; anything else is taken as named.
+pub fn is_auto(model: &str) -> bool {
+    model.is_empty() || model == "auto"
+}
+
+async fn choose(state: &AppState, request: &ChatRequest) -> Result<Choice, ApiError> {
+    if !is_auto(&request.model) {
+        return Ok(Choice { model: request.model.clone(), max_tokens: request.max_tokens, route: None });
+    }
+    let decision =
+        crate::routing::decide(state, &request.project_id, &request.messages, request.max_tokens).await?;
+    let model = resolve_model(state, &decision.model)?;
+    // The router checked the budget against this output allowance; the
+    // run is held to it so the reservation matches.
+    let max_tokens =
+        request.max_tokens.or(Some(crate::routing::output_allowance(state, model.max_output_tokens)));
+    Ok(Choice {
+        model: decision.model,
+        max_tokens,
+        route: Some(RouteInfo { tier: decision.tier, score: decision.complexity_score }),
+    })
 }
 
 /// What a request will run, and its worst-case cost.
@@ -83,8 +127,12 @@ struct Plan {
     amount: Micros,
 }
 
-async fn prepare(state: &AppState, request: &ChatRequest) -> Result<(Model, Job, Reservation), ApiError> {
-    let Plan { model, prompt, amount } = plan(state, request)?;
+async fn prepare(
+    state: &AppState,
+    request: &ChatRequest,
+) -> Result<(Model, Job, Reservation, Option<RouteInfo>), ApiError> {
+    let choice = choose(state, request).await?;
+    let Plan { model, prompt, amount } = plan(state, request, &choice)?;
     let reservation = state
         .budget
         .reserve(ReservationRequest {
@@ -103,18 +151,18 @@ async fn prepare(state: &AppState, request: &ChatRequest) -> Result<(Model, Job,
         model: model.cli_name().to_string(),
         system_prompt: prompt.system,
         prompt: prompt.prompt,
-        max_output_tokens: request.max_tokens,
+        max_output_tokens: choice.max_tokens,
         max_budget: amount,
         deadline,
     };
-    Ok((model, job, reservation))
+    Ok((model, job, reservation, choice.route))
 }
 
-fn plan(state: &AppState, request: &ChatRequest) -> Result<Plan, ApiError> {
-    let model = resolve_model(state, &request.model)?;
+fn plan(state: &AppState, request: &ChatRequest, choice: &Choice) -> Result<Plan, ApiError> {
+    let model = resolve_model(state, &choice.model)?;
     let prompt =
         prompt::build(&request.messages).map_err(|e| ApiError::bad_request(e.to_string(), "messages"))?;
-    if let Some(max) = request.max_tokens {
+    if let Some(max) = choice.max_tokens {
         if max == 0 || max > model.max_output_tokens {
             return Err(ApiError::bad_request(
                 format!("max_tokens must be between 1 and {} for {}", model.max_output_tokens, model.id),
@@ -125,7 +173,7 @@ fn plan(state: &AppState, request: &ChatRequest) -> Result<Plan, ApiError> {
     let input_bound = prompt::token_upper_bound(&prompt.prompt)
         + prompt.system.as_deref().map(prompt::token_upper_bound).unwrap_or(0)
         + state.settings.prompt_overhead_tokens;
-    let output_bound = request.max_tokens.unwrap_or(model.max_output_tokens);
+    let output_bound = choice.max_tokens.unwrap_or(model.max_output_tokens);
     if input_bound.saturating_add(output_bound) > model.context_window {
         return Err(ApiError::BadRequest {
             message: format!(
@@ -197,9 +245,10 @@ async fn launch(
         let tokens = completion.input_tokens + completion.output_tokens;
         // What the gateway adds: from arrival to the worker's start, and from
         // the CLI's result line to the answer leaving (queue wait included).
-        let overhead = report
-            .finished_at
-            .map(|done| report.started_at.saturating_duration_since(request.received_at) + answered_at.saturating_duration_since(done));
+        let overhead = report.finished_at.map(|done| {
+            report.started_at.saturating_duration_since(request.received_at)
+                + answered_at.saturating_duration_since(done)
+        });
         state.metrics.observe_run(
             &request.project_id,
             completion.model_used.as_deref().unwrap_or(&supervisor_model.id),
@@ -232,7 +281,7 @@ async fn launch(
             state.limiter.record_tokens(key_id, tokens).await;
         }
     });
-    Ok(Running { model, events: client_rx })
+    Ok(Running { model, route: None, events: client_rx })
 }
 
 fn cost_of(model: &Model, report: &RunReport) -> Micros {

@@ -240,8 +240,12 @@ pub trait BatchStore: Send + Sync {
     async fn create_batch(&self, batch: &NewBatch) -> StoreResult<()>;
     async fn get_batch(&self, id: &str) -> StoreResult<Option<BatchRow>>;
     /// Newest first; `after` is the id of the last batch of the previous page.
-    async fn list_batches(&self, project_id: &str, after: Option<&str>, limit: i64)
-        -> StoreResult<Vec<BatchRow>>;
+    async fn list_batches(
+        &self,
+        project_id: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> StoreResult<Vec<BatchRow>>;
     async fn batch_progress(&self, id: &str) -> StoreResult<BatchProgress>;
     /// Makes `owner` the owner of every unfinished batch that is its own or
     /// whose owner is no longer a registered instance; returns their ids.
@@ -367,7 +371,8 @@ where
 }
 
 pub(super) fn task_status(text: &str) -> Result<TaskStatus, sqlx::Error> {
-    TaskStatus::parse(text).ok_or_else(|| sqlx::Error::Decode(format!("unknown request status {text:?}").into()))
+    TaskStatus::parse(text)
+        .ok_or_else(|| sqlx::Error::Decode(format!("unknown request status {text:?}").into()))
 }
 
 pub(super) const FILE_COLUMNS: &str = "id, project_id, purpose, filename, bytes, created_at_ms";

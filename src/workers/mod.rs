@@ -36,7 +36,10 @@ pub struct Job {
 /// What a run shows while it is under way.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    Started { model: Option<String>, session_id: Option<String> },
+    Started {
+        model: Option<String>,
+        session_id: Option<String>,
+    },
     Text(String),
     /// The CLI printed its result. Sent before the process is cleaned up,
     /// so the client need not wait for that; `run` returns the same report.

@@ -90,6 +90,8 @@ pub struct Options {
     pub admin_key: Option<String>,
     pub metrics_token: Option<String>,
     pub sim: SimConfig,
+    /// Changes any other setting before the gateway starts.
+    pub adjust: fn(&mut Settings),
 }
 
 impl Default for Options {
@@ -104,6 +106,7 @@ impl Default for Options {
             admin_key: None,
             metrics_token: None,
             sim: SimConfig::default(),
+            adjust: |_| {},
         }
     }
 }
@@ -131,7 +134,7 @@ pub fn settings_for(
     worker_env.insert("ANTHROPIC_API_KEY".to_string(), "sk-ccgate-test".to_string());
     // Lets a test find the processes this gateway started.
     worker_env.insert("CCG_TEST_MARKER".to_string(), marker.to_string());
-    Settings {
+    let mut settings = Settings {
         listen: "127.0.0.1:0".parse().expect("address"),
         database_url: db_url.to_string(),
         claude_bin: opts.claude_bin.clone().unwrap_or_else(claude_bin),
@@ -146,7 +149,9 @@ pub fn settings_for(
         cli_max_retries: opts.cli_max_retries,
         worker_env,
         ..Settings::default()
-    }
+    };
+    (opts.adjust)(&mut settings);
+    settings
 }
 
 impl TestApp {

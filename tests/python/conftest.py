@@ -170,6 +170,10 @@ def gateway():
                 # own, and no CLI-side retries so the 429 test is quick.
                 CCGATE_WORK_DIR=str(tmp / "work"),
                 CCGATE_CLI_MAX_RETRIES="0",
+                # Tests run one at a time, so batch tests may use the whole
+                # (two-worker) pool; fair share itself is tested in Rust
+                # (tests/batch.rs).
+                CCGATE_BATCH_POOL_SHARE="1",
             )
             gw = subprocess.Popen(
                 [
