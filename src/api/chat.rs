@@ -103,7 +103,7 @@ async fn complete_response(request_id: String, mut running: Running) -> Result<R
         match running.events.recv().await {
             // Text is also collected in the report.
             Some(ChatEvent::Text(_)) => continue,
-            Some(ChatEvent::Done(outcome)) => break outcome,
+            Some(ChatEvent::Done(outcome)) => break *outcome,
             None => return Err(ApiError::internal("the run ended without an outcome")),
         }
     };
@@ -148,7 +148,7 @@ async fn stream_response(
             if let Some(error) = outcome.error {
                 return Err(error);
             }
-            let frames = closing_frames(&meta, outcome, include_usage);
+            let frames = closing_frames(&meta, *outcome, include_usage);
             return Ok(sse(stream::iter(std::iter::once(role_frame(&meta)).chain(frames))));
         }
         None => return Err(ApiError::internal("the run ended without an outcome")),
@@ -158,7 +158,7 @@ async fn stream_response(
         let (mut running, meta) = state?;
         match running.events.recv().await {
             Some(ChatEvent::Text(text)) => Some((vec![text_frame(&meta, text)], Some((running, meta)))),
-            Some(ChatEvent::Done(outcome)) => Some((closing_frames(&meta, outcome, include_usage), None)),
+            Some(ChatEvent::Done(outcome)) => Some((closing_frames(&meta, *outcome, include_usage), None)),
             None => Some((
                 vec![error_frame(&ApiError::internal("the run ended without an outcome")), done_frame()],
                 None,

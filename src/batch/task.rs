@@ -125,7 +125,7 @@ pub async fn run(state: &AppState, mut request: ChatRequest, slot: BatchSlot) ->
     let outcome = loop {
         match running.events.recv().await {
             Some(ChatEvent::Text(_)) => continue,
-            Some(ChatEvent::Done(outcome)) => break outcome,
+            Some(ChatEvent::Done(outcome)) => break *outcome,
             None => return TaskEnd::Failed(ApiError::internal("the run ended without an outcome")),
         }
     };

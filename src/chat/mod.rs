@@ -45,7 +45,7 @@ pub struct Running {
 #[derive(Debug)]
 pub enum ChatEvent {
     Text(String),
-    Done(Outcome),
+    Done(Box<Outcome>),
 }
 
 /// How a run ended, as the client sees it.
@@ -311,7 +311,11 @@ async fn supervise(
             Event::Finished(report) => {
                 *answered = true;
                 let cost = cost_of(model, &report);
-                Some(ChatEvent::Done(Outcome { error: error_for(state, &report.end), report: *report, cost }))
+                Some(ChatEvent::Done(Box::new(Outcome {
+                    error: error_for(state, &report.end),
+                    report: *report,
+                    cost,
+                })))
             }
         }
     };
@@ -344,7 +348,7 @@ async fn supervise(
     if !answered {
         let cost = cost_of(model, &report);
         let outcome = Outcome { error: error_for(state, &report.end), report: report.clone(), cost };
-        let _ = client.send(ChatEvent::Done(outcome)).await;
+        let _ = client.send(ChatEvent::Done(Box::new(outcome))).await;
         answered_at = Some(Instant::now());
     }
     (report, answered_at.unwrap_or_else(Instant::now))
