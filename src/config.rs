@@ -68,6 +68,8 @@ pub struct Settings {
     pub metrics_token: Option<String>,
     /// Log prompt text (off: prompts and secrets never reach the log).
     pub log_prompts: bool,
+    /// Longest a client may take to send its request body, in seconds.
+    pub client_body_timeout_secs: u64,
     /// The most of the pool batch work may hold at once, as a fraction of
     /// `pool_size` (rounded up, at least one worker).
     pub batch_pool_share: f64,
@@ -119,6 +121,7 @@ impl Default for Settings {
             default_max_concurrent: None,
             metrics_token: None,
             log_prompts: false,
+            client_body_timeout_secs: 30,
             batch_pool_share: 0.5,
             batch_max_tasks: 1000,
             batch_max_file_lines: 50_000,

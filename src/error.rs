@@ -23,6 +23,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// The client was too slow sending its request.
+    #[error("{0}")]
+    ClientTimeout(String),
     #[error("{0}")]
     InsufficientQuota(String),
     #[error("{message}")]
@@ -78,6 +81,7 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::InsufficientQuota(_) | ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Overloaded(_) | ApiError::CliUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -96,6 +100,7 @@ impl ApiError {
             ApiError::Forbidden(_) => ("permission_error", None, None),
             ApiError::Conflict(_) => ("invalid_request_error", Some("conflict"), None),
             ApiError::PayloadTooLarge(_) => ("invalid_request_error", Some("payload_too_large"), None),
+            ApiError::ClientTimeout(_) => ("invalid_request_error", Some("request_timeout"), None),
             ApiError::InsufficientQuota(_) => ("insufficient_quota", Some("insufficient_quota"), None),
             ApiError::RateLimited { .. } => ("rate_limit_exceeded", Some("rate_limit_exceeded"), None),
             ApiError::Overloaded(_) => ("server_error", Some("overloaded"), None),
@@ -114,9 +119,10 @@ impl ApiError {
     /// The short outcome name recorded in the ledger.
     pub fn outcome(&self) -> &'static str {
         match self {
-            ApiError::BadRequest { .. } | ApiError::NotFound { .. } | ApiError::PayloadTooLarge(_) => {
-                "invalid_request"
-            }
+            ApiError::BadRequest { .. }
+            | ApiError::NotFound { .. }
+            | ApiError::PayloadTooLarge(_)
+            | ApiError::ClientTimeout(_) => "invalid_request",
             ApiError::Unauthorized(_) | ApiError::Forbidden(_) => "denied",
             ApiError::Conflict(_) => "conflict",
             ApiError::InsufficientQuota(_) => "budget_exceeded",

@@ -325,3 +325,32 @@ async fn models_health_and_root_describe_the_gateway() {
     assert_eq!(get("/no/such/route").await.status(), 404);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_that_trickles_its_body_gets_408_and_oversized_bodies_get_413() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDb::sqlite();
+    let adjust: fn(&mut ccgate::config::Settings) = |s| {
+        s.client_body_timeout_secs = 1;
+        s.max_body_bytes = 64 * 1024;
+    };
+    let app = TestApp::spawn(&db, Options { adjust, ..Options::default() }).await;
+    let addr = app.url.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{\"model\":";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply)).await;
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains("request_timeout"), "{reply}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    let big = json!({"model": "haiku", "messages": [{"role": "user", "content": "x".repeat(100_000)}]});
+    let response = app.chat(big).await;
+    assert_eq!(response.status(), 413);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "payload_too_large");
+    app.stop().await;
+}

@@ -26,12 +26,26 @@ where
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::PayloadTooLarge("the request body is larger than this gateway accepts".into())
+            } else if is_timeout(&rejection) {
+                ApiError::ClientTimeout("the request body did not arrive in time".into())
             } else {
                 ApiError::bad_request(format!("cannot read the request body: {rejection}"), None)
             }
         })?;
         parse_json(&bytes).map(JsonBody)
     }
+}
+
+fn is_timeout(rejection: &axum::extract::rejection::BytesRejection) -> bool {
+    use std::error::Error;
+    let mut source: Option<&(dyn Error + 'static)> = Some(rejection);
+    while let Some(error) = source {
+        if error.is::<tower_http::timeout::TimeoutError>() || error.to_string().contains("timed out") {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {

@@ -14,7 +14,9 @@ pub mod openai;
 pub mod route;
 pub mod usage;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderValue};
@@ -104,6 +106,9 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        // A client that trickles its body holds a connection and memory;
+        // it gets a 408 instead.
+        .layer(RequestBodyTimeoutLayer::new(Duration::from_secs(state.settings.client_body_timeout_secs)))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn(request_id))
         .with_state(state)

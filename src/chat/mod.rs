@@ -63,6 +63,12 @@ const EVENT_BUFFER: usize = 64;
 /// Starts a chat run. Errors returned here happened before any work
 /// started, and have already been written to the ledger.
 pub async fn start(state: &AppState, request: ChatRequest) -> Result<Running, ApiError> {
+    if state.settings.log_prompts {
+        // Only when the operator asked for it: prompts are the users' data.
+        for message in &request.messages {
+            tracing::info!(request_id = %request.request_id, role = ?message.role, text = %message.text, "prompt");
+        }
+    }
     match prepare(state, &request).await {
         Ok((model, job, reservation, route)) => {
             let mut running = launch(state, request, model, job, reservation).await?;
