@@ -634,7 +634,9 @@ async fn a_killed_gateway_resumes_its_batch_and_runs_no_completed_request_twice(
     }
 
     // The books agree: nothing is left reserved, and the killed runs were
-    // released as interrupted.
+    // released as interrupted (charged their whole reservation). A run
+    // whose result was written just before the kill, but not yet settled,
+    // is among those too.
     let usage: Value = client()
         .get(format!("{}/v1/usage?project_id=default&period=day", restarted.url))
         .send()
@@ -646,7 +648,8 @@ async fn a_killed_gateway_resumes_its_batch_and_runs_no_completed_request_twice(
     assert_eq!(usage["reserved_usd"].as_f64(), Some(0.0), "{usage}");
     let ledger = store.ledger("default", 1000).await.unwrap();
     assert!(ledger.iter().all(|r| r.status != "in_progress"));
-    assert!(ledger.iter().filter(|r| r.status == "succeeded").count() >= n);
+    let settled = ledger.iter().filter(|r| r.status == "succeeded" || r.status == "interrupted").count();
+    assert!(settled >= n, "{settled} settled rows for {n} requests");
     drop(restarted);
 }
 

@@ -114,6 +114,7 @@ pub struct BatchList {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct BatchListQuery {
     /// The id of the last batch of the previous page.
     pub after: Option<String>,

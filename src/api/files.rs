@@ -80,6 +80,7 @@ pub struct UploadForm {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct FileListQuery {
     /// Only files of this purpose.
     pub purpose: Option<String>,

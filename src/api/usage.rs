@@ -13,6 +13,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::store::PeriodKind;
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UsageQuery {
     /// Defaults to `default`.
     pub project_id: Option<String>,
