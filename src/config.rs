@@ -320,7 +320,7 @@ mod tests {
         assert!(err.to_string().contains("CCGATE_POOLSIZE"), "{err}");
 
         let err = Settings::load(None, env(&[("CCGATE_POOL_SIZE", "many")]), vec![]).unwrap_err();
-        assert!(err.to_string().contains("pool_size"), "{err}");
+        assert!(err.to_string().contains("CCGATE_POOL_SIZE"), "{err}");
 
         let err = Settings::load(None, env(&[("CCGATE_POOL_SIZE", "0")]), vec![]).unwrap_err();
         assert!(err.to_string().contains("pool_size"), "{err}");
