@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 offline=0
 if [ "${1:-}" = "--offline" ]; then offline=1; shift; fi
 
-cargo build --release --bins
+cargo build --release --workspace --bins
 if [ -z "${CCGATE_CLAUDE_BIN:-}" ]; then
     if command -v claude >/dev/null; then
         export CCGATE_CLAUDE_BIN="$(command -v claude)"
