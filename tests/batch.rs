@@ -160,6 +160,7 @@ async fn sync_batch_reports_every_task_and_a_failure_never_fails_the_others() {
             {"custom_id": "upstream", "model": "haiku", "messages": [{"role": "user", "content": "fails [sim:status=500]"}]},
             {"model": "haiku", "messages": [{"role": "user", "content": "no id"}]},
             {"custom_id": "a1", "model": "haiku", "messages": [{"role": "user", "content": "same id"}]},
+            {"custom_id": "routed", "model": "auto", "messages": [{"role": "user", "content": "gamma three"}]},
         ]
     });
     let response = client().post(format!("{}/v1/batch", app.url)).json(&body).send().await.unwrap();
@@ -168,9 +169,9 @@ async fn sync_batch_reports_every_task_and_a_failure_never_fails_the_others() {
     let out: Value = response.json().await.unwrap();
     assert_eq!(out["object"], "batch.result");
     let results = out["results"].as_array().unwrap();
-    assert_eq!(results.len(), 7, "one result per task, in order");
+    assert_eq!(results.len(), 8, "one result per task, in order");
     let ids: Vec<&str> = results.iter().map(|r| r["custom_id"].as_str().unwrap_or("-")).collect();
-    assert_eq!(ids, ["a1", "a2", "no-messages", "bad-model", "upstream", "-", "a1"]);
+    assert_eq!(ids, ["a1", "a2", "no-messages", "bad-model", "upstream", "-", "a1", "routed"]);
 
     for (i, text, model) in
         [(0, "alpha one", "claude-haiku-4-5-20251001"), (1, "beta two", "claude-sonnet-5")]
@@ -182,10 +183,13 @@ async fn sync_batch_reports_every_task_and_a_failure_never_fails_the_others() {
         assert_eq!(completion["model"], model);
         assert_eq!(reply_text(completion), format!("Simulated reply: {text}"));
     }
+    // "auto" lets the router pick the model.
+    assert_eq!(results[7]["status"], "succeeded", "{}", results[7]);
+    assert_eq!(reply_text(&results[7]["response"]), "Simulated reply: gamma three");
     let error = |i: usize| &results[i]["error"];
-    for i in 2..7 {
-        assert_eq!(results[i]["status"], "failed", "{}", results[i]);
-        assert!(results[i]["response"].is_null());
+    for result in &results[2..7] {
+        assert_eq!(result["status"], "failed", "{result}");
+        assert!(result["response"].is_null());
     }
     assert_eq!(error(2)["type"], "invalid_request_error");
     assert!(error(2)["message"].as_str().unwrap().contains("messages"), "{}", error(2));
@@ -198,11 +202,11 @@ async fn sync_batch_reports_every_task_and_a_failure_never_fails_the_others() {
     let stats = &out["stats"];
     assert_eq!(
         (stats["total"].as_u64(), stats["succeeded"].as_u64(), stats["failed"].as_u64()),
-        (Some(7), Some(2), Some(5))
+        (Some(8), Some(3), Some(5))
     );
     assert!(stats["input_tokens"].as_u64().unwrap() > 0 && stats["output_tokens"].as_u64().unwrap() > 0);
     let by_model = stats["cost_by_model"].as_object().unwrap();
-    assert_eq!(by_model.len(), 2, "{stats}");
+    assert!((2..=3).contains(&by_model.len()), "{stats}");
     let summed: f64 = by_model.values().map(|m| m["cost_usd"].as_f64().unwrap()).sum();
     assert!((summed - stats["cost_usd"].as_f64().unwrap()).abs() < 1e-9);
     assert!(stats["wall_time_ms"].as_u64().unwrap() > 0);
@@ -219,7 +223,7 @@ async fn sync_batch_reports_every_task_and_a_failure_never_fails_the_others() {
     );
     let store = app.state.budget.store();
     let mut statuses = Vec::new();
-    for i in 0..7 {
+    for i in 0..8 {
         let row = wait_ledger_row(store.as_ref(), &format!("{batch_id}-{i}")).await;
         assert_eq!(row.endpoint, "/v1/batch");
         statuses.push(row.status);
@@ -227,6 +231,7 @@ async fn sync_batch_reports_every_task_and_a_failure_never_fails_the_others() {
     assert_eq!(statuses[..2], ["succeeded", "succeeded"]);
     assert_eq!(statuses[2..4], ["invalid_request", "invalid_request"]);
     assert_eq!(statuses[4], "upstream_error");
+    assert_eq!(statuses[7], "succeeded");
     // The project paid for what succeeded (and for the failed run, if
     // the CLI reported a cost for it).
     let usage = app.wait_settled("default").await;
@@ -273,6 +278,28 @@ fn small_limits(settings: &mut ccgate::config::Settings) {
     settings.batch_max_tasks = 3;
     settings.batch_max_body_bytes = 4000;
     settings.batch_max_file_lines = 3;
+}
+
+#[tokio::test]
+async fn batch_uploads_and_bodies_are_limited_by_their_own_setting_not_max_body_bytes() {
+    let db = TestDb::sqlite();
+    let small_bodies = |settings: &mut ccgate::config::Settings| settings.max_body_bytes = 1000;
+    let app = TestApp::spawn(&db, Options { adjust: small_bodies, ..Options::default() }).await;
+    let api = Api::new(&app.url, "default");
+    let prompt = "y".repeat(3000);
+    let file_id = api.upload(&[line("big", ask("haiku", &prompt))]).await;
+    assert!(file_id.starts_with("file-"));
+    // A /v1/batch body past max_body_bytes is fine too (refused here only
+    // because its model does not exist, so nothing runs).
+    let body = json!({"requests": [{"custom_id": "big", "model": "nope", "messages": [{"role": "user", "content": prompt}]}]});
+    let response = client().post(format!("{}/v1/batch", app.url)).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let out: Value = response.json().await.unwrap();
+    assert_eq!(out["results"][0]["error"]["code"], "model_not_found");
+    // Chat requests keep the general limit.
+    let chat = app.chat(json!({"model": "haiku", "messages": [{"role": "user", "content": prompt}]})).await;
+    assert_eq!(chat.status(), 413);
+    app.stop().await;
 }
 
 #[tokio::test]

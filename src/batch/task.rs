@@ -100,10 +100,8 @@ fn fill(state: &AppState, body: &Value, request: &mut ChatRequest) -> Result<(),
             "project_id",
         ));
     }
-    request.model = body.model.clone().unwrap_or_default();
-    if request.model.is_empty() {
-        return Err(ApiError::bad_request("model is required", "model"));
-    }
+    // No model, like "auto", lets the router choose (as for chat completions).
+    request.model = body.model.clone().filter(|m| !m.is_empty()).unwrap_or_else(|| "auto".into());
     if body.stream {
         return Err(ApiError::bad_request("stream is not supported in a batch", "stream"));
     }
