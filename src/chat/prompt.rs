@@ -57,11 +57,13 @@ pub fn build(messages: &[Message]) -> Result<Prompt, PromptError> {
 }
 
 /// An upper bound on the tokens of a text, for budget reservations: one
-/// token per three bytes of UTF-8. English runs near four characters a token
-/// and CJK near one character (three bytes) a token, so this over-counts
-/// ordinary text rather than ever under-counting it.
+/// token per 2.5 bytes of UTF-8. English prose runs near 4 characters a
+/// token, dense code near 3, and CJK near one character (three bytes) a
+/// token, so this over-counts ordinary text. Punctuation-dense input can
+/// reach a token per byte and beat it; the CLI's `--max-budget-usd` (the
+/// same amount) is the backstop for that.
 pub fn token_upper_bound(text: &str) -> u64 {
-    (text.len() as u64).div_ceil(3)
+    (text.len() as u64 * 2).div_ceil(5)
 }
 
 #[cfg(test)]
