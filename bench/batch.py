@@ -39,6 +39,7 @@ import queue
 import re
 import shutil
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -146,6 +147,32 @@ def one_request(gw: Gateway, model: str, prompt: str) -> float:
     return elapsed
 
 
+def request_timings(db: Path, batch_id: str, slots: int, wall_s: float) -> dict:
+    """From the store: how long each request held its worker (claim to
+    result written), and how busy the batch's workers were overall. Time
+    the workers were not busy is the runner's own overhead (and polling)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT started_at_ms, finished_at_ms FROM batch_requests WHERE batch_id = ? ORDER BY started_at_ms",
+            (batch_id,),
+        ).fetchall()
+    finally:
+        conn.close()
+    held = [(f - s) / 1000 for s, f in rows if s is not None and f is not None]
+    tenth = max(1, len(rows) // 10)
+    first = (rows[tenth - 1][1] - rows[0][0]) / 1000
+    last = (rows[-1][1] - rows[-tenth][0]) / 1000
+    return {
+        "held_median_s": statistics.median(held),
+        "held_first_tenth_median_s": statistics.median(held[:tenth]),
+        "held_last_tenth_median_s": statistics.median(held[-tenth:]),
+        "workers_busy_pct": sum(held) / (slots * wall_s) * 100,
+        "first_tenth_s": first,
+        "last_tenth_s": last,
+    }
+
+
 def run_files(gw: Gateway, n: int, model: str, prompt: str) -> dict:
     lines = "".join(
         json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
@@ -176,7 +203,7 @@ def run_files(gw: Gateway, n: int, model: str, prompt: str) -> dict:
     results = [json.loads(line) for line in data.decode().splitlines()]
     if len(results) != n or any(r["response"]["status_code"] != 200 for r in results):
         raise RuntimeError("the output file is incomplete")
-    return {"wall_s": wall, "in_progress_to_completed_s": batch["completed_at"] - batch["in_progress_at"]}
+    return {"wall_s": wall, "batch_id": batch["id"]}
 
 
 def run_sync(gw: Gateway, n: int, pool_size: int, model: str, prompt: str) -> dict:
@@ -229,6 +256,12 @@ def print_report(r: dict, out=sys.stdout) -> None:
         verdict = "met" if x["vs_ideal_pct"] <= 10 else "NOT met"
         print(f"{mode:>5}: {x['wall_s']:.1f} s = {x['vs_ideal_pct']:+.1f}% vs ideal (target <= +10%: {verdict}); "
               f"{x['vs_loaded_pct']:+.1f}% vs the loaded ideal; {c['requests'] / x['wall_s']:.2f} requests/s", file=out)
+        if "held_median_s" in x:
+            print(f"       a request held its worker {x['held_median_s'] * 1000:.0f} ms (median, claim to result "
+                  f"written); workers busy {x['workers_busy_pct']:.1f}% of the wall time; first tenth of the "
+                  f"requests took {x['first_tenth_s']:.1f} s, last tenth {x['last_tenth_s']:.1f} s "
+                  f"(median held {x['held_first_tenth_median_s'] * 1000:.0f} and "
+                  f"{x['held_last_tenth_median_s'] * 1000:.0f} ms)", file=out)
 
 
 def main() -> int:
@@ -300,8 +333,11 @@ def main() -> int:
         modes = ("files", "sync") if args.mode == "both" else (args.mode,)
         for mode in modes:
             print(f"running {args.requests} requests through {mode}…", file=log, flush=True)
-            result = (run_files(gw, args.requests, args.model, args.prompt) if mode == "files"
-                      else run_sync(gw, args.requests, slots, args.model, args.prompt))
+            if mode == "files":
+                result = run_files(gw, args.requests, args.model, args.prompt)
+                result.update(request_timings(tmp / "ccgate.db", result["batch_id"], slots, result["wall_s"]))
+            else:
+                result = run_sync(gw, args.requests, slots, args.model, args.prompt)
             result["vs_ideal_pct"] = (result["wall_s"] / report["ideal_s"] - 1) * 100
             result["vs_loaded_pct"] = (result["wall_s"] / report["ideal_loaded_s"] - 1) * 100
             report[mode] = result
