@@ -664,14 +664,22 @@ async fn a_killed_gateway_resumes_its_batch_and_runs_no_completed_request_twice(
     // released as interrupted (charged their whole reservation). A run
     // whose result was written just before the kill, but not yet settled,
     // is among those too.
-    let usage: Value = client()
-        .get(format!("{}/v1/usage?project_id=default&period=day", restarted.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // (The last result is written before its run is settled: wait for it.)
+    let mut usage = Value::Null;
+    for _ in 0..100 {
+        usage = client()
+            .get(format!("{}/v1/usage?project_id=default&period=day", restarted.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if usage["reserved_usd"].as_f64() == Some(0.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(usage["reserved_usd"].as_f64(), Some(0.0), "{usage}");
     let ledger = store.ledger("default", 1000).await.unwrap();
     assert!(ledger.iter().all(|r| r.status != "in_progress"));

@@ -240,52 +240,8 @@ async fn launch(
     let supervisor_state = state.clone();
     let supervisor_model = model.clone();
     state.tasks.spawn(async move {
-        let state = supervisor_state;
-        let (report, answered_at) = supervise(&state, &supervisor_model, admission, job, client_tx).await;
-        let cost = cost_of(&supervisor_model, &report);
-        let error = error_for(&state, &report.end);
-        let completion = match &error {
-            Some(error) => completion_for(&request, error, report.clone(), cost),
-            None => completion_for_success(&request, report.clone(), cost),
-        };
-        let tokens = completion.input_tokens + completion.output_tokens;
-        // What the gateway adds: from arrival to the worker's start, and from
-        // the CLI's result line to the answer leaving (queue wait included).
-        let overhead = report.finished_at.map(|done| {
-            report.started_at.saturating_duration_since(request.received_at)
-                + answered_at.saturating_duration_since(done)
-        });
-        state.metrics.observe_run(
-            &request.project_id,
-            completion.model_used.as_deref().unwrap_or(&supervisor_model.id),
-            &completion.status,
-            answered_at.saturating_duration_since(request.received_at),
-            report.first_token_at.map(|t| t.saturating_duration_since(request.received_at)),
-            overhead,
-            completion.input_tokens,
-            completion.output_tokens,
-            completion.cost.as_usd(),
-        );
-        tracing::info!(
-            request_id = %request.request_id,
-            project = %request.project_id,
-            key_id = request.key_id.as_deref().unwrap_or("-"),
-            model = completion.model_used.as_deref().unwrap_or("-"),
-            outcome = %completion.status,
-            status = completion.http_status.unwrap_or(0),
-            input_tokens = completion.input_tokens,
-            output_tokens = completion.output_tokens,
-            cost_usd = completion.cost.as_usd(),
-            latency_ms = completion.latency_ms.unwrap_or(0),
-            ttft_ms = completion.ttft_ms.unwrap_or(0),
-            "run finished"
-        );
-        if let Err(e) = state.budget.settle(reservation, completion).await {
-            tracing::error!(request_id = %request.request_id, error = %e, "failed to settle a reservation");
-        }
-        if let Some(key_id) = &request.key_id {
-            state.limiter.record_tokens(key_id, tokens).await;
-        }
+        let books = Books { request, reservation };
+        supervise(supervisor_state, supervisor_model, admission, job, client_tx, books).await;
     });
     Ok(Running { model, route: None, events: client_rx })
 }
@@ -294,70 +250,132 @@ fn cost_of(model: &Model, report: &RunReport) -> Micros {
     report.reported_cost.unwrap_or_else(|| model.cost(&report.usage))
 }
 
-/// Runs the job, passing text to the client and the outcome as soon as the
-/// CLI has reported it (process clean-up happens after the client has its
-/// answer). A client that goes away cancels the run.
+fn outcome_of(state: &AppState, model: &Model, report: RunReport) -> Outcome {
+    Outcome { error: error_for(state, &report.end), cost: cost_of(model, &report), report }
+}
+
+/// What must be written down when a run ends: its request and reservation.
+struct Books {
+    request: ChatRequest,
+    reservation: Reservation,
+}
+
+/// Runs the job, passing text to the client, and the outcome as soon as the
+/// CLI has reported it; the books are settled at that same moment, while
+/// the process is cleaned up behind them. A client that goes away cancels
+/// the run.
 async fn supervise(
-    state: &AppState,
-    model: &Model,
+    state: AppState,
+    model: Model,
     admission: Admission,
     job: Job,
     client: mpsc::Sender<ChatEvent>,
-) -> (RunReport, Instant) {
+    books: Books,
+) {
     let (worker_tx, mut worker_rx) = mpsc::channel(EVENT_BUFFER);
     let cancel = state.pool.run_token();
     let run = state.pool.run(admission, job, worker_tx, cancel.clone());
     tokio::pin!(run);
-    let mut answered = false;
-    let mut answered_at = None;
-    let forward = |event: Event, answered: &mut bool| -> Option<ChatEvent> {
-        match event {
-            Event::Text(text) => Some(ChatEvent::Text(text)),
-            Event::Started { .. } => None,
-            Event::Finished(report) => {
-                *answered = true;
-                let cost = cost_of(model, &report);
-                Some(ChatEvent::Done(Box::new(Outcome {
-                    error: error_for(state, &report.end),
-                    report: *report,
-                    cost,
-                })))
-            }
-        }
-    };
+    let mut books = Some(books);
     let report = loop {
         tokio::select! {
             report = &mut run => break report,
             Some(event) = worker_rx.recv() => {
-                if let Some(event) = forward(event, &mut answered) {
-                    let done = matches!(event, ChatEvent::Done(_));
-                    if client.send(event).await.is_err() {
-                        cancel.cancel();
-                    }
-                    if done {
-                        answered_at = Some(Instant::now());
-                    }
+                if !deliver(&state, &model, &client, &mut books, event).await {
+                    cancel.cancel();
                 }
             }
             _ = client.closed(), if !cancel.is_cancelled() => cancel.cancel(),
         }
     };
     while let Ok(event) = worker_rx.try_recv() {
-        if let Some(event) = forward(event, &mut answered) {
-            let done = matches!(event, ChatEvent::Done(_));
-            let _ = client.send(event).await;
-            if done {
-                answered_at = Some(Instant::now());
+        deliver(&state, &model, &client, &mut books, event).await;
+    }
+    if let Some(books) = books {
+        // The run ended without a result line (killed, timed out, crashed).
+        let _ = client.send(ChatEvent::Done(Box::new(outcome_of(&state, &model, report.clone())))).await;
+        conclude(&state, &model, books, report, Instant::now()).await;
+    }
+}
+
+/// Passes one worker event on; false when the client is gone.
+async fn deliver(
+    state: &AppState,
+    model: &Model,
+    client: &mpsc::Sender<ChatEvent>,
+    books: &mut Option<Books>,
+    event: Event,
+) -> bool {
+    match event {
+        Event::Started { .. } => true,
+        Event::Text(text) => client.send(ChatEvent::Text(text)).await.is_ok(),
+        Event::Finished(report) => {
+            let report = *report;
+            let delivered = client
+                .send(ChatEvent::Done(Box::new(outcome_of(state, model, report.clone()))))
+                .await
+                .is_ok();
+            let answered_at = Instant::now();
+            if let Some(books) = books.take() {
+                let (state, model) = (state.clone(), model.clone());
+                state
+                    .tasks
+                    .clone()
+                    .spawn(async move { conclude(&state, &model, books, report, answered_at).await });
             }
+            delivered
         }
     }
-    if !answered {
-        let cost = cost_of(model, &report);
-        let outcome = Outcome { error: error_for(state, &report.end), report: report.clone(), cost };
-        let _ = client.send(ChatEvent::Done(Box::new(outcome))).await;
-        answered_at = Some(Instant::now());
+}
+
+/// Settles the reservation, records metrics and rate-limit tokens, and logs
+/// the run.
+async fn conclude(state: &AppState, model: &Model, books: Books, report: RunReport, answered_at: Instant) {
+    let Books { request, reservation } = books;
+    let cost = cost_of(model, &report);
+    let error = error_for(state, &report.end);
+    let completion = match &error {
+        Some(error) => completion_for(&request, error, report.clone(), cost),
+        None => completion_for_success(&request, report.clone(), cost),
+    };
+    let tokens = completion.input_tokens + completion.output_tokens;
+    // What the gateway adds: from arrival to the worker's start, and from
+    // the CLI's result line to the answer leaving (queue wait included).
+    let overhead = report.finished_at.map(|done| {
+        report.started_at.saturating_duration_since(request.received_at)
+            + answered_at.saturating_duration_since(done)
+    });
+    state.metrics.observe_run(
+        &request.project_id,
+        completion.model_used.as_deref().unwrap_or(&model.id),
+        &completion.status,
+        answered_at.saturating_duration_since(request.received_at),
+        report.first_token_at.map(|t| t.saturating_duration_since(request.received_at)),
+        overhead,
+        completion.input_tokens,
+        completion.output_tokens,
+        completion.cost.as_usd(),
+    );
+    tracing::info!(
+        request_id = %request.request_id,
+        project = %request.project_id,
+        key_id = request.key_id.as_deref().unwrap_or("-"),
+        model = completion.model_used.as_deref().unwrap_or("-"),
+        outcome = %completion.status,
+        status = completion.http_status.unwrap_or(0),
+        input_tokens = completion.input_tokens,
+        output_tokens = completion.output_tokens,
+        cost_usd = completion.cost.as_usd(),
+        latency_ms = completion.latency_ms.unwrap_or(0),
+        ttft_ms = completion.ttft_ms.unwrap_or(0),
+        "run finished"
+    );
+    if let Err(e) = state.budget.settle(reservation, completion).await {
+        tracing::error!(request_id = %request.request_id, error = %e, "failed to settle a reservation");
     }
-    (report, answered_at.unwrap_or_else(Instant::now))
+    if let Some(key_id) = &request.key_id {
+        state.limiter.record_tokens(key_id, tokens).await;
+    }
 }
 
 fn error_for(state: &AppState, end: &RunEnd) -> Option<ApiError> {

@@ -260,7 +260,11 @@ pub fn processes_with_marker(marker: &str) -> Vec<u32> {
         .filter(|pid| {
             let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
             if environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
-                return true;
+                // A gateway run as a process carries the marker too (its
+                // workers inherit it from there); it is not a worker.
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let program = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+                return !program.ends_with(b"/ccgate");
             }
             // A zombie has lost its environment; an unreaped child of this
             // test process is left behind all the same.
