@@ -170,6 +170,12 @@ def request_timings(db: Path, batch_id: str, slots: int, wall_s: float) -> dict:
         "workers_busy_pct": sum(held) / (slots * wall_s) * 100,
         "first_tenth_s": first,
         "last_tenth_s": last,
+        # Wall time of each tenth of the batch (by start order): a slow tenth
+        # while the others keep pace points at load from outside.
+        "tenths_s": [
+            (rows[min(len(rows), (k + 1) * tenth) - 1][1] - rows[k * tenth][0]) / 1000
+            for k in range(min(10, len(rows) // tenth))
+        ],
     }
 
 
@@ -262,6 +268,7 @@ def print_report(r: dict, out=sys.stdout) -> None:
                   f"requests took {x['first_tenth_s']:.1f} s, last tenth {x['last_tenth_s']:.1f} s "
                   f"(median held {x['held_first_tenth_median_s'] * 1000:.0f} and "
                   f"{x['held_last_tenth_median_s'] * 1000:.0f} ms)", file=out)
+            print("       each tenth took (s): " + ", ".join(f"{t:.1f}" for t in x["tenths_s"]), file=out)
 
 
 def main() -> int:
