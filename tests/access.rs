@@ -188,10 +188,18 @@ async fn each_rate_limit_answers_429_with_its_headers() {
 
     let (_, one_key) = project_with_key(&app.url, "conc", json!({"max_concurrent": 1})).await;
     let slow = chat_body("haiku", "hold the slot [sim:first_token_ms=1500]");
-    let (a, b) = tokio::join!(chat_as(&app.url, &one_key, slow.clone()), async {
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        chat_as(&app.url, &one_key, slow.clone()).await
-    });
+    let first = {
+        let (url, key, body) = (app.url.clone(), one_key.clone(), slow.clone());
+        tokio::spawn(async move { chat_as(&url, &key, body).await })
+    };
+    // The first holds the key's only slot once its worker is running.
+    let started = common::wait_for(std::time::Duration::from_secs(30), || {
+        (!app.worker_processes().is_empty()).then_some(()).ok_or(())
+    })
+    .await;
+    assert!(started.is_ok(), "the first request never reached a worker");
+    let b = chat_as(&app.url, &one_key, slow.clone()).await;
+    let a = first.await.unwrap();
     assert_eq!(a.status(), 200);
     assert_eq!(b.status(), 429);
     assert_eq!(header(&b, "retry-after"), "1");

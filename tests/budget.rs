@@ -194,10 +194,10 @@ async fn gateway_admits_exactly_what_the_budget_fits(db: &TestDb) {
     const N: usize = 3;
     let opts = Options { pool_size: N, queue_limit: 20 * N, ..Options::default() };
     let app = TestApp::spawn(db, opts).await;
-    // Runs take 1.5 s, so every reservation below is tried while the
+    // Runs take 3 s, so every reservation below is tried while the
     // admitted ones are still in flight.
     let mut body = json!({"model": "haiku", "max_tokens": 200,
-        "messages": [{"role": "user", "content": "budget test [sim:first_token_ms=1500]"}]});
+        "messages": [{"role": "user", "content": "budget test [sim:first_token_ms=3000]"}]});
     let each = reservation_for(&app, &body).await;
     let limit_usd = Micros(each.0 * N as i64).as_usd();
     app.create_project("exact", Some(limit_usd)).await;
@@ -256,7 +256,7 @@ async fn two_gateway_processes_share_one_postgres_budget_exactly() {
     let a = GatewayProcess::start(&db.url, &sim, &marker, work.path(), &env);
     let b = GatewayProcess::start(&db.url, &sim, &marker, work.path(), &env);
     let body = json!({"model": "haiku", "max_tokens": 100, "project_id": "shared",
-        "messages": [{"role": "user", "content": "shared budget [sim:first_token_ms=2000]"}]});
+        "messages": [{"role": "user", "content": "shared budget [sim:first_token_ms=3000]"}]});
     // The reservation is a pure function of the request and the price
     // table; an unlimited probe project learns it.
     let probe = json!({"id": "probe", "name": "probe"});
