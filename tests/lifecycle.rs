@@ -51,11 +51,22 @@ async fn kill_9_leaves_no_worker_and_a_restart_releases_its_reservations() {
     // One request completes, three are in flight when the gateway dies.
     let done = client()
         .post(format!("{}/v1/chat/completions", gateway.url))
+        .header("x-request-id", "quick-one")
         .json(&chat_body("haiku", "quick one"))
         .send()
         .await
         .unwrap();
     assert_eq!(done.status(), 200);
+    let store = store::connect(&db.url).await.unwrap();
+    // Its settlement is written just after the answer; wait for it, so the
+    // kill below cannot land in between.
+    for _ in 0..200 {
+        let row = store.ledger_row("quick-one").await.unwrap();
+        if row.is_some_and(|r| r.status != "in_progress") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     let url = format!("{}/v1/chat/completions", gateway.url);
     let pending: Vec<_> = (0..3)
         .map(|_| {
@@ -65,7 +76,6 @@ async fn kill_9_leaves_no_worker_and_a_restart_releases_its_reservations() {
             })
         })
         .collect();
-    let store = store::connect(&db.url).await.unwrap();
     let day = ccgate::budget::period::bounds(PeriodKind::Day, Utc::now()).0.timestamp();
     let mut reserved = Micros(0);
     for _ in 0..200 {
