@@ -150,7 +150,8 @@ fn header(response: &reqwest::Response, name: &str) -> String {
 #[tokio::test]
 async fn each_rate_limit_answers_429_with_its_headers() {
     let db = TestDb::sqlite();
-    let app = TestApp::spawn(&db, with_admin()).await;
+    // A fixed clock keeps every request in one minute window.
+    let app = TestApp::spawn_with_clock(&db, with_admin(), Arc::new(ManualClock::new(Utc::now()))).await;
 
     let (_, rpm_key) = project_with_key(&app.url, "rpm", json!({"rpm_limit": 2})).await;
     for remaining in ["1", "0"] {
@@ -211,8 +212,10 @@ async fn each_rate_limit_answers_429_with_its_headers() {
 #[tokio::test]
 async fn request_limits_are_shared_by_instances_on_postgres() {
     let db = TestDb::postgres().await;
-    let first = TestApp::spawn(&db, with_admin()).await;
-    let second = TestApp::spawn(&db, with_admin()).await;
+    // One fixed instant for both, so the four requests share one minute window.
+    let clock = ManualClock::new(Utc::now());
+    let first = TestApp::spawn_with_clock(&db, with_admin(), Arc::new(clock.clone())).await;
+    let second = TestApp::spawn_with_clock(&db, with_admin(), Arc::new(clock)).await;
     let (_, key) = project_with_key(&first.url, "shared", json!({"rpm_limit": 3})).await;
     let mut statuses = Vec::new();
     for url in [&first.url, &second.url, &first.url, &second.url] {
