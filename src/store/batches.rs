@@ -392,6 +392,11 @@ pub(super) const STAMP_STATUS_TIME: &str = "\
 /// bound parameters (three per row).
 pub(super) const INSERT_CHUNK: usize = 500;
 
+/// Writes one batch file; shared by `create_file` and the batch-creating transaction.
+pub(super) const INSERT_FILE: &str =
+    "INSERT INTO batch_files (id, project_id, purpose, filename, bytes, content, \
+     created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
 /// Implements `BatchStore` for a type with `writer` and `reader` pools of
 /// `$db` and a `begin_write` method.
 macro_rules! impl_batch_store {
@@ -399,10 +404,7 @@ macro_rules! impl_batch_store {
         #[async_trait::async_trait]
         impl $crate::store::batches::BatchStore for $store {
             async fn create_file(&self, f: &$crate::store::batches::NewFile) -> $crate::store::StoreResult<()> {
-                sqlx::query(
-                    "INSERT INTO batch_files (id, project_id, purpose, filename, bytes, content, created_at_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
+                sqlx::query($crate::store::batches::INSERT_FILE)
                 .bind(&f.id)
                 .bind(&f.project_id)
                 .bind(&f.purpose)
@@ -696,10 +698,7 @@ macro_rules! impl_batch_store {
                     return Ok(false);
                 }
                 for f in files {
-                    sqlx::query(
-                        "INSERT INTO batch_files (id, project_id, purpose, filename, bytes, content, created_at_ms) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                    )
+                    sqlx::query($crate::store::batches::INSERT_FILE)
                     .bind(&f.id)
                     .bind(&f.project_id)
                     .bind(&f.purpose)
