@@ -69,8 +69,10 @@ mod tests {
     fn job() -> Job {
         Job {
             model: "haiku".into(),
+            model_id: "claude-haiku-4-5-20251001".into(),
             system_prompt: None,
             prompt: "hi".into(),
+            messages: Vec::new(),
             max_output_tokens: None,
             max_budget: Micros(1),
             deadline: tokio::time::Instant::now() + Duration::from_secs(30),

@@ -155,8 +155,10 @@ async fn prepare(
         + Duration::from_secs(state.settings.request_timeout_secs);
     let job = Job {
         model: model.cli_name().to_string(),
+        model_id: model.id.clone(),
         system_prompt: prompt.system,
         prompt: prompt.prompt,
+        messages: request.messages.iter().filter(|m| m.role != Role::System).cloned().collect(),
         max_output_tokens: choice.max_tokens,
         max_budget: amount,
         deadline,

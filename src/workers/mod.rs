@@ -23,9 +23,15 @@ pub use pool::{Admission, BatchSlot, JobClass, PoolState, PoolStats, QueueFull, 
 pub struct Job {
     /// What the CLI is given as `--model` (an alias or id).
     pub model: String,
+    /// The model's full id, as the Anthropic API names it.
+    pub model_id: String,
     pub system_prompt: Option<String>,
-    /// The whole prompt, sent on stdin.
+    /// The whole prompt as one text (earlier turns as a transcript): what
+    /// the CLI reads on stdin.
     pub prompt: String,
+    /// The conversation turn by turn (no system messages), for backends
+    /// that take messages.
+    pub messages: Vec<crate::chat::Message>,
     pub max_output_tokens: Option<u64>,
     /// The CLI's own spending cap for the run (`--max-budget-usd`).
     pub max_budget: Micros,
