@@ -15,6 +15,7 @@ use crate::metrics::Metrics;
 use crate::pricing::PriceTable;
 use crate::store::Store;
 use crate::workers::cli::{ClaudeCli, CliSettings};
+use crate::workers::warm::{WarmPool, WarmSettings};
 use crate::workers::{PoolStats, Worker, WorkerPool};
 
 #[derive(Clone)]
@@ -30,6 +31,8 @@ pub struct AppState {
     /// Background work that must finish before the process exits (run
     /// supervisors, ledger writes).
     pub tasks: TaskTracker,
+    /// The warm CLI processes, when `warm_pool` is on.
+    pub warm: Option<Arc<WarmPool>>,
 }
 
 impl AppState {
@@ -41,7 +44,7 @@ impl AppState {
         };
         std::fs::create_dir_all(&settings.work_dir)?;
         let stats = Arc::new(PoolStats::default());
-        let worker: Arc<dyn Worker> = Arc::new(ClaudeCli::new(
+        let cli = Arc::new(ClaudeCli::new(
             CliSettings {
                 bin: resolve_bin(&settings.claude_bin),
                 work_dir: settings.work_dir.clone(),
@@ -51,7 +54,37 @@ impl AppState {
             },
             Arc::clone(&stats),
         ));
-        Ok(AppState::with_worker(settings, store, clock, prices, worker, stats))
+        if !settings.warm_pool {
+            return Ok(AppState::with_worker(settings, store, clock, prices, cli, stats));
+        }
+        // Prestarted processes are fixed to a model's CLI name, as jobs are.
+        let prestart = settings
+            .warm_prestart
+            .iter()
+            .map(|name| match prices.resolve(name) {
+                Some(model) => Ok(model.cli_name().to_string()),
+                None => anyhow::bail!("warm_prestart: unknown model {name:?}"),
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let warm = WarmPool::new(
+            cli,
+            WarmSettings {
+                memory_budget_bytes: settings.warm_memory_mb * 1024 * 1024,
+                max_requests: settings.warm_max_requests,
+                idle_timeout: Duration::from_secs(settings.warm_idle_secs),
+                prestart,
+            },
+        );
+        let mut state = AppState::with_worker(
+            settings,
+            store,
+            clock,
+            prices,
+            Arc::clone(&warm) as Arc<dyn Worker>,
+            stats,
+        );
+        state.warm = Some(warm);
+        Ok(state)
     }
 
     pub fn with_worker(
@@ -89,6 +122,7 @@ impl AppState {
             limiter,
             metrics: Arc::new(Metrics::new()),
             tasks: TaskTracker::new(),
+            warm: None,
         }
     }
 

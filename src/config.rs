@@ -79,6 +79,17 @@ pub struct Settings {
     pub batch_max_file_lines: usize,
     /// Largest `POST /v1/batch` body or uploaded batch file, in bytes.
     pub batch_max_body_bytes: usize,
+    /// Keep pre-started CLI processes and reuse them (`/clear` between
+    /// requests); off: every request starts a cold `claude -p`.
+    pub warm_pool: bool,
+    /// Resident memory all warm processes together may use, in MiB.
+    pub warm_memory_mb: u64,
+    /// Requests one warm process serves before it is replaced.
+    pub warm_max_requests: u32,
+    /// A warm process idle this long is retired, in seconds.
+    pub warm_idle_secs: u64,
+    /// Models (aliases or ids) to start one warm process for at start-up.
+    pub warm_prestart: Vec<String>,
     /// How `"model": "auto"` weighs a request: signal weights, tier
     /// thresholds, low-budget steps (see docs/ROUTING.md).
     pub routing: ccgate_router::RouterConfig,
@@ -126,6 +137,11 @@ impl Default for Settings {
             batch_max_tasks: 1000,
             batch_max_file_lines: 50_000,
             batch_max_body_bytes: 64 * 1024 * 1024,
+            warm_pool: true,
+            warm_memory_mb: 2048,
+            warm_max_requests: 200,
+            warm_idle_secs: 300,
+            warm_prestart: Vec::new(),
             routing: ccgate_router::RouterConfig::default(),
             routing_policies: BTreeMap::new(),
         }
@@ -221,6 +237,12 @@ impl Settings {
             if value == 0 {
                 return invalid(name, "must be at least 1");
             }
+        }
+        if self.warm_max_requests == 0 {
+            return invalid("warm_max_requests", "must be at least 1");
+        }
+        if self.warm_idle_secs == 0 {
+            return invalid("warm_idle_secs", "must be at least 1");
         }
         if self.request_timeout_secs == 0 {
             return invalid("request_timeout_secs", "must be at least 1");

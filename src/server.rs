@@ -73,6 +73,9 @@ pub async fn run(
         tracing::error!(error = %e, "the batch runner failed");
     }
     state.pool.kill_all();
+    if let Some(warm) = &state.warm {
+        warm.close();
+    }
     state.tasks.close();
     if tokio::time::timeout(Duration::from_secs(10), state.tasks.wait()).await.is_err() {
         tracing::error!("background tasks did not finish within 10 s of shutdown");

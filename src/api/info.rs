@@ -6,6 +6,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::app::AppState;
+use crate::workers::warm::WarmState;
 use crate::workers::PoolState;
 
 #[derive(Serialize, ToSchema)]
@@ -37,12 +38,20 @@ pub struct Health {
     pub status: &'static str,
     pub version: &'static str,
     pub workers: PoolState,
+    /// Pre-started CLI processes (absent when `warm_pool` is off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warm: Option<WarmState>,
 }
 
 /// Liveness and the worker pool's state.
 #[utoipa::path(get, path = "/health", tag = "info", responses((status = 200, body = Health)))]
 pub async fn health(State(state): State<AppState>) -> Json<Health> {
-    Json(Health { status: "ok", version: env!("CARGO_PKG_VERSION"), workers: state.pool.state() })
+    Json(Health {
+        status: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+        workers: state.pool.state(),
+        warm: state.warm.as_ref().map(|warm| warm.state()),
+    })
 }
 
 #[derive(Serialize, ToSchema)]

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -32,10 +32,10 @@ const EXIT_GRACE: Duration = Duration::from_millis(500);
 pub struct ClaudeCli {
     bin: PathBuf,
     work_dir: PathBuf,
-    stall_timeout: Duration,
+    pub(super) stall_timeout: Duration,
     max_retries: u32,
     extra_env: BTreeMap<String, String>,
-    stats: Arc<PoolStats>,
+    pub(super) stats: Arc<PoolStats>,
 }
 
 /// How a `ClaudeCli` worker runs its processes.
@@ -60,11 +60,8 @@ impl ClaudeCli {
     }
 
     fn command(&self, job: &Job, system_file: Option<&PathBuf>) -> Command {
-        let mut cmd = Command::new(&self.bin);
-        cmd.args(["-p", "--output-format", "stream-json", "--verbose", "--include-partial-messages"])
-            .args(["--model", &job.model])
-            .args(["--bare", "--tools", "", "--no-session-persistence"])
-            .args(["--max-budget-usd", &format!("{:.6}", job.max_budget.as_usd())]);
+        let mut cmd = self.base_command(&job.model, job.max_output_tokens);
+        cmd.args(["--max-budget-usd", &format!("{:.6}", job.max_budget.as_usd())]);
         match (&job.system_prompt, system_file) {
             (_, Some(file)) => {
                 cmd.arg("--system-prompt-file").arg(file);
@@ -74,6 +71,18 @@ impl ClaudeCli {
             }
             (None, None) => {}
         }
+        cmd
+    }
+
+    /// The CLI with everything every worker process shares: print mode,
+    /// stream-json output, no tools, a clean environment, its own process
+    /// group, and death with the gateway.
+    pub(super) fn base_command(&self, model: &str, max_output_tokens: Option<u64>) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["-p", "--input-format", "stream-json", "--output-format", "stream-json", "--verbose"])
+            .arg("--include-partial-messages")
+            .args(["--model", model])
+            .args(["--bare", "--tools", "", "--no-session-persistence"]);
         // The gateway's own settings (admin key, database URL) are not the
         // worker's business; a nested Claude Code session refuses to start
         // while CLAUDECODE is set.
@@ -88,7 +97,7 @@ impl ClaudeCli {
             .env("DISABLE_AUTOUPDATER", "1")
             .env("CLAUDE_CODE_MAX_RETRIES", self.max_retries.to_string())
             .envs(&self.extra_env);
-        if let Some(max) = job.max_output_tokens {
+        if let Some(max) = max_output_tokens {
             cmd.env("CLAUDE_CODE_MAX_OUTPUT_TOKENS", max.to_string());
         }
         cmd.current_dir(&self.work_dir)
@@ -114,13 +123,31 @@ impl ClaudeCli {
 
 /// Kills the process group and reaps the leader when dropped, so that no
 /// exit path (including a dropped future) leaves a process behind.
-struct Group {
+pub(super) struct Group {
     child: Option<Child>,
     pgid: Option<i32>,
     stats: Arc<PoolStats>,
 }
 
 impl Group {
+    pub(super) fn new(child: Child, stats: Arc<PoolStats>) -> Group {
+        let pgid = child.id().and_then(|id| i32::try_from(id).ok());
+        Group { child: Some(child), pgid, stats }
+    }
+
+    /// The process group's id (the leader's pid), while it is alive.
+    pub(super) fn pid(&self) -> Option<i32> {
+        self.pgid
+    }
+
+    /// Whether the leader has exited (without waiting for it).
+    pub(super) fn has_exited(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => !matches!(child.try_wait(), Ok(None)),
+            None => true,
+        }
+    }
+
     fn kill(&mut self) {
         if let Some(pgid) = self.pgid.take() {
             // SAFETY: plain syscall. The leader is not reaped yet (we still
@@ -131,7 +158,7 @@ impl Group {
         }
     }
 
-    async fn finish(&mut self) {
+    pub(super) async fn finish(&mut self) {
         self.kill();
         if let Some(mut child) = self.child.take() {
             // Bounded: SIGKILL cannot be ignored, so this returns promptly.
@@ -147,12 +174,22 @@ impl Drop for Group {
     }
 }
 
-struct RunState {
-    report: RunReport,
+pub(super) struct RunState {
+    pub(super) report: RunReport,
     /// Whether the upstream message now streaming sent text deltas, so its
     /// whole `assistant` line is not emitted a second time.
     deltas_in_message: bool,
-    stream_usage: TokenUsage,
+    pub(super) stream_usage: TokenUsage,
+}
+
+impl RunState {
+    pub(super) fn new() -> RunState {
+        RunState {
+            report: RunReport::new(RunEnd::Crashed { message: String::new() }),
+            deltas_in_message: false,
+            stream_usage: TokenUsage::default(),
+        }
+    }
 }
 
 #[async_trait]
@@ -200,17 +237,8 @@ impl ClaudeCli {
         };
         self.stats.spawned.fetch_add(1, Ordering::Relaxed);
         let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
-        let pgid = child.id().and_then(|id| i32::try_from(id).ok());
-        let mut group = Group { child: Some(child), pgid, stats: Arc::clone(&self.stats) };
+        let mut group = Group::new(child, Arc::clone(&self.stats));
 
-        // Writing runs beside reading: a prompt larger than the pipe buffer
-        // would otherwise deadlock against a CLI that is already writing.
-        let prompt = job.prompt.clone();
-        let writer = tokio::spawn(async move {
-            let Some(mut stdin) = stdin else { return };
-            let _ = stdin.write_all(prompt.as_bytes()).await;
-            let _ = stdin.shutdown().await;
-        });
         let stderr_tail = tokio::spawn(async move {
             let mut tail = Vec::new();
             let Some(mut stderr) = stderr else { return String::new() };
@@ -227,51 +255,20 @@ impl ClaudeCli {
             String::from_utf8_lossy(&tail).trim().to_string()
         });
 
-        let mut state = RunState {
-            report: RunReport::new(RunEnd::Crashed { message: String::new() }),
-            deltas_in_message: false,
-            stream_usage: TokenUsage::default(),
-        };
-        let Some(stdout) = stdout else {
+        let (Some(mut stdin), Some(stdout)) = (stdin, stdout) else {
             group.finish().await;
-            return RunReport::new(RunEnd::Crashed { message: "no stdout from the CLI".into() });
+            return RunReport::new(RunEnd::Crashed { message: "the CLI's pipes were not opened".into() });
         };
         let mut lines = BufReader::new(stdout).lines();
-        let end = loop {
-            let line = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => break RunEnd::Cancelled,
-                _ = events.closed() => break RunEnd::Cancelled,
-                _ = tokio::time::sleep_until(job.deadline) => {
-                    self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
-                    break RunEnd::Deadline;
-                }
-                line = tokio::time::timeout(self.stall_timeout, lines.next_line()) => line,
-            };
-            let line = match line {
-                Err(_) => {
-                    self.stats.stalls.fetch_add(1, Ordering::Relaxed);
-                    break RunEnd::Stalled;
-                }
-                Ok(Ok(Some(line))) => line,
-                // End of output without a result: the CLI died or quit.
-                Ok(Ok(None)) | Ok(Err(_)) => break RunEnd::Crashed { message: String::new() },
-            };
-            let Some(parsed) = parse_line(&line) else {
-                tracing::debug!(line = %line, "ignoring a non-JSON line from the CLI");
-                continue;
-            };
-            match apply(&mut state, parsed) {
-                Step::Continue => {}
-                Step::Emit(event) => {
-                    if events.send(event).await.is_err() {
-                        break RunEnd::Cancelled;
-                    }
-                }
-                Step::Done(end) => break end,
-            }
+        let conversation = Conversation {
+            stdin: &mut stdin,
+            lines: &mut lines,
+            stall_timeout: self.stall_timeout,
+            stats: &self.stats,
         };
-
+        let (state, end) = conversation.run(job, &events, &cancel).await;
+        // End of input: the CLI exits by itself once it has answered.
+        drop(stdin);
         let finished_normally = matches!(end, RunEnd::Completed | RunEnd::Failed { .. });
         if finished_normally {
             let mut report = state.report.clone();
@@ -285,7 +282,6 @@ impl ClaudeCli {
             .await;
         }
         group.finish().await;
-        writer.abort();
         let stderr =
             tokio::time::timeout(Duration::from_secs(1), stderr_tail).await.ok().and_then(Result::ok);
 
@@ -306,13 +302,110 @@ impl ClaudeCli {
     }
 }
 
-enum Step {
+/// One request and its answer over a CLI's stream-json stdin and stdout.
+pub(super) struct Conversation<'a> {
+    pub(super) stdin: &'a mut ChildStdin,
+    pub(super) lines: &'a mut Lines<BufReader<ChildStdout>>,
+    pub(super) stall_timeout: Duration,
+    pub(super) stats: &'a PoolStats,
+}
+
+impl Conversation<'_> {
+    /// Sends the job's prompt as a user message and reads until its result,
+    /// the deadline, a stall, the caller leaving, or the CLI dying.
+    pub(super) async fn run(
+        self,
+        job: &Job,
+        events: &mpsc::Sender<Event>,
+        cancel: &CancellationToken,
+    ) -> (RunState, RunEnd) {
+        let mut state = RunState::new();
+        let message = serde_json::json!({
+            "type": "user",
+            "message": {"role": "user", "content": job.prompt},
+        })
+        .to_string();
+        // The CLI prints nothing before it has read the whole message, so
+        // writing it first cannot deadlock against a full stdout pipe.
+        let written = tokio::select! {
+            written = write_line(self.stdin, &message) => written.is_ok(),
+            _ = tokio::time::sleep_until(job.deadline) => false,
+        };
+        if !written {
+            return (state, RunEnd::Crashed { message: String::new() });
+        }
+        let mut interrupted = false;
+        let end = loop {
+            let line = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break RunEnd::Cancelled,
+                _ = events.closed() => break RunEnd::Cancelled,
+                _ = tokio::time::sleep_until(job.deadline) => {
+                    self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                    break RunEnd::Deadline;
+                }
+                line = tokio::time::timeout(self.stall_timeout, self.lines.next_line()) => line,
+            };
+            let line = match line {
+                Err(_) => {
+                    self.stats.stalls.fetch_add(1, Ordering::Relaxed);
+                    break RunEnd::Stalled;
+                }
+                Ok(Ok(Some(line))) => line,
+                // End of output without a result: the CLI died or quit.
+                Ok(Ok(None)) | Ok(Err(_)) => break RunEnd::Crashed { message: String::new() },
+            };
+            let Some(parsed) = parse_line(&line) else {
+                tracing::debug!(line = %line, "ignoring a non-JSON line from the CLI");
+                continue;
+            };
+            let step = apply(&mut state, parsed);
+            if !interrupted && state.report.stop_reason.as_deref() == Some("max_tokens") {
+                // The reply reached its output cap. The CLI would ask the
+                // model to go on (up to three more calls, past what was
+                // reserved) and then fail; OpenAI clients expect the text
+                // so far with finish_reason "length". An interrupt ends the
+                // turn, and the result line after it still has the cost.
+                interrupted = true;
+                let interrupt =
+                    r#"{"type":"control_request","request_id":"cap","request":{"subtype":"interrupt"}}"#;
+                if write_line(self.stdin, interrupt).await.is_err() {
+                    break RunEnd::Crashed { message: String::new() };
+                }
+            }
+            match step {
+                Step::Continue => {}
+                Step::Emit(event) => {
+                    if events.send(event).await.is_err() {
+                        break RunEnd::Cancelled;
+                    }
+                }
+                Step::Done(RunEnd::Failed { .. }) if interrupted => {
+                    state.report.stop_reason = Some("max_tokens".into());
+                    break RunEnd::Completed;
+                }
+                Step::Done(end) => break end,
+            }
+        };
+        (state, end)
+    }
+}
+
+pub(super) async fn write_line(stdin: &mut ChildStdin, line: &str) -> std::io::Result<()> {
+    let mut bytes = Vec::with_capacity(line.len() + 1);
+    bytes.extend_from_slice(line.as_bytes());
+    bytes.push(b'\n');
+    stdin.write_all(&bytes).await?;
+    stdin.flush().await
+}
+
+pub(super) enum Step {
     Continue,
     Emit(Event),
     Done(RunEnd),
 }
 
-fn apply(state: &mut RunState, line: CliLine) -> Step {
+pub(super) fn apply(state: &mut RunState, line: CliLine) -> Step {
     let report = &mut state.report;
     match line {
         CliLine::Init { session_id, model } => {

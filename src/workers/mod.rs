@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod pool;
 pub mod stream_json;
+pub mod warm;
 
 use std::time::Instant;
 

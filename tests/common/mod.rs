@@ -187,9 +187,15 @@ impl TestApp {
         client().post(format!("{}/v1/chat/completions", self.url)).json(&body).send().await.expect("request")
     }
 
-    /// Live processes started by this gateway's workers.
+    /// Live processes started by this gateway's workers, except warm ones
+    /// waiting idle for their next request.
     pub fn worker_processes(&self) -> Vec<u32> {
-        processes_with_marker(&self.marker)
+        let idle = self.state.warm.as_ref().map(|warm| warm.idle_pids()).unwrap_or_default();
+        processes_with_marker(&self.marker).into_iter().filter(|pid| !idle.contains(pid)).collect()
+    }
+
+    pub async fn health(&self) -> Value {
+        client().get(format!("{}/health", self.url)).send().await.expect("health").json().await.expect("json")
     }
 
     /// Waits until no worker process of this gateway is left (bounded).
