@@ -717,7 +717,11 @@ async fn interactive_latency_stays_within_twice_idle_while_a_batch_holds_its_sha
     }
 
     let lines: Vec<Value> = (0..40)
-        .map(|i| line(&format!("load-{i}"), ask("haiku", &format!("load {i} [sim:words=20]"))))
+        // Slow enough (~0.4 s each on one batch slot) that the batch is
+        // still running while the interactive requests are measured.
+        .map(|i| {
+            line(&format!("load-{i}"), ask("haiku", &format!("load {i} [sim:words=20] [sim:delay_ms=20]")))
+        })
         .collect();
     let file_id = api.upload(&lines).await;
     let id = api.create_ok(&file_id).await["id"].as_str().unwrap().to_string();

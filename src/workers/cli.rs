@@ -334,7 +334,8 @@ impl Conversation<'_> {
         if !written {
             return (state, RunEnd::Crashed { message: String::new() });
         }
-        let mut interrupted = false;
+        // Set when the reply hit its output cap: the text up to there.
+        let mut capped_at: Option<usize> = None;
         let end = loop {
             let line = tokio::select! {
                 biased;
@@ -360,13 +361,13 @@ impl Conversation<'_> {
                 continue;
             };
             let step = apply(&mut state, parsed);
-            if !interrupted && state.report.stop_reason.as_deref() == Some("max_tokens") {
+            if capped_at.is_none() && state.report.stop_reason.as_deref() == Some("max_tokens") {
                 // The reply reached its output cap. The CLI would ask the
                 // model to go on (up to three more calls, past what was
                 // reserved) and then fail; OpenAI clients expect the text
                 // so far with finish_reason "length". An interrupt ends the
                 // turn, and the result line after it still has the cost.
-                interrupted = true;
+                capped_at = Some(state.report.text.len());
                 let interrupt =
                     r#"{"type":"control_request","request_id":"cap","request":{"subtype":"interrupt"}}"#;
                 if write_line(self.stdin, interrupt).await.is_err() {
@@ -375,18 +376,24 @@ impl Conversation<'_> {
             }
             match step {
                 Step::Continue => {}
+                // A continuation the CLI began before the interrupt landed
+                // is not part of the reply.
+                Step::Emit(Event::Text(_)) if capped_at.is_some() => {}
                 Step::Emit(event) => {
                     if events.send(event).await.is_err() {
                         break RunEnd::Cancelled;
                     }
                 }
-                Step::Done(RunEnd::Failed { .. }) if interrupted => {
+                Step::Done(RunEnd::Failed { .. }) if capped_at.is_some() => {
                     state.report.stop_reason = Some("max_tokens".into());
                     break RunEnd::Completed;
                 }
                 Step::Done(end) => break end,
             }
         };
+        if let Some(len) = capped_at {
+            state.report.text.truncate(len);
+        }
         (state, end)
     }
 }

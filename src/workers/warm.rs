@@ -282,7 +282,9 @@ impl WarmPool {
         if let Some(pid) = process.group.pid() {
             self.pids.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid);
         }
-        drop(process);
+        // Killed and reaped in the background, so no zombie is left.
+        let mut group = process.group;
+        tokio::spawn(async move { group.finish().await });
         self.live.fetch_sub(1, Ordering::Relaxed);
         self.stats.retired.fetch_add(1, Ordering::Relaxed);
     }
@@ -518,6 +520,14 @@ impl Worker for WarmPool {
         if reusable {
             // Sent before the reset, so the client need not wait for it.
             let _ = events.send(Event::Finished(Box::new(report.clone()))).await;
+        }
+        // A process that died before it read the request (say, while it
+        // sat idle) cost nothing and showed nothing: the request runs cold.
+        let unstarted = report.session_id.is_none() && report.first_token_at.is_none();
+        if matches!(report.end, RunEnd::Crashed { .. }) && unstarted {
+            self.discard(process);
+            self.grow(profile);
+            return self.cold.run(job, events, cancel).await;
         }
         match self.me.upgrade() {
             Some(pool) if reusable => {
