@@ -211,6 +211,36 @@ async fn streaming_sends_anthropics_event_sequence_with_text_in_several_deltas()
 }
 
 #[tokio::test]
+async fn answers_are_cut_at_the_first_stop_sequence_streamed_or_not() {
+    let db = TestDb::sqlite();
+    let app = TestApp::spawn(&db, Options::default()).await;
+    let mut body = messages_body("haiku", "[sim:words=12]");
+    // " w5 w6" spans two of the simulator's three-word deltas.
+    body["stop_sequences"] = json!(["never", " w5 w6"]);
+    let message: Value =
+        post(&app, "/v1/messages", "sk-anything").json(&body).send().await.unwrap().json().await.unwrap();
+    assert_eq!(message["content"][0]["text"], "Simulated reply: w1 w2 w3 w4");
+    assert_eq!(message["stop_reason"], "stop_sequence");
+    assert_eq!(message["stop_sequence"], " w5 w6");
+
+    body["stream"] = json!(true);
+    let text =
+        post(&app, "/v1/messages", "sk-anything").json(&body).send().await.unwrap().text().await.unwrap();
+    let events = sse_events(&text);
+    let joined: String = events
+        .iter()
+        .filter(|(name, _)| name == "content_block_delta")
+        .map(|(_, data)| data["delta"]["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(joined, "Simulated reply: w1 w2 w3 w4");
+    let (name, delta) = &events[events.len() - 2];
+    assert_eq!(name, "message_delta");
+    assert_eq!(delta["delta"], json!({"stop_reason": "stop_sequence", "stop_sequence": " w5 w6"}));
+    assert_eq!(events.last().map(|e| e.0.as_str()), Some("message_stop"));
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn keys_come_in_x_api_key_or_bearer_and_refusals_are_anthropic_errors() {
     let db = TestDb::sqlite();
     let app = TestApp::spawn(&db, Options { admin_key: Some(ADMIN.into()), ..Options::default() }).await;

@@ -23,8 +23,10 @@ pub struct MessagesRequest {
     pub max_tokens: Option<u64>,
     #[serde(default)]
     pub stream: bool,
-    /// Accepted and ignored: the CLI backend cannot stop on them.
-    pub stop_sequences: Option<Vec<String>>,
+    /// The answer is cut at the first of these (by the gateway: the run
+    /// itself goes on to its end and is billed in full).
+    #[serde(default)]
+    pub stop_sequences: Vec<String>,
     /// Accepted and ignored (the CLI chooses its own sampling).
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,

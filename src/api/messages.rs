@@ -17,6 +17,7 @@ use super::anthropic::{
     TextDelta, TokenCount, Usage,
 };
 use super::extract::{Context, JsonBody};
+use super::stop_sequences::StopSequences;
 use crate::app::AppState;
 use crate::chat::{self, ChatEvent, ChatRequest, Outcome, Running};
 use crate::error::{ApiError, ErrorObject};
@@ -80,10 +81,11 @@ pub async fn create_message(
         HeaderValue::from_str(&format!("tier={}; score={:.3}; model={}", r.tier, r.score, running.model.id))
             .ok()
     });
+    let stop = StopSequences::new(&body.stop_sequences);
     let mut response = if body.stream {
-        stream_response(ctx.request_id, running).await
+        stream_response(ctx.request_id, running, stop).await
     } else {
-        complete_response(ctx.request_id, running).await
+        complete_response(ctx.request_id, running, stop).await
     }?;
     response.extensions_mut().insert(model);
     if let Some(route) = route {
@@ -155,7 +157,11 @@ pub async fn anthropic_errors(request: Request, next: Next) -> Response {
     Response::from_parts(parts, Body::from(bytes))
 }
 
-async fn complete_response(request_id: String, mut running: Running) -> Result<Response, ApiError> {
+async fn complete_response(
+    request_id: String,
+    mut running: Running,
+    mut stop: StopSequences,
+) -> Result<Response, ApiError> {
     let outcome = loop {
         match running.events.recv().await {
             // Text is also collected in the report.
@@ -167,7 +173,14 @@ async fn complete_response(request_id: String, mut running: Running) -> Result<R
     if let Some(error) = outcome.error {
         return Err(error);
     }
-    let body = MessageObject::from_report(&request_id, &running.model.id, outcome.report);
+    let mut body = MessageObject::from_report(&request_id, &running.model.id, outcome.report);
+    if let Some(block) = body.content.first_mut() {
+        block.text = stop.cut(&block.text);
+    }
+    if let Some(sequence) = stop.matched() {
+        body.stop_reason = Some("stop_sequence".into());
+        body.stop_sequence = Some(sequence.to_string());
+    }
     let mut headers = HeaderMap::new();
     if let Ok(cost) = HeaderValue::from_str(&format!("{:.6}", outcome.cost.as_usd())) {
         headers.insert("x-ccgate-cost-usd", cost);
@@ -178,10 +191,14 @@ async fn complete_response(request_id: String, mut running: Running) -> Result<R
 /// Streams Anthropic's event sequence as the worker produces text. As for
 /// chat completions, the HTTP status is decided when the first text
 /// arrives, so a run that fails before saying anything gets an error status.
-async fn stream_response(request_id: String, mut running: Running) -> Result<Response, ApiError> {
+async fn stream_response(
+    request_id: String,
+    mut running: Running,
+    mut stop: StopSequences,
+) -> Result<Response, ApiError> {
     let model = running.model.id.clone();
     let opening = move |request_id: &str| {
-        [
+        vec![
             StreamEvent::MessageStart { message: MessageObject::started(request_id, model) },
             StreamEvent::ContentBlockStart { index: 0, content_block: text_block(String::new()) },
             StreamEvent::Ping,
@@ -193,19 +210,26 @@ async fn stream_response(request_id: String, mut running: Running) -> Result<Res
             if let Some(error) = outcome.error {
                 return Err(error);
             }
-            let events = opening(&request_id).into_iter().chain(closing_events(&request_id, *outcome));
+            let mut events = opening(&request_id);
+            events.extend(closing_events(&request_id, *outcome, &mut stop));
             return Ok(sse(stream::iter(events)));
         }
         None => return Err(ApiError::internal("the run ended without an outcome")),
     };
-    let head = stream::iter(opening(&request_id).into_iter().chain([text_delta(first_text)]));
-    let tail = stream::unfold(Some(running), move |running| {
+    let mut head = opening(&request_id);
+    head.extend(text_delta(stop.push(&first_text)));
+    let tail = stream::unfold(Some((running, stop)), move |state| {
         let request_id = request_id.clone();
         async move {
-            let mut running = running?;
+            let (mut running, mut stop) = state?;
             match running.events.recv().await {
-                Some(ChatEvent::Text(text)) => Some((vec![text_delta(text)], Some(running))),
-                Some(ChatEvent::Done(outcome)) => Some((closing_events(&request_id, *outcome), None)),
+                Some(ChatEvent::Text(text)) => {
+                    let events = text_delta(stop.push(&text)).into_iter().collect();
+                    Some((events, Some((running, stop))))
+                }
+                Some(ChatEvent::Done(outcome)) => {
+                    Some((closing_events(&request_id, *outcome, &mut stop), None))
+                }
                 None => {
                     Some((vec![error_event(&ApiError::internal("the run ended without an outcome"))], None))
                 }
@@ -213,7 +237,7 @@ async fn stream_response(request_id: String, mut running: Running) -> Result<Res
         }
     })
     .flat_map(stream::iter);
-    Ok(sse(head.chain(tail)))
+    Ok(sse(stream::iter(head).chain(tail)))
 }
 
 fn sse(events: impl Stream<Item = StreamEvent> + Send + 'static) -> Response {
@@ -224,8 +248,10 @@ fn sse(events: impl Stream<Item = StreamEvent> + Send + 'static) -> Response {
     Sse::new(frames).into_response()
 }
 
-fn text_delta(text: String) -> StreamEvent {
-    StreamEvent::ContentBlockDelta { index: 0, delta: TextDelta { kind: "text_delta", text } }
+/// A delta for the text, if there is any to send.
+fn text_delta(text: String) -> Option<StreamEvent> {
+    (!text.is_empty())
+        .then_some(StreamEvent::ContentBlockDelta { index: 0, delta: TextDelta { kind: "text_delta", text } })
 }
 
 fn error_event(error: &ApiError) -> StreamEvent {
@@ -233,23 +259,26 @@ fn error_event(error: &ApiError) -> StreamEvent {
     StreamEvent::Error { error: anthropic::error_object(error.status().as_u16(), object.message) }
 }
 
-fn closing_events(request_id: &str, outcome: Outcome) -> Vec<StreamEvent> {
+fn closing_events(request_id: &str, outcome: Outcome, stop: &mut StopSequences) -> Vec<StreamEvent> {
     if let Some(error) = &outcome.error {
         // The stream already said 200: Anthropic's clients raise on an
         // `error` event, and nothing follows it.
         return vec![error_event(error)];
     }
     let report = outcome.report;
-    vec![
+    let mut events: Vec<StreamEvent> = text_delta(stop.finish()).into_iter().collect();
+    let stop_reason = match stop.matched() {
+        Some(_) => "stop_sequence",
+        None => anthropic::stop_reason(report.stop_reason.as_deref()),
+    };
+    events.extend([
         StreamEvent::ContentBlockStop { index: 0 },
         StreamEvent::MessageDelta {
-            delta: MessageDelta {
-                stop_reason: anthropic::stop_reason(report.stop_reason.as_deref()),
-                stop_sequence: None,
-            },
+            delta: MessageDelta { stop_reason, stop_sequence: stop.matched().map(str::to_string) },
             usage: Usage::from(report.usage),
             x_ccgate: RunCost { request_id: request_id.to_string(), cost_usd: outcome.cost.as_usd() },
         },
         StreamEvent::MessageStop,
-    ]
+    ]);
+    events
 }

@@ -14,6 +14,7 @@ pub mod messages;
 pub mod metrics;
 pub mod openai;
 pub mod route;
+pub mod stop_sequences;
 pub mod usage;
 
 use std::time::{Duration, Instant};

@@ -128,3 +128,14 @@ def test_count_tokens(claude: anthropic.Anthropic):
         model="haiku", messages=[{"role": "user", "content": "hello there, how are you? " * 40}]
     )
     assert 0 < short.input_tokens < long.input_tokens
+
+
+def test_stop_sequences_cut_the_answer(claude: anthropic.Anthropic):
+    message = claude.messages.create(
+        model="haiku",
+        max_tokens=256,
+        stop_sequences=[" w3"],
+        messages=[{"role": "user", "content": "[sim:words=6]"}],
+    )
+    assert message.content[0].text == words_reply(2)
+    assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", " w3")
