@@ -397,8 +397,8 @@ async fn auto_routes_like_chat_completions_and_count_tokens_estimates() {
     };
     let short = count("hello".into()).await;
     let long = count("hello there, how are you doing today? ".repeat(50)).await;
-    let overhead = app.state.settings.prompt_overhead_tokens;
-    assert!(short > overhead && short < overhead + 20, "{short}");
+    // "Be brief." and "hello" are a handful of tokens, plus framing.
+    assert!((4..20).contains(&short), "{short}");
     assert!(long > short + 300, "{long} vs {short}");
     let (status, kind, _) = anthropic_error(
         post(&app, "/v1/messages/count_tokens", "sk-anything")

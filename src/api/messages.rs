@@ -109,8 +109,9 @@ fn parse(
 }
 
 /// Counts a request's input tokens with the gateway's own estimate (no
-/// tokenizer): the message text, a few tokens of framing per message, and
-/// the input the CLI adds to every run (`prompt_overhead_tokens`).
+/// tokenizer): the system prompt and message text, and a few tokens of
+/// framing per message. A run's reported usage also includes the prompt
+/// the CLI adds of its own, which this does not count.
 #[utoipa::path(
     post,
     path = "/v1/messages/count_tokens",
@@ -132,7 +133,7 @@ pub async fn count_tokens(
     }
     let text: u64 = messages.iter().map(|m| ccgate_router::estimate_tokens(&m.text)).sum();
     let framing = messages.len() as u64 * ccgate_router::MESSAGE_FRAMING_TOKENS;
-    Ok(axum::Json(TokenCount { input_tokens: text + framing + state.settings.prompt_overhead_tokens }))
+    Ok(axum::Json(TokenCount { input_tokens: text + framing }))
 }
 
 /// Whether a path is served in Anthropic's format (its errors included).
