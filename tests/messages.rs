@@ -38,25 +38,15 @@ async fn anthropic_error(response: reqwest::Response) -> (u16, String, String) {
     (status, kind, message)
 }
 
-async fn project_key(app: &TestApp, project: &str, daily_usd: Option<f64>) -> String {
+async fn project_key(app: &TestApp, project: &str, key: Value) -> String {
     let admin = |path: String, body: Value| {
         client().post(format!("{}{path}", app.url)).bearer_auth(ADMIN).json(&body)
     };
-    let created = admin(
-        "/admin/projects".into(),
-        json!({"id": project, "name": project, "budget": {"daily_usd": daily_usd}}),
-    )
-    .send()
-    .await
-    .unwrap();
+    let created =
+        admin("/admin/projects".into(), json!({"id": project, "name": project})).send().await.unwrap();
     assert_eq!(created.status(), 201);
-    let key: Value = admin(format!("/admin/projects/{project}/keys"), json!({"name": "k"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let key: Value =
+        admin(format!("/admin/projects/{project}/keys"), key).send().await.unwrap().json().await.unwrap();
     key["key"].as_str().expect("key secret").to_string()
 }
 
@@ -244,7 +234,7 @@ async fn answers_are_cut_at_the_first_stop_sequence_streamed_or_not() {
 async fn keys_come_in_x_api_key_or_bearer_and_refusals_are_anthropic_errors() {
     let db = TestDb::sqlite();
     let app = TestApp::spawn(&db, Options { admin_key: Some(ADMIN.into()), ..Options::default() }).await;
-    let key = project_key(&app, "team-a", None).await;
+    let key = project_key(&app, "team-a", json!({"name": "a"})).await;
     let body = messages_body("haiku", "hello");
 
     let response = post(&app, "/v1/messages", &key).json(&body).send().await.unwrap();
@@ -267,6 +257,16 @@ async fn keys_come_in_x_api_key_or_bearer_and_refusals_are_anthropic_errors() {
     let (status, kind, _) =
         anthropic_error(post(&app, "/v1/messages", &key).json(&other_project).send().await.unwrap()).await;
     assert_eq!((status, kind.as_str()), (403, "permission_error"));
+    let limited = project_key(&app, "team-l", json!({"name": "l", "rpm_limit": 1})).await;
+    let count = |key: String| {
+        let request = post(&app, "/v1/messages/count_tokens", &key).json(&body);
+        async move { request.send().await.unwrap() }
+    };
+    assert_eq!(count(limited.clone()).await.status(), 200);
+    let refused = count(limited).await;
+    assert!(refused.headers().contains_key("retry-after"));
+    let (status, kind, _) = anthropic_error(refused).await;
+    assert_eq!((status, kind.as_str()), (429, "rate_limit_error"));
     // Other routes keep OpenAI's shape.
     let chat = client().post(format!("{}/v1/chat/completions", app.url)).header("x-api-key", "ccg_nope");
     let chat: Value = chat.json(&json!({})).send().await.unwrap().json().await.unwrap();
@@ -371,6 +371,34 @@ async fn budget_refusals_and_upstream_failures_keep_their_status_in_anthropic_fo
 }
 
 #[tokio::test]
+async fn a_stream_that_fails_after_its_first_text_ends_with_an_error_event() {
+    let db = TestDb::sqlite();
+    let app = TestApp::spawn(&db, Options { request_timeout_secs: 4, ..Options::default() }).await;
+    // About 17 deltas 700 ms apart: the deadline falls mid-answer.
+    let mut body = messages_body("haiku", "[sim:words=50] [sim:delay_ms=700]");
+    body["stream"] = json!(true);
+    let response = post(&app, "/v1/messages", "sk-anything").json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let request_id = response.headers()["x-request-id"].to_str().unwrap().to_string();
+    let events = sse_events(&response.text().await.unwrap());
+    let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        names[..4],
+        ["message_start", "content_block_start", "ping", "content_block_delta"],
+        "{names:?}"
+    );
+    assert!(!names.contains(&"message_stop"), "{names:?}");
+    let (name, error) = events.last().unwrap();
+    assert_eq!(name, "error");
+    assert_eq!(error["type"], "error");
+    assert_eq!(error["error"]["type"], "timeout_error");
+    app.wait_settled("default").await;
+    let row = ledger_row(&app, &request_id).await;
+    assert_eq!((row.endpoint.as_str(), row.status.as_str()), ("/v1/messages", "timeout"));
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn auto_routes_like_chat_completions_and_count_tokens_estimates() {
     let db = TestDb::sqlite();
     let app = TestApp::spawn(&db, Options::default()).await;
@@ -418,7 +446,7 @@ async fn auto_routes_like_chat_completions_and_count_tokens_estimates() {
 async fn claude_code_works_with_the_gateway_as_its_api() {
     let db = TestDb::sqlite();
     let app = TestApp::spawn(&db, Options { admin_key: Some(ADMIN.into()), ..Options::default() }).await;
-    let key = project_key(&app, "cli-users", None).await;
+    let key = project_key(&app, "cli-users", json!({"name": "cli"})).await;
     let home = tempfile::tempdir().unwrap();
     let mut command = tokio::process::Command::new(claude_bin());
     command

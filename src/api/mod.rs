@@ -42,7 +42,7 @@ use extract::RequestId;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "ccgate", description = "An OpenAI-compatible gateway to Claude through Claude Code, with budgets."),
+    info(title = "ccgate", description = "An OpenAI- and Anthropic-compatible gateway to Claude through Claude Code, with budgets."),
     modifiers(&SecuritySchemes),
     tags(
         (name = "chat", description = "OpenAI-compatible chat completions"),
