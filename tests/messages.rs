@@ -282,7 +282,8 @@ async fn keys_come_in_x_api_key_or_bearer_and_refusals_are_anthropic_errors() {
 #[tokio::test]
 async fn invalid_and_unsupported_requests_get_anthropic_400s_and_run_nothing() {
     let db = TestDb::sqlite();
-    let app = TestApp::spawn(&db, Options::default()).await;
+    let app =
+        TestApp::spawn(&db, Options { adjust: |s| s.max_body_bytes = 16 * 1024, ..Options::default() }).await;
     let image =
         json!([{"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}]);
     let tool_result = json!([{"type": "tool_result", "tool_use_id": "toolu_1", "content": "42"}]);
@@ -330,6 +331,13 @@ async fn invalid_and_unsupported_requests_get_anthropic_400s_and_run_nothing() {
         anthropic_error(client().get(format!("{}/v1/messages/batches/nope", app.url)).send().await.unwrap())
             .await;
     assert_eq!((status, kind.as_str()), (404, "not_found_error"));
+    let huge = messages_body("haiku", &"x".repeat(32 * 1024));
+    let (status, kind, _) =
+        anthropic_error(post(&app, "/v1/messages", "sk-anything").json(&huge).send().await.unwrap()).await;
+    assert_eq!((status, kind.as_str()), (413, "request_too_large"));
+    let (status, kind, _) =
+        anthropic_error(client().get(format!("{}/v1/messages", app.url)).send().await.unwrap()).await;
+    assert_eq!((status, kind.as_str()), (405, "invalid_request_error"));
     assert_eq!(app.sim.sim.request_count(), 0, "nothing ran");
     app.stop().await;
 }
@@ -373,7 +381,7 @@ async fn budget_refusals_and_upstream_failures_keep_their_status_in_anthropic_fo
 #[tokio::test]
 async fn a_stream_that_fails_after_its_first_text_ends_with_an_error_event() {
     let db = TestDb::sqlite();
-    let app = TestApp::spawn(&db, Options { request_timeout_secs: 4, ..Options::default() }).await;
+    let app = TestApp::spawn(&db, Options { request_timeout_secs: 6, ..Options::default() }).await;
     // About 17 deltas 700 ms apart: the deadline falls mid-answer.
     let mut body = messages_body("haiku", "[sim:words=50] [sim:delay_ms=700]");
     body["stream"] = json!(true);
