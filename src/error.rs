@@ -151,7 +151,11 @@ impl IntoResponse for ApiError {
         }
         let status = self.status();
         let retry_after = self.retry_after();
-        let mut response = (status, axum::Json(ErrorBody { error: self.to_object() })).into_response();
+        let object = self.to_object();
+        let mut response = (status, axum::Json(ErrorBody { error: object.clone() })).into_response();
+        // Routes that speak another wire format (`/v1/messages`) re-render
+        // the error from this.
+        response.extensions_mut().insert(object);
         if let Some(secs) = retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }

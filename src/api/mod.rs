@@ -2,6 +2,7 @@
 //! thin; wire formats live here and nowhere else.
 
 pub mod admin;
+pub mod anthropic;
 pub mod batch;
 pub mod batches;
 pub mod chat;
@@ -9,9 +10,11 @@ pub mod extract;
 pub mod files;
 pub mod info;
 pub mod keys;
+pub mod messages;
 pub mod metrics;
 pub mod openai;
 pub mod route;
+pub mod stop_sequences;
 pub mod usage;
 
 use std::time::{Duration, Instant};
@@ -39,10 +42,11 @@ use extract::RequestId;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "ccgate", description = "An OpenAI-compatible gateway to Claude through Claude Code, with budgets."),
+    info(title = "ccgate", description = "An OpenAI- and Anthropic-compatible gateway to Claude through Claude Code, with budgets."),
     modifiers(&SecuritySchemes),
     tags(
         (name = "chat", description = "OpenAI-compatible chat completions"),
+        (name = "messages", description = "Anthropic-compatible messages (`POST /v1/messages`)"),
         (name = "budget", description = "Usage and budgets"),
         (name = "batch", description = "Batches: POST /v1/batch, and OpenAI's Files and Batch APIs"),
         (name = "admin", description = "Projects and budgets (admin key)"),
@@ -83,6 +87,8 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(info::list_models))
         .routes(routes!(metrics::metrics))
         .routes(routes!(chat::create_chat_completion))
+        .routes(routes!(messages::create_message))
+        .routes(routes!(messages::count_tokens))
         .routes(routes!(route::route))
         .routes(routes!(usage::get_usage))
         .routes(routes!(batch::run_batch))
@@ -110,6 +116,8 @@ pub fn router(state: AppState) -> Router {
         // it gets a 408 instead.
         .layer(RequestBodyTimeoutLayer::new(Duration::from_secs(state.settings.client_body_timeout_secs)))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        // Outside authentication, so its refusals get the Anthropic shape too.
+        .layer(middleware::from_fn(messages::anthropic_errors))
         .layer(middleware::from_fn(request_id))
         .with_state(state)
 }
