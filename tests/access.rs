@@ -193,9 +193,15 @@ async fn each_rate_limit_answers_429_with_its_headers() {
         let (url, key, body) = (app.url.clone(), one_key.clone(), slow.clone());
         tokio::spawn(async move { chat_as(&url, &key, body).await })
     };
-    // The first holds the key's only slot once its worker is running.
+    // The first holds the key's only slot once its call reached the upstream.
     let started = common::wait_for(std::time::Duration::from_secs(30), || {
-        (!app.worker_processes().is_empty()).then_some(()).ok_or(())
+        app.sim
+            .sim
+            .requests()
+            .iter()
+            .any(|r| r.last_user_text.contains("hold the slot"))
+            .then_some(())
+            .ok_or(())
     })
     .await;
     assert!(started.is_ok(), "the first request never reached a worker");
