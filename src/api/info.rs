@@ -37,12 +37,23 @@ pub struct Health {
     pub status: &'static str,
     pub version: &'static str,
     pub workers: PoolState,
+    /// The direct (Messages API) backend's pool, when a model uses it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_workers: Option<PoolState>,
+    /// The backend of models not named in `backends` (`cli` or `api`).
+    pub default_backend: String,
 }
 
 /// Liveness and the worker pool's state.
 #[utoipa::path(get, path = "/health", tag = "info", responses((status = 200, body = Health)))]
 pub async fn health(State(state): State<AppState>) -> Json<Health> {
-    Json(Health { status: "ok", version: env!("CARGO_PKG_VERSION"), workers: state.pool.state() })
+    Json(Health {
+        status: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+        workers: state.pool.state(),
+        api_workers: state.api_pool.as_ref().map(|pool| pool.state()),
+        default_backend: state.settings.default_backend.clone(),
+    })
 }
 
 #[derive(Serialize, ToSchema)]
