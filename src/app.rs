@@ -9,11 +9,12 @@ use tokio_util::task::TaskTracker;
 use crate::batch::{fair, BatchControl};
 use crate::budget::Budget;
 use crate::clock::{Clock, SystemClock};
-use crate::config::Settings;
+use crate::config::{Backend, ConfigError, Settings};
 use crate::limits::{KeyLimits, RateLimiter};
 use crate::metrics::Metrics;
-use crate::pricing::PriceTable;
+use crate::pricing::{Model, PriceTable};
 use crate::store::Store;
+use crate::workers::anthropic::{AnthropicApi, ApiSettings};
 use crate::workers::cli::{ClaudeCli, CliSettings};
 use crate::workers::warm::{WarmPool, WarmSettings};
 use crate::workers::{PoolStats, Worker, WorkerPool};
@@ -23,7 +24,11 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub prices: Arc<PriceTable>,
     pub budget: Budget,
+    /// The CLI pool (health, metrics and batch fair share read it).
     pub pool: Arc<WorkerPool>,
+    /// The direct (Messages API) pool, when `backends` or `default_backend`
+    /// names `api`; sized `api_max_concurrent`, apart from the CLI pool.
+    pub api_pool: Option<Arc<WorkerPool>>,
     /// Wakes the batch runner and stops cancelled batches.
     pub batches: Arc<BatchControl>,
     pub limiter: Arc<RateLimiter>,
@@ -54,8 +59,12 @@ impl AppState {
             },
             Arc::clone(&stats),
         ));
+        check_model_names(&settings, &prices)?;
+        let api_pool = direct_pool(&settings, &prices)?;
         if !settings.warm_pool {
-            return Ok(AppState::with_worker(settings, store, clock, prices, cli, stats));
+            let mut state = AppState::with_worker(settings, store, clock, prices, cli, stats);
+            state.api_pool = api_pool;
+            return Ok(state);
         }
         // Prestarted processes are fixed to a model's CLI name, as jobs are.
         let prestart = settings
@@ -84,7 +93,22 @@ impl AppState {
             stats,
         );
         state.warm = Some(warm);
+        state.api_pool = api_pool;
         Ok(state)
+    }
+
+    /// The pool whose backend serves `model`. A model configured for `api`
+    /// always has a pool: start-up builds it whenever one is configured.
+    pub fn pool_for(&self, model: &Model) -> &Arc<WorkerPool> {
+        match (self.settings.backend_for(&model.id, &model.aliases), &self.api_pool) {
+            (Backend::Api, Some(pool)) => pool,
+            _ => &self.pool,
+        }
+    }
+
+    /// Every pool, for shutdown.
+    pub fn pools(&self) -> impl Iterator<Item = &Arc<WorkerPool>> {
+        std::iter::once(&self.pool).chain(self.api_pool.as_ref())
     }
 
     pub fn with_worker(
@@ -118,6 +142,7 @@ impl AppState {
             prices: Arc::new(prices),
             budget,
             pool,
+            api_pool: None,
             batches: Arc::new(BatchControl::default()),
             limiter,
             metrics: Arc::new(Metrics::new()),
@@ -129,6 +154,55 @@ impl AppState {
     pub fn system_clock() -> Arc<dyn Clock> {
         Arc::new(SystemClock)
     }
+}
+
+/// The direct backend's pool, if any model uses it.
+fn direct_pool(settings: &Settings, prices: &PriceTable) -> anyhow::Result<Option<Arc<WorkerPool>>> {
+    if !settings.uses_api() {
+        return Ok(None);
+    }
+    // Settings validation refuses an api backend without a key.
+    let Some(api_key) = settings.anthropic_api_key.clone() else {
+        anyhow::bail!(
+            "invalid setting anthropic_api_key: must be set when a model is served by the api backend"
+        );
+    };
+    let stats = Arc::new(PoolStats::default());
+    let worker = AnthropicApi::new(
+        ApiSettings {
+            base_url: settings.anthropic_base_url.clone(),
+            api_key,
+            stall_timeout: Duration::from_secs(settings.stall_timeout_secs),
+            max_retries: settings.api_max_retries,
+            max_concurrent: settings.api_max_concurrent,
+        },
+        prices,
+        Arc::clone(&stats),
+    )?;
+    let size = settings.api_max_concurrent;
+    // Waiting for a direct slot is as cheap as waiting for a CLI one, so the
+    // queue is as deep as the CLI's, past the pool itself.
+    let pool = WorkerPool::new(Arc::new(worker), size, settings.queue_limit, stats)
+        .with_batch_slots(fair::share_slots(size, settings.batch_pool_share));
+    Ok(Some(Arc::new(pool)))
+}
+
+/// `backends` and `fallback_models` may only name models the price table
+/// knows, or a typo would silently fall back to the default.
+fn check_model_names(settings: &Settings, prices: &PriceTable) -> Result<(), ConfigError> {
+    let named = [
+        ("backends", settings.backends.keys().collect::<Vec<_>>()),
+        ("fallback_models", settings.fallback_models.iter().flat_map(|(k, v)| [k, v]).collect()),
+    ];
+    for (setting, names) in named {
+        if let Some(unknown) = names.into_iter().find(|name| prices.resolve(name).is_none()) {
+            return Err(ConfigError::Invalid {
+                name: setting.into(),
+                message: format!("the price table has no model {unknown:?}"),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Looks a bare command name up on PATH once, so that errors name the file

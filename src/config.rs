@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 /// their type cannot be read from it).
 const OPTIONAL_INTEGERS: &[&str] = &["default_rpm_limit", "default_tpm_limit", "default_max_concurrent"];
 
+/// Where the direct backend sends requests when nothing says otherwise.
+const DEFAULT_ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com";
+
 /// Environment variables that start with `CCGATE_` but are not settings.
 const NON_SETTING_VARS: &[&str] = &["CCGATE_CONFIG", "CCGATE_LOG", "CCGATE_URL", "CCGATE_API_KEY"];
 
@@ -96,6 +99,74 @@ pub struct Settings {
     /// Per-project routing policy: `allowed_tiers`, `min_tier`, `max_tier`,
     /// `fixed_model`, keyed by project id.
     pub routing_policies: BTreeMap<String, ccgate_router::Policy>,
+    /// The Anthropic Messages API the direct backend calls (default: the
+    /// `ANTHROPIC_BASE_URL` environment variable, else the public API).
+    pub anthropic_base_url: String,
+    /// The direct backend's API key (default: `ANTHROPIC_API_KEY`). A secret:
+    /// never logged, never serialized.
+    #[serde(skip_serializing)]
+    pub anthropic_api_key: Option<ApiKey>,
+    /// Which backend serves a model, by id or alias: `cli` (Claude Code
+    /// processes) or `api` (the Messages API directly).
+    pub backends: BTreeMap<String, String>,
+    /// The backend of models that `backends` does not name.
+    pub default_backend: String,
+    /// How many direct (`api`) requests may run at once.
+    pub api_max_concurrent: usize,
+    /// Times the direct backend retries a 429, 529, 5xx or connection error
+    /// (never once text has been streamed).
+    pub api_max_retries: u32,
+    /// The model to try next when a model is overloaded or rate-limited
+    /// upstream, by id or alias (for example `{ opus = "sonnet" }`).
+    pub fallback_models: BTreeMap<String, String>,
+}
+
+/// A secret setting: its `Debug` form never shows the value.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    pub fn new(key: impl Into<String>) -> ApiKey {
+        ApiKey(key.into())
+    }
+
+    /// The key itself, for the one header that carries it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+/// Which kind of worker serves a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A cold Claude Code CLI process per request.
+    Cli,
+    /// The Anthropic Messages API over HTTP.
+    Api,
+}
+
+impl Backend {
+    pub fn parse(name: &str) -> Option<Backend> {
+        match name {
+            "cli" => Some(Backend::Cli),
+            "api" => Some(Backend::Api),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Cli => "cli",
+            Backend::Api => "api",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -144,6 +215,13 @@ impl Default for Settings {
             warm_prestart: Vec::new(),
             routing: ccgate_router::RouterConfig::default(),
             routing_policies: BTreeMap::new(),
+            anthropic_base_url: DEFAULT_ANTHROPIC_BASE_URL.into(),
+            anthropic_api_key: None,
+            backends: BTreeMap::new(),
+            default_backend: "cli".into(),
+            api_max_concurrent: 512,
+            api_max_retries: 2,
+            fallback_models: BTreeMap::new(),
         }
     }
 }
@@ -171,6 +249,15 @@ impl Settings {
         let mut table = toml::Table::try_from(Settings::default())
             .map_err(|e| ConfigError::Invalid { name: "defaults".into(), message: e.to_string() })?;
         let known: Vec<String> = known_settings();
+        let env: BTreeMap<String, String> = env.into_iter().collect();
+        // The Anthropic SDKs' own variables are defaults, below every layer.
+        for (var, key) in
+            [("ANTHROPIC_BASE_URL", "anthropic_base_url"), ("ANTHROPIC_API_KEY", "anthropic_api_key")]
+        {
+            if let Some(value) = env.get(var).filter(|v| !v.is_empty()) {
+                table.insert(key.into(), toml::Value::String(value.clone()));
+            }
+        }
 
         if let Some(path) = file {
             let path_text = path.display().to_string();
@@ -191,7 +278,6 @@ impl Settings {
             }
         }
 
-        let env: BTreeMap<String, String> = env.into_iter().collect();
         for (var, raw) in env {
             let Some(name) = var.strip_prefix("CCGATE_") else { continue };
             if NON_SETTING_VARS.contains(&var.as_str()) {
@@ -259,6 +345,7 @@ impl Settings {
         {
             return invalid("database_url", "must start with sqlite: or postgres://");
         }
+        self.validate_backends()?;
         if self.admin_key.as_deref().is_some_and(|k| k.len() < 16) {
             return invalid("admin_key", "must be at least 16 characters");
         }
@@ -281,13 +368,70 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// The backend that serves a model, given its id and aliases.
+    pub fn backend_for(&self, id: &str, aliases: &[String]) -> Backend {
+        std::iter::once(id)
+            .chain(aliases.iter().map(String::as_str))
+            .find_map(|name| self.backends.get(name))
+            .or(Some(&self.default_backend))
+            .and_then(|name| Backend::parse(name))
+            .unwrap_or(Backend::Cli)
+    }
+
+    /// Whether any model may be served by the direct backend.
+    pub fn uses_api(&self) -> bool {
+        std::iter::once(&self.default_backend)
+            .chain(self.backends.values())
+            .any(|name| Backend::parse(name) == Some(Backend::Api))
+    }
+
+    fn validate_backends(&self) -> Result<(), ConfigError> {
+        let invalid = |name: &str, message: String| Err(ConfigError::Invalid { name: name.into(), message });
+        if Backend::parse(&self.default_backend).is_none() {
+            return invalid(
+                "default_backend",
+                format!("unknown backend {:?} (use cli or api)", self.default_backend),
+            );
+        }
+        for (model, backend) in &self.backends {
+            if Backend::parse(backend).is_none() {
+                return invalid(
+                    "backends",
+                    format!("unknown backend {backend:?} for {model} (use cli or api)"),
+                );
+            }
+        }
+        if self.api_max_concurrent == 0 {
+            return invalid("api_max_concurrent", "must be at least 1".into());
+        }
+        if !(self.anthropic_base_url.starts_with("http://")
+            || self.anthropic_base_url.starts_with("https://"))
+        {
+            return invalid("anthropic_base_url", "must start with http:// or https://".into());
+        }
+        if self.uses_api() && self.anthropic_api_key.as_ref().is_none_or(|k| k.expose().trim().is_empty()) {
+            return invalid(
+                "anthropic_api_key",
+                "must be set (or ANTHROPIC_API_KEY) when a model is served by the api backend".into(),
+            );
+        }
+        for (from, to) in &self.fallback_models {
+            if from == to {
+                return invalid("fallback_models", format!("{from} falls back to itself"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The names of every top-level setting, taken from the struct itself so the
 /// list cannot drift from it.
 fn known_settings() -> Vec<String> {
     let mut names: Vec<String> =
         toml::Table::try_from(Settings::default()).map(|t| t.keys().cloned().collect()).unwrap_or_default();
     // Optional settings are absent from the serialized defaults.
-    names.extend(["admin_key", "prices_file", "metrics_token"].map(String::from));
+    names.extend(["admin_key", "prices_file", "metrics_token", "anthropic_api_key"].map(String::from));
     names.extend(OPTIONAL_INTEGERS.iter().map(|s| s.to_string()));
     names
 }
@@ -300,8 +444,26 @@ fn env_value(key: &str, default: Option<&toml::Value>, raw: &str) -> Option<toml
         Some(toml::Value::Boolean(_)) => raw.trim().parse().ok().map(toml::Value::Boolean),
         Some(toml::Value::Float(_)) => raw.trim().parse().ok().map(toml::Value::Float),
         None if OPTIONAL_INTEGERS.contains(&key) => raw.trim().parse().ok().map(toml::Value::Integer),
+        Some(toml::Value::Table(_)) => map_value(raw),
         _ => Some(toml::Value::String(raw.to_string())),
     }
+}
+
+/// A map setting from the environment: an inline TOML table
+/// (`{ haiku = "api" }`) or `name=value` pairs separated by commas
+/// (`haiku=api,opus=cli`).
+fn map_value(raw: &str) -> Option<toml::Value> {
+    let raw = raw.trim();
+    if raw.starts_with('{') {
+        let mut parsed: toml::Table = format!("value = {raw}").parse().ok()?;
+        return parsed.remove("value");
+    }
+    let mut table = toml::Table::new();
+    for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=')?;
+        table.insert(name.trim().to_string(), toml::Value::String(value.trim().to_string()));
+    }
+    Some(toml::Value::Table(table))
 }
 
 fn setting_named_in(error: &toml::de::Error) -> String {
@@ -369,6 +531,57 @@ mod tests {
                 err.to_string().contains("batch_pool_share") || err.to_string().contains("BATCH_POOL_SHARE"),
                 "{err}"
             );
+        }
+    }
+
+    #[test]
+    fn direct_backend_settings_come_from_anthropic_variables_and_maps() {
+        let settings = Settings::load(
+            None,
+            env(&[
+                ("ANTHROPIC_BASE_URL", "http://127.0.0.1:9"),
+                ("ANTHROPIC_API_KEY", "sk-secret-value"),
+                ("CCGATE_BACKENDS", "haiku=api, opus = cli"),
+                ("CCGATE_FALLBACK_MODELS", "{ opus = \"sonnet\" }"),
+                ("CCGATE_API_MAX_RETRIES", "5"),
+            ]),
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(settings.anthropic_base_url, "http://127.0.0.1:9");
+        assert_eq!(settings.anthropic_api_key.as_ref().map(ApiKey::expose), Some("sk-secret-value"));
+        assert_eq!(settings.backend_for("claude-haiku-4-5-20251001", &["haiku".into()]), Backend::Api);
+        assert_eq!(settings.backend_for("claude-opus-4-8", &["opus".into()]), Backend::Cli);
+        assert_eq!(settings.backend_for("claude-sonnet-5", &["sonnet".into()]), Backend::Cli);
+        assert_eq!(settings.fallback_models.get("opus").map(String::as_str), Some("sonnet"));
+        assert_eq!(settings.api_max_retries, 5);
+        // The key is never shown or serialized.
+        assert!(!format!("{settings:?}").contains("sk-secret-value"));
+        assert!(!toml::to_string(&settings).unwrap().contains("sk-secret-value"));
+
+        let overridden = Settings::load(
+            None,
+            env(&[("ANTHROPIC_BASE_URL", "http://a"), ("CCGATE_ANTHROPIC_BASE_URL", "http://b")]),
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(overridden.anthropic_base_url, "http://b");
+        assert_eq!(Settings::default().anthropic_base_url, "https://api.anthropic.com");
+    }
+
+    #[test]
+    fn bad_backend_settings_are_named() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("CCGATE_BACKENDS", "haiku=grpc")], "backends"),
+            (&[("CCGATE_DEFAULT_BACKEND", "http")], "default_backend"),
+            (&[("CCGATE_BACKENDS", "haiku=api")], "anthropic_api_key"),
+            (&[("CCGATE_DEFAULT_BACKEND", "api"), ("ANTHROPIC_API_KEY", " ")], "anthropic_api_key"),
+            (&[("CCGATE_API_MAX_CONCURRENT", "0")], "api_max_concurrent"),
+            (&[("CCGATE_FALLBACK_MODELS", "opus=opus")], "fallback_models"),
+        ];
+        for (vars, name) in cases {
+            let err = Settings::load(None, env(vars), vec![]).unwrap_err();
+            assert!(err.to_string().contains(name), "{vars:?}: {err}");
         }
     }
 

@@ -47,7 +47,7 @@ pub async fn run(
     });
     // After the grace period, whatever still runs is killed, which ends
     // the open streams and lets the server finish.
-    let pool = Arc::clone(&state.pool);
+    let pools: Vec<_> = state.pools().cloned().collect();
     let grace = Duration::from_secs(settings.shutdown_grace_secs);
     let grace_stop = stopping.clone();
     tokio::spawn(async move {
@@ -57,7 +57,7 @@ pub async fn run(
             "stopping: no new connections; in-flight requests may finish"
         );
         tokio::time::sleep(grace).await;
-        pool.kill_all();
+        pools.iter().for_each(|pool| pool.kill_all());
     });
     // Batches (new ones, and those a stopped or crashed instance left) run
     // in the background until the stop.
@@ -72,7 +72,7 @@ pub async fn run(
     if let Err(e) = batches.await {
         tracing::error!(error = %e, "the batch runner failed");
     }
-    state.pool.kill_all();
+    state.pools().for_each(|pool| pool.kill_all());
     if let Some(warm) = &state.warm {
         warm.close();
     }

@@ -30,7 +30,8 @@ use crate::workers::JobClass;
     params(("X-Project-Id" = Option<String>, Header, description = "Project to charge (or `project_id` in the body)")),
     responses(
         (status = 200, description = "A chat completion, or an SSE stream of chunks when `stream` is true", body = ChatCompletion,
-         headers(("x-ccgate-cost-usd" = String, description = "What the run cost, in USD"))),
+         headers(("x-ccgate-cost-usd" = String, description = "What the run cost, in USD"),
+                 ("x-ccgate-model" = String, description = "The model that answered (a fallback model when the requested one was overloaded)"))),
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 404, description = "Unknown model or project", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
@@ -65,7 +66,7 @@ pub async fn create_chat_completion(
     };
     let running = chat::start(&state, request).await?;
     let include_usage = body.stream_options.as_ref().is_some_and(|o| o.include_usage);
-    let model = super::metrics::ModelLabel(running.model.id.clone());
+    let answering = running.answering.clone();
     let route = running.route.as_ref().and_then(|r| {
         HeaderValue::from_str(&format!("tier={}; score={:.3}; model={}", r.tier, r.score, running.model.id))
             .ok()
@@ -76,7 +77,12 @@ pub async fn create_chat_completion(
         complete_response(ctx.request_id, running).await
     }
     .into_response();
-    response.extensions_mut().insert(model);
+    // Known by now: a fallback is chosen before the first text or outcome.
+    let model = answering.borrow().id.clone();
+    if let Ok(value) = HeaderValue::from_str(&model) {
+        response.headers_mut().insert("x-ccgate-model", value);
+    }
+    response.extensions_mut().insert(super::metrics::ModelLabel(model));
     if let Some(route) = route {
         response.headers_mut().insert("x-ccgate-route", route);
     }
@@ -115,7 +121,7 @@ async fn complete_response(request_id: String, mut running: Running) -> Result<R
         id: format!("chatcmpl-{request_id}"),
         object: "chat.completion",
         created: unix_now(),
-        model: report.model.clone().unwrap_or_else(|| running.model.id.clone()),
+        model: report.model.clone().unwrap_or_else(|| running.answering_model().id),
         choices: vec![Choice {
             index: 0,
             message: AssistantMessage { role: "assistant".into(), content: report.text },
@@ -140,9 +146,9 @@ async fn stream_response(
     mut running: Running,
     include_usage: bool,
 ) -> Result<Response, ApiError> {
-    let model = running.model.id.clone();
-    let meta = ChunkMeta::new(&request_id, model.clone());
-    let first_text = match running.events.recv().await {
+    let first = running.events.recv().await;
+    let meta = ChunkMeta::new(&request_id, running.answering_model().id);
+    let first_text = match first {
         Some(ChatEvent::Text(text)) => text,
         Some(ChatEvent::Done(outcome)) => {
             if let Some(error) = outcome.error {

@@ -41,6 +41,11 @@ pub struct Health {
     /// Pre-started CLI processes (absent when `warm_pool` is off).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warm: Option<WarmState>,
+    /// The direct (Messages API) backend's pool, when a model uses it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_workers: Option<PoolState>,
+    /// The backend of models not named in `backends` (`cli` or `api`).
+    pub default_backend: String,
 }
 
 /// Liveness and the worker pool's state.
@@ -51,6 +56,8 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
         version: env!("CARGO_PKG_VERSION"),
         workers: state.pool.state(),
         warm: state.warm.as_ref().map(|warm| warm.state()),
+        api_workers: state.api_pool.as_ref().map(|pool| pool.state()),
+        default_backend: state.settings.default_backend.clone(),
     })
 }
 

@@ -3,11 +3,12 @@
 //! it whatever happens (the settling runs in a task of its own, so it also
 //! happens when the client has gone).
 
+mod fallback;
 pub mod prompt;
 
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::app::AppState;
 use crate::budget::{Reservation, ReservationRequest};
@@ -17,7 +18,10 @@ use crate::pricing::Model;
 use crate::store::{Completion, LedgerEntry};
 use crate::workers::{Admission, Event, Job, JobClass, RunEnd, RunReport};
 
+pub use fallback::FAILED_OVER;
 pub use prompt::{Message, Role};
+
+use fallback::{fallback_of, overloaded_upstream, supervise, Attempt};
 
 /// A chat request in the gateway's own terms (no wire format).
 #[derive(Debug, Clone)]
@@ -36,10 +40,20 @@ pub struct ChatRequest {
 
 /// A run under way: text as it comes, then exactly one `Done`.
 pub struct Running {
+    /// The model the request was first run on.
     pub model: Model,
     /// How `"model": "auto"` chose, when it did.
     pub route: Option<RouteInfo>,
     pub events: mpsc::Receiver<ChatEvent>,
+    /// The model answering now: `model`, or its fallback once the
+    /// supervisor has switched (always before any text is sent).
+    pub answering: watch::Receiver<Model>,
+}
+
+impl Running {
+    pub fn answering_model(&self) -> Model {
+        self.answering.borrow().clone()
+    }
 }
 
 #[derive(Debug)]
@@ -139,18 +153,7 @@ async fn prepare(
 ) -> Result<(Model, Job, Reservation, Option<RouteInfo>), ApiError> {
     let choice = choose(state, request).await?;
     let Plan { model, prompt, amount } = plan(state, request, &choice)?;
-    let reservation = state
-        .budget
-        .reserve(ReservationRequest {
-            request_id: request.request_id.clone(),
-            project_id: request.project_id.clone(),
-            key_id: request.key_id.clone(),
-            endpoint: request.endpoint.to_string(),
-            model_requested: Some(request.model.clone()),
-            model_used: Some(model.id.clone()),
-            amount,
-        })
-        .await?;
+    let reservation = state.budget.reserve(reservation_for(request, &model, amount)).await?;
     let deadline = tokio::time::Instant::from_std(request.received_at)
         + Duration::from_secs(state.settings.request_timeout_secs);
     let job = Job {
@@ -164,6 +167,18 @@ async fn prepare(
         deadline,
     };
     Ok((model, job, reservation, choice.route))
+}
+
+fn reservation_for(request: &ChatRequest, model: &Model, amount: Micros) -> ReservationRequest {
+    ReservationRequest {
+        request_id: request.request_id.clone(),
+        project_id: request.project_id.clone(),
+        key_id: request.key_id.clone(),
+        endpoint: request.endpoint.to_string(),
+        model_requested: Some(request.model.clone()),
+        model_used: Some(model.id.clone()),
+        amount,
+    }
 }
 
 fn plan(state: &AppState, request: &ChatRequest, choice: &Choice) -> Result<Plan, ApiError> {
@@ -226,9 +241,11 @@ async fn launch(
     reservation: Reservation,
 ) -> Result<Running, ApiError> {
     // The admission holds a batch run's slot, so the slot is free as soon as
-    // the run ends (not when its settlement is written).
+    // the run ends (not when its settlement is written); a run that may fall
+    // back keeps a copy of it for the next model.
     let class = std::mem::replace(&mut request.class, JobClass::Interactive);
-    let admission = match state.pool.admit(class) {
+    let retry_class = fallback_of(state, &model).is_some().then(|| class.clone());
+    let admission = match state.pool_for(&model).admit(class) {
         Ok(admission) => admission,
         Err(full) => {
             let error = ApiError::Overloaded(format!("{full}; retry shortly"));
@@ -239,13 +256,19 @@ async fn launch(
         }
     };
     let (client_tx, client_rx) = mpsc::channel(EVENT_BUFFER);
+    let (answering_tx, answering_rx) = watch::channel(model.clone());
     let supervisor_state = state.clone();
-    let supervisor_model = model.clone();
+    let attempt = Attempt {
+        model: model.clone(),
+        admission,
+        job,
+        books: Books { request, reservation },
+        class: retry_class,
+    };
     state.tasks.spawn(async move {
-        let books = Books { request, reservation };
-        supervise(supervisor_state, supervisor_model, admission, job, client_tx, books).await;
+        supervise(supervisor_state, attempt, client_tx, answering_tx).await;
     });
-    Ok(Running { model, route: None, events: client_rx })
+    Ok(Running { model, route: None, events: client_rx, answering: answering_rx })
 }
 
 fn cost_of(model: &Model, report: &RunReport) -> Micros {
@@ -262,28 +285,41 @@ struct Books {
     reservation: Reservation,
 }
 
-/// Runs the job, passing text to the client, and the outcome as soon as the
-/// CLI has reported it; the books are settled at that same moment, while
-/// the process is cleaned up behind them. A client that goes away cancels
-/// the run.
-async fn supervise(
-    state: AppState,
-    model: Model,
+/// What one attempt's events have done so far.
+struct Flow {
+    books: Option<Books>,
+    text_sent: bool,
+    /// Whether an upstream overload before any text is held back (for a
+    /// fallback) instead of going to the client.
+    may_fall_back: bool,
+}
+
+/// Runs one attempt, passing text to the client, and the outcome as soon as
+/// the worker has reported it; the books are settled at that same moment,
+/// while the worker is cleaned up behind them. A client that goes away
+/// cancels the run. Returns the books and report, with nothing sent or
+/// settled, when the run failed upstream (429/529) before any text and
+/// `may_fall_back`.
+async fn run_attempt(
+    state: &AppState,
+    model: &Model,
     admission: Admission,
     job: Job,
-    client: mpsc::Sender<ChatEvent>,
+    client: &mpsc::Sender<ChatEvent>,
     books: Books,
-) {
+    may_fall_back: bool,
+) -> Option<(Books, RunReport)> {
+    let pool = state.pool_for(model);
     let (worker_tx, mut worker_rx) = mpsc::channel(EVENT_BUFFER);
-    let cancel = state.pool.run_token();
-    let run = state.pool.run(admission, job, worker_tx, cancel.clone());
+    let cancel = pool.run_token();
+    let run = pool.run(admission, job, worker_tx, cancel.clone());
     tokio::pin!(run);
-    let mut books = Some(books);
+    let mut flow = Flow { books: Some(books), text_sent: false, may_fall_back };
     let report = loop {
         tokio::select! {
             report = &mut run => break report,
             Some(event) = worker_rx.recv() => {
-                if !deliver(&state, &model, &client, &mut books, event).await {
+                if !deliver(state, model, client, &mut flow, event).await {
                     cancel.cancel();
                 }
             }
@@ -291,13 +327,16 @@ async fn supervise(
         }
     };
     while let Ok(event) = worker_rx.try_recv() {
-        deliver(&state, &model, &client, &mut books, event).await;
+        deliver(state, model, client, &mut flow, event).await;
     }
-    if let Some(books) = books {
-        // The run ended without a result line (killed, timed out, crashed).
-        let _ = client.send(ChatEvent::Done(Box::new(outcome_of(&state, &model, report.clone())))).await;
-        conclude(&state, &model, books, report, Instant::now()).await;
+    let books = flow.books?;
+    if flow.may_fall_back && !flow.text_sent && overloaded_upstream(&report.end) && !client.is_closed() {
+        return Some((books, report));
     }
+    // The run ended without a result line (killed, timed out, crashed).
+    let _ = client.send(ChatEvent::Done(Box::new(outcome_of(state, model, report.clone())))).await;
+    conclude(state, model, books, report, Instant::now()).await;
+    None
 }
 
 /// Passes one worker event on; false when the client is gone.
@@ -305,12 +344,21 @@ async fn deliver(
     state: &AppState,
     model: &Model,
     client: &mpsc::Sender<ChatEvent>,
-    books: &mut Option<Books>,
+    flow: &mut Flow,
     event: Event,
 ) -> bool {
     match event {
         Event::Started { .. } => true,
-        Event::Text(text) => client.send(ChatEvent::Text(text)).await.is_ok(),
+        Event::Text(text) => {
+            flow.text_sent = true;
+            client.send(ChatEvent::Text(text)).await.is_ok()
+        }
+        Event::Finished(report)
+            if flow.may_fall_back && !flow.text_sent && overloaded_upstream(&report.end) =>
+        {
+            // Held back: the supervisor decides once the run has ended.
+            true
+        }
         Event::Finished(report) => {
             let report = *report;
             let delivered = client
@@ -318,7 +366,7 @@ async fn deliver(
                 .await
                 .is_ok();
             let answered_at = Instant::now();
-            if let Some(books) = books.take() {
+            if let Some(books) = flow.books.take() {
                 let (state, model) = (state.clone(), model.clone());
                 state
                     .tasks
@@ -333,13 +381,28 @@ async fn deliver(
 /// Settles the reservation, records metrics and rate-limit tokens, and logs
 /// the run.
 async fn conclude(state: &AppState, model: &Model, books: Books, report: RunReport, answered_at: Instant) {
+    conclude_as(state, model, books, report, answered_at, None).await;
+}
+
+/// `conclude`, with the ledger status replaced by `status` when given.
+async fn conclude_as(
+    state: &AppState,
+    model: &Model,
+    books: Books,
+    report: RunReport,
+    answered_at: Instant,
+    status: Option<&str>,
+) {
     let Books { request, reservation } = books;
     let cost = cost_of(model, &report);
     let error = error_for(state, &report.end);
-    let completion = match &error {
+    let mut completion = match &error {
         Some(error) => completion_for(&request, error, report.clone(), cost),
         None => completion_for_success(&request, report.clone(), cost),
     };
+    if let Some(status) = status {
+        completion.status = status.to_string();
+    }
     let tokens = completion.input_tokens + completion.output_tokens;
     // What the gateway adds: from arrival to the worker's start, and from
     // the CLI's result line to the answer leaving (queue wait included).

@@ -3,7 +3,9 @@
 //! `RunReport` says how it ended. Whatever happens, a worker's processes are
 //! gone when `run` returns.
 
+pub mod anthropic;
 pub mod cli;
+pub mod messages_sse;
 pub mod pool;
 pub mod stream_json;
 pub mod warm;

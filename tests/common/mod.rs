@@ -148,6 +148,10 @@ pub fn settings_for(
         metrics_token: opts.metrics_token.clone(),
         cli_max_retries: opts.cli_max_retries,
         worker_env,
+        // The direct backend (for models `adjust` gives to `api`) calls the
+        // same simulated upstream as the CLI.
+        anthropic_base_url: sim.base_url(),
+        anthropic_api_key: Some(ccgate::config::ApiKey::new("sk-ccgate-test")),
         ..Settings::default()
     };
     (opts.adjust)(&mut settings);

@@ -174,6 +174,10 @@ def gateway():
                 # (two-worker) pool; fair share itself is tested in Rust
                 # (tests/batch.rs).
                 CCGATE_BATCH_POOL_SHARE="1",
+                # Sonnet runs on the direct backend (test_direct.py; no other
+                # test uses it), and an overloaded opus falls back to it.
+                CCGATE_BACKENDS="sonnet=api",
+                CCGATE_FALLBACK_MODELS="opus=sonnet",
             )
             gw = subprocess.Popen(
                 [

@@ -100,14 +100,18 @@ async fn render(sim: &Sim, plan: Plan) -> Response {
 /// `hang` is set, staying open. It also ends at shutdown; a client that goes
 /// away drops it.
 fn sse(sim: &Sim, steps: Vec<Step>, hang: bool) -> Response {
-    let events = futures::stream::iter(steps).then(|step| async move {
+    let guard = sim.stream_guard();
+    let events = futures::stream::iter(steps).then(move |step| async move {
         if step.delay > Duration::ZERO {
             tokio::time::sleep(step.delay).await;
         }
         Ok::<_, Infallible>(step.frame)
     });
     let tail = if hang { futures::stream::pending().boxed() } else { futures::stream::empty().boxed() };
-    let body = events.chain(tail).take_until(sim.shutdown_signal());
+    let body = events.chain(tail).take_until(sim.shutdown_signal()).map(move |frame| {
+        let _open = &guard;
+        frame
+    });
     let mut response = Body::from_stream(body).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));

@@ -12,6 +12,8 @@ const OPEN: &str = "[sim:";
 pub const MAX_WORDS: u64 = 1_000_000;
 /// Largest delay accepted, in milliseconds (ten minutes).
 pub const MAX_DELAY_MS: u64 = 600_000;
+/// Largest cache token count a directive may report.
+pub const MAX_CACHE_TOKENS: u64 = 10_000_000;
 
 /// Everything the directives in one prompt asked for.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -30,6 +32,13 @@ pub struct Directives {
     pub fail_once: Option<String>,
     /// `[sim:tool=NAME {json}]`: answer with a `tool_use` block.
     pub tool: Option<ToolCall>,
+    /// `[sim:cache_read=N]`: report N input tokens as read from the cache.
+    pub cache_read: Option<u64>,
+    /// `[sim:cache_write=N]`: report N input tokens as written to the cache.
+    pub cache_write: Option<u64>,
+    /// `[sim:fail_model=MODEL]`: requests for MODEL (its full id) are
+    /// overloaded (529); other models answer, so a client can fall back.
+    pub fail_model: Option<String>,
 }
 
 /// A scripted tool call.
@@ -98,6 +107,9 @@ fn parse_one(body: &str, into: &mut Directives) -> Result<usize, DirectiveError>
         ("status", Some(v)) => into.status = Some(status(inner, v)?),
         ("hang", None) => into.hang = true,
         ("fail_once", Some(v)) if !v.is_empty() => into.fail_once = Some(v.to_owned()),
+        ("cache_read", Some(v)) => into.cache_read = Some(number(inner, v, MAX_CACHE_TOKENS)?),
+        ("cache_write", Some(v)) => into.cache_write = Some(number(inner, v, MAX_CACHE_TOKENS)?),
+        ("fail_model", Some(v)) if !v.is_empty() => into.fail_model = Some(v.to_owned()),
         _ => return Err(bad(inner, "unknown directive or missing value")),
     }
     Ok(end + 1)
@@ -177,6 +189,14 @@ mod tests {
             ),
             ("a [sim:hang] b", Directives { hang: true, ..Default::default() }),
             ("[sim:fail_once=abc-1]", Directives { fail_once: Some("abc-1".into()), ..Default::default() }),
+            (
+                "[sim:cache_read=100][sim:cache_write=20]",
+                Directives { cache_read: Some(100), cache_write: Some(20), ..Default::default() },
+            ),
+            (
+                "[sim:fail_model=claude-opus-4-8]",
+                Directives { fail_model: Some("claude-opus-4-8".into()), ..Default::default() },
+            ),
         ];
         for (prompt, want) in cases {
             let parsed = parse(prompt).unwrap();
@@ -214,6 +234,8 @@ mod tests {
             "[sim:status=abc]",
             "[sim:hang=1]",
             "[sim:fail_once=]",
+            "[sim:fail_model=]",
+            "[sim:cache_read=x]",
             "[sim:tool= {}]",
             "[sim:tool=Read {\"a\":}]",
             "[sim:tool=Read {\"a\":1} extra]",

@@ -23,9 +23,24 @@ pub const TOOL_RESULT_CHARS: usize = 200;
 pub struct Plan {
     pub model: String,
     pub stream: bool,
-    pub input_tokens: u64,
+    pub input_tokens: InputTokens,
     pub timing: Timing,
     pub outcome: Outcome,
+}
+
+/// The input side of a reply's usage: tokens read fresh, and those the
+/// `[sim:cache_read=N]` / `[sim:cache_write=N]` directives report as cached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InputTokens {
+    pub fresh: u64,
+    pub cache_read: u64,
+    pub cache_write: u64,
+}
+
+impl From<u64> for InputTokens {
+    fn from(fresh: u64) -> Self {
+        Self { fresh, ..Self::default() }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -85,6 +100,8 @@ pub fn plan(request: &MessagesRequest, parsed: &Parsed, config: &SimConfig, firs
     };
     let outcome = if let Some(code) = directives.status {
         Outcome::Fail(ApiError::simulated(code))
+    } else if directives.fail_model.as_deref() == Some(request.model.as_str()) {
+        Outcome::Fail(ApiError::simulated(529))
     } else if first_fail_once {
         // retry-after 0 lets a retrying client come straight back.
         Outcome::Fail(ApiError::simulated(529).with_retry_after(0))
@@ -98,7 +115,11 @@ pub fn plan(request: &MessagesRequest, parsed: &Parsed, config: &SimConfig, firs
     Plan {
         model: request.model.clone(),
         stream: request.stream,
-        input_tokens: tokens::input(request),
+        input_tokens: InputTokens {
+            fresh: tokens::input(request),
+            cache_read: directives.cache_read.unwrap_or(0),
+            cache_write: directives.cache_write.unwrap_or(0),
+        },
         timing,
         outcome,
     }
@@ -222,6 +243,18 @@ mod tests {
             plan.timing,
             Timing { first_token: Duration::from_millis(2), between_chunks: Duration::from_millis(1) }
         );
+    }
+
+    #[test]
+    fn fail_model_fails_only_that_model_and_cache_directives_report_usage() {
+        let prompt = "[sim:fail_model=claude-x][sim:cache_read=70][sim:cache_write=9] hi";
+        let failing = plan_for(user(prompt), &SimConfig::default());
+        assert_eq!(failing.outcome, Outcome::Fail(ApiError::simulated(529)));
+        let mut other = user(prompt);
+        other["model"] = json!("claude-y");
+        let answering = plan_for(other, &SimConfig::default());
+        assert!(matches!(answering.outcome, Outcome::Reply(_)));
+        assert_eq!((answering.input_tokens.cache_read, answering.input_tokens.cache_write), (70, 9));
     }
 
     #[test]

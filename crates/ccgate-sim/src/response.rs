@@ -7,7 +7,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::reply::{Reply, ReplyContent, Timing};
+use crate::reply::{InputTokens, Reply, ReplyContent, Timing};
 
 /// Words per `content_block_delta`, about what the real API sends.
 const WORDS_PER_CHUNK: usize = 3;
@@ -18,7 +18,7 @@ pub fn message_id() -> String {
 }
 
 /// The whole message, as a non-streaming request receives it.
-pub fn message_json(id: &str, model: &str, input_tokens: u64, reply: &Reply) -> Value {
+pub fn message_json(id: &str, model: &str, input_tokens: InputTokens, reply: &Reply) -> Value {
     let content = match &reply.content {
         ReplyContent::Text(text) => json!({"type": "text", "text": text}),
         ReplyContent::ToolUse { id, name, input } => {
@@ -37,12 +37,12 @@ pub fn message_json(id: &str, model: &str, input_tokens: u64, reply: &Reply) -> 
     })
 }
 
-fn usage(input_tokens: u64, output_tokens: u64) -> Value {
+fn usage(input: InputTokens, output_tokens: u64) -> Value {
     json!({
-        "input_tokens": input_tokens,
+        "input_tokens": input.fresh,
         "output_tokens": output_tokens,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
+        "cache_creation_input_tokens": input.cache_write,
+        "cache_read_input_tokens": input.cache_read,
     })
 }
 
@@ -65,7 +65,7 @@ impl Step {
 
 /// The events that open every stream: `message_start` (with the input usage
 /// and one output token, as the real API reports) and `content_block_start`.
-pub fn opening_steps(id: &str, model: &str, input_tokens: u64, reply: Option<&Reply>) -> Vec<Step> {
+pub fn opening_steps(id: &str, model: &str, input_tokens: InputTokens, reply: Option<&Reply>) -> Vec<Step> {
     let block = match reply.map(|r| &r.content) {
         Some(ReplyContent::ToolUse { id, name, .. }) => {
             json!({"type": "tool_use", "id": id, "name": name, "input": {}})
@@ -94,7 +94,13 @@ pub fn opening_steps(id: &str, model: &str, input_tokens: u64, reply: Option<&Re
 }
 
 /// Every event of a complete streamed reply, in the order the real API sends them.
-pub fn reply_steps(id: &str, model: &str, input_tokens: u64, reply: &Reply, timing: Timing) -> Vec<Step> {
+pub fn reply_steps(
+    id: &str,
+    model: &str,
+    input_tokens: InputTokens,
+    reply: &Reply,
+    timing: Timing,
+) -> Vec<Step> {
     let mut steps = opening_steps(id, model, input_tokens, Some(reply));
     steps.push(Step::now("ping", json!({"type": "ping"})));
     let deltas: Vec<Value> = match &reply.content {
@@ -180,7 +186,7 @@ mod tests {
         };
         let timing =
             Timing { first_token: Duration::from_millis(50), between_chunks: Duration::from_millis(5) };
-        let steps = reply_steps("msg_1", "m", 3, &reply, timing);
+        let steps = reply_steps("msg_1", "m", 3.into(), &reply, timing);
         let names: Vec<String> = steps
             .iter()
             .map(|s| {

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde::Deserialize;
@@ -40,7 +41,20 @@ struct Inner {
     // std mutexes: each critical section is a push or a copy, never across an await.
     log: Mutex<Vec<RecordedRequest>>,
     fail_once_seen: Mutex<HashSet<String>>,
+    /// Streamed replies whose response body is still being sent.
+    open_streams: AtomicUsize,
     shutdown: watch::Sender<bool>,
+}
+
+/// Counts one open stream for as long as it lives; the response body owns
+/// it, so a client that goes away ends the count with the body.
+#[derive(Debug)]
+pub(crate) struct StreamGuard(Sim);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.inner.open_streams.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Sim {
@@ -51,6 +65,7 @@ impl Sim {
                 config,
                 log: Mutex::default(),
                 fail_once_seen: Mutex::default(),
+                open_streams: AtomicUsize::new(0),
                 shutdown,
             }),
         }
@@ -67,6 +82,16 @@ impl Sim {
 
     pub fn request_count(&self) -> usize {
         lock(&self.inner.log).len()
+    }
+
+    /// Streamed replies still being sent (a client that disconnects ends its own).
+    pub fn open_streams(&self) -> usize {
+        self.inner.open_streams.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn stream_guard(&self) -> StreamGuard {
+        self.inner.open_streams.fetch_add(1, Ordering::Relaxed);
+        StreamGuard(self.clone())
     }
 
     /// Forgets the request log and which `fail_once` keys were seen.

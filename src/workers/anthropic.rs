@@ -1,0 +1,340 @@
+//! The direct backend: a job is one streaming `POST /v1/messages` to the
+//! Anthropic Messages API, over one shared connection pool. It retries
+//! rate limits, overload, 5xx and connection errors with back-off (honouring
+//! `retry-after`), but never once text has reached the caller, and never
+//! past the job's deadline. It reports usage, not cost: chat prices it.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use rand::Rng;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::messages_sse::{data_of, parse_data, Delta, ErrorResponse, SseLines, StreamEvent};
+use super::{Event, Job, PoolStats, RunEnd, RunReport, Worker};
+use crate::chat::Role;
+use crate::config::ApiKey;
+use crate::pricing::{PriceTable, TokenUsage};
+
+const ANTHROPIC_VERSION: &str = "2023-06-01";
+/// Long-context variants are the base model plus this beta.
+const LONG_CONTEXT_SUFFIX: &str = "[1m]";
+const LONG_CONTEXT_BETA: &str = "context-1m-2025-08-07";
+/// The first retry waits about this long; each later one twice as long.
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Used when the price table does not know the model (it always should).
+const FALLBACK_MAX_TOKENS: u64 = 4096;
+
+/// How the direct backend reaches the API.
+pub struct ApiSettings {
+    pub base_url: String,
+    pub api_key: ApiKey,
+    pub stall_timeout: Duration,
+    pub max_retries: u32,
+    /// Most requests at once, so at most this many idle connections are kept.
+    pub max_concurrent: usize,
+}
+
+pub struct AnthropicApi {
+    client: reqwest::Client,
+    messages_url: String,
+    api_key: ApiKey,
+    stall_timeout: Duration,
+    max_retries: u32,
+    /// Each model's largest output, the `max_tokens` of a job without a cap.
+    max_output: HashMap<String, u64>,
+    stats: Arc<PoolStats>,
+}
+
+impl AnthropicApi {
+    pub fn new(
+        settings: ApiSettings,
+        prices: &PriceTable,
+        stats: Arc<PoolStats>,
+    ) -> anyhow::Result<AnthropicApi> {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(settings.max_concurrent)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .connect_timeout(settings.stall_timeout)
+            .tcp_nodelay(true)
+            .build()?;
+        Ok(AnthropicApi {
+            client,
+            messages_url: format!("{}/v1/messages", settings.base_url.trim_end_matches('/')),
+            api_key: settings.api_key,
+            stall_timeout: settings.stall_timeout,
+            max_retries: settings.max_retries,
+            max_output: prices.models().iter().map(|m| (m.id.clone(), m.max_output_tokens)).collect(),
+            stats,
+        })
+    }
+
+    fn request(&self, job: &Job, body: Bytes) -> reqwest::RequestBuilder {
+        let request = self
+            .client
+            .post(&self.messages_url)
+            .header("x-api-key", self.api_key.expose())
+            .header("anthropic-version", ANTHROPIC_VERSION)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        if job.model_id.ends_with(LONG_CONTEXT_SUFFIX) {
+            return request.header("anthropic-beta", LONG_CONTEXT_BETA);
+        }
+        request
+    }
+
+    fn body(&self, job: &Job) -> Bytes {
+        let messages: Vec<_> = job
+            .messages
+            .iter()
+            .map(|m| {
+                let role = if m.role == Role::Assistant { "assistant" } else { "user" };
+                json!({"role": role, "content": m.text})
+            })
+            .collect();
+        let max_tokens = job
+            .max_output_tokens
+            .or_else(|| self.max_output.get(&job.model_id).copied())
+            .unwrap_or(FALLBACK_MAX_TOKENS);
+        let mut body = json!({
+            "model": job.model_id.trim_end_matches(LONG_CONTEXT_SUFFIX),
+            "max_tokens": max_tokens,
+            "stream": true,
+            "messages": messages,
+        });
+        if let Some(system) = &job.system_prompt {
+            body["system"] = json!(system);
+        }
+        Bytes::from(body.to_string())
+    }
+}
+
+/// How one HTTP attempt ended.
+enum Attempt {
+    End(RunEnd),
+    /// A failure worth another try, unless text already went out.
+    Retry {
+        end: RunEnd,
+        retry_after: Option<Duration>,
+    },
+}
+
+#[async_trait]
+impl Worker for AnthropicApi {
+    async fn run(&self, job: Job, events: mpsc::Sender<Event>, cancel: CancellationToken) -> RunReport {
+        let body = self.body(&job);
+        let mut report = RunReport::new(RunEnd::Completed);
+        report.model = Some(job.model_id.clone());
+        let mut retries = 0;
+        let end = loop {
+            let (end, retry_after) =
+                match self.attempt(&job, body.clone(), &events, &cancel, &mut report).await {
+                    Attempt::End(end) => break end,
+                    Attempt::Retry { end, retry_after } => (end, retry_after),
+                };
+            if retries >= self.max_retries || !report.text.is_empty() {
+                break end;
+            }
+            let wait = retry_after.unwrap_or_else(|| backoff(retries));
+            if tokio::time::Instant::now() + wait >= job.deadline {
+                break end;
+            }
+            retries += 1;
+            tracing::debug!(retries, wait_ms = wait.as_millis() as u64, "retrying the Messages API");
+            tokio::select! {
+                _ = cancel.cancelled() => break RunEnd::Cancelled,
+                _ = events.closed() => break RunEnd::Cancelled,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        };
+        report.end = end;
+        report.num_turns = 1;
+        if matches!(report.end, RunEnd::Completed | RunEnd::Failed { .. }) {
+            report.finished_at = Some(Instant::now());
+            let _ = events.send(Event::Finished(Box::new(report.clone()))).await;
+        }
+        report
+    }
+}
+
+impl AnthropicApi {
+    async fn attempt(
+        &self,
+        job: &Job,
+        body: Bytes,
+        events: &mpsc::Sender<Event>,
+        cancel: &CancellationToken,
+        report: &mut RunReport,
+    ) -> Attempt {
+        let send = tokio::time::timeout(self.stall_timeout, self.request(job, body).send());
+        let response = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Attempt::End(RunEnd::Cancelled),
+            _ = events.closed() => return Attempt::End(RunEnd::Cancelled),
+            _ = tokio::time::sleep_until(job.deadline) => return Attempt::End(self.deadline()),
+            response = send => response,
+        };
+        let response = match response {
+            Err(_) => return Attempt::Retry { end: self.stalled(), retry_after: None },
+            Ok(Err(e)) => {
+                let message = format!("cannot reach the Anthropic API: {e}");
+                return Attempt::Retry { end: RunEnd::Crashed { message }, retry_after: None };
+            }
+            Ok(Ok(response)) => response,
+        };
+        let status = response.status().as_u16();
+        if status != 200 {
+            return self.failed(status, response).await;
+        }
+        report.usage = TokenUsage::default();
+        let _ = events.send(Event::Started { model: Some(job.model_id.clone()), session_id: None }).await;
+        let mut stream = response.bytes_stream();
+        let mut lines = SseLines::default();
+        loop {
+            let chunk = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Attempt::End(RunEnd::Cancelled),
+                _ = events.closed() => return Attempt::End(RunEnd::Cancelled),
+                _ = tokio::time::sleep_until(job.deadline) => return Attempt::End(self.deadline()),
+                chunk = tokio::time::timeout(self.stall_timeout, stream.next()) => chunk,
+            };
+            let bytes = match chunk {
+                Err(_) => return Attempt::Retry { end: self.stalled(), retry_after: None },
+                Ok(None) => return broken("the stream ended before message_stop".into()),
+                Ok(Some(Err(e))) => return broken(format!("the stream broke: {e}")),
+                Ok(Some(Ok(bytes))) => bytes,
+            };
+            lines.push(&bytes);
+            while let Some(line) = lines.next_line() {
+                let Some(event) = data_of(&line).and_then(parse_data) else { continue };
+                if let Some(done) = apply(report, event, events).await {
+                    return done;
+                }
+            }
+        }
+    }
+
+    /// A non-200 answer: retried when the API says to try again later.
+    async fn failed(&self, status: u16, response: reqwest::Response) -> Attempt {
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|secs| secs.is_finite() && *secs >= 0.0)
+            .map(Duration::from_secs_f64);
+        let text = tokio::time::timeout(self.stall_timeout, response.text()).await.ok().and_then(Result::ok);
+        let error =
+            text.as_deref().and_then(|t| serde_json::from_str::<ErrorResponse>(t).ok()).map(|r| r.error);
+        let (subtype, message) = match error {
+            Some(error) => (error.kind, error.message),
+            None => ("api_error".into(), text.unwrap_or_default().chars().take(500).collect()),
+        };
+        let end = RunEnd::Failed { api_status: Some(status), subtype, message };
+        if retryable_status(status) {
+            Attempt::Retry { end, retry_after }
+        } else {
+            Attempt::End(end)
+        }
+    }
+
+    fn deadline(&self) -> RunEnd {
+        self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+        RunEnd::Deadline
+    }
+
+    fn stalled(&self) -> RunEnd {
+        self.stats.stalls.fetch_add(1, Ordering::Relaxed);
+        RunEnd::Stalled
+    }
+}
+
+fn broken(message: String) -> Attempt {
+    Attempt::Retry { end: RunEnd::Crashed { message }, retry_after: None }
+}
+
+/// Applies one stream event; `Some` when the attempt is over.
+async fn apply(report: &mut RunReport, event: StreamEvent, events: &mpsc::Sender<Event>) -> Option<Attempt> {
+    match event {
+        StreamEvent::MessageStart { message } => {
+            if let Some(model) = message.model {
+                report.model = Some(model);
+            }
+            if let Some(usage) = message.usage {
+                usage.apply_to(&mut report.usage);
+            }
+        }
+        StreamEvent::ContentBlockDelta { delta: Delta::TextDelta { text } } => {
+            report.first_token_at.get_or_insert_with(Instant::now);
+            report.text.push_str(&text);
+            if events.send(Event::Text(text)).await.is_err() {
+                return Some(Attempt::End(RunEnd::Cancelled));
+            }
+        }
+        StreamEvent::MessageDelta { delta, usage } => {
+            if delta.stop_reason.is_some() {
+                report.stop_reason = delta.stop_reason;
+            }
+            if let Some(usage) = usage {
+                usage.apply_to(&mut report.usage);
+            }
+        }
+        StreamEvent::MessageStop => return Some(Attempt::End(RunEnd::Completed)),
+        StreamEvent::Error { error } => {
+            // An error inside a 200 stream: the status its type stands for.
+            let status = match error.kind.as_str() {
+                "overloaded_error" => 529,
+                "rate_limit_error" => 429,
+                "timeout_error" => 504,
+                _ => 500,
+            };
+            let end =
+                RunEnd::Failed { api_status: Some(status), subtype: error.kind, message: error.message };
+            return Some(Attempt::Retry { end, retry_after: None });
+        }
+        StreamEvent::ContentBlockDelta { delta: Delta::Other } | StreamEvent::Other => {}
+    }
+    None
+}
+
+fn retryable_status(status: u16) -> bool {
+    matches!(status, 429 | 500 | 502 | 503 | 504 | 529)
+}
+
+/// Exponential back-off with jitter: half to all of `base × 2^retry`.
+fn backoff(retry: u32) -> Duration {
+    let full = BACKOFF_BASE.saturating_mul(2u32.saturating_pow(retry)).min(BACKOFF_MAX);
+    full.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_stays_bounded() {
+        for retry in 0..20 {
+            let wait = backoff(retry);
+            let full = BACKOFF_BASE.saturating_mul(2u32.saturating_pow(retry)).min(BACKOFF_MAX);
+            assert!(wait >= full / 2 && wait <= full, "retry {retry}: {wait:?}");
+        }
+    }
+
+    #[test]
+    fn only_transient_statuses_are_retried() {
+        for status in [429, 500, 502, 503, 504, 529] {
+            assert!(retryable_status(status), "{status}");
+        }
+        for status in [400, 401, 403, 404, 413] {
+            assert!(!retryable_status(status), "{status}");
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! The Anthropic Messages API's streaming format: server-sent events whose
+//! `data:` lines are JSON objects tagged by `type`. `SseLines` splits a byte
+//! stream into lines whatever the chunking; `parse_data` reads one event.
+
+use bytes::{Buf, BytesMut};
+use serde::Deserialize;
+
+use crate::pricing::TokenUsage;
+
+/// Splits bytes into lines (without `\n` or `\r\n`), keeping a partial
+/// line until the rest arrives.
+#[derive(Default)]
+pub struct SseLines {
+    buffer: BytesMut,
+}
+
+impl SseLines {
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buffer.extend_from_slice(bytes);
+    }
+
+    /// The next complete line, if one has arrived.
+    pub fn next_line(&mut self) -> Option<String> {
+        let end = self.buffer.iter().position(|b| *b == b'\n')?;
+        let mut line = self.buffer.split_to(end);
+        self.buffer.advance(1);
+        if line.last() == Some(&b'\r') {
+            line.truncate(line.len() - 1);
+        }
+        Some(String::from_utf8_lossy(&line).into_owned())
+    }
+}
+
+/// The JSON of a `data:` line, or `None` for any other line (event names,
+/// comments, blank separators).
+pub fn data_of(line: &str) -> Option<&str> {
+    line.strip_prefix("data:").map(str::trim_start)
+}
+
+/// The stream events the backend acts on; the rest are `Other`.
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StreamEvent {
+    MessageStart {
+        message: StartMessage,
+    },
+    ContentBlockDelta {
+        delta: Delta,
+    },
+    MessageDelta {
+        #[serde(default)]
+        delta: MessageDeltaBody,
+        #[serde(default)]
+        usage: Option<Usage>,
+    },
+    MessageStop,
+    Error {
+        error: ErrorBody,
+    },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Debug, Deserialize, PartialEq)]
+pub struct StartMessage {
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub usage: Option<Usage>,
+}
+
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Delta {
+    TextDelta {
+        text: String,
+    },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Debug, Default, Deserialize, PartialEq)]
+pub struct MessageDeltaBody {
+    #[serde(default)]
+    pub stop_reason: Option<String>,
+}
+
+/// Usage as the API reports it. `message_delta` carries cumulative counts,
+/// so a field present there replaces the one from `message_start`.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+pub struct Usage {
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+    pub cache_read_input_tokens: Option<u64>,
+    pub cache_creation_input_tokens: Option<u64>,
+}
+
+impl Usage {
+    pub fn apply_to(&self, usage: &mut TokenUsage) {
+        let fields = [
+            (self.input_tokens, &mut usage.input_tokens),
+            (self.output_tokens, &mut usage.output_tokens),
+            (self.cache_read_input_tokens, &mut usage.cache_read_tokens),
+            (self.cache_creation_input_tokens, &mut usage.cache_write_tokens),
+        ];
+        for (reported, field) in fields {
+            if let Some(value) = reported {
+                *field = value;
+            }
+        }
+    }
+}
+
+/// The API's error object, in an error response body or an `error` event.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct ErrorBody {
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(default)]
+    pub message: String,
+}
+
+/// `{"type":"error","error":{…}}`, the body of a failed request.
+#[derive(Debug, Deserialize)]
+pub struct ErrorResponse {
+    pub error: ErrorBody,
+}
+
+pub fn parse_data(data: &str) -> Option<StreamEvent> {
+    serde_json::from_str(data).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_survive_any_chunking() {
+        let text = "event: ping\r\ndata: {\"type\":\"ping\"}\n\nevent: message_stop\ndata: {}\n\n";
+        for size in 1..text.len() {
+            let mut lines = SseLines::default();
+            let mut seen = Vec::new();
+            for chunk in text.as_bytes().chunks(size) {
+                lines.push(chunk);
+                while let Some(line) = lines.next_line() {
+                    seen.push(line);
+                }
+            }
+            assert_eq!(
+                seen,
+                ["event: ping", "data: {\"type\":\"ping\"}", "", "event: message_stop", "data: {}", ""],
+                "chunk size {size}"
+            );
+        }
+    }
+
+    #[test]
+    fn events_and_usage_are_read() {
+        let start = r#"{"type":"message_start","message":{"id":"m","model":"claude-x","usage":
+            {"input_tokens":12,"output_tokens":1,"cache_read_input_tokens":30,"cache_creation_input_tokens":4}}}"#;
+        let Some(StreamEvent::MessageStart { message }) = parse_data(start) else { panic!("not a start") };
+        let mut usage = TokenUsage::default();
+        if let Some(start_usage) = &message.usage {
+            start_usage.apply_to(&mut usage);
+        }
+        assert_eq!(message.model.as_deref(), Some("claude-x"));
+        let delta =
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":9}}"#;
+        let Some(StreamEvent::MessageDelta { delta, usage: Some(later) }) = parse_data(delta) else {
+            panic!("not a delta")
+        };
+        later.apply_to(&mut usage);
+        assert_eq!(delta.stop_reason.as_deref(), Some("end_turn"));
+        assert_eq!(
+            usage,
+            TokenUsage { input_tokens: 12, output_tokens: 9, cache_read_tokens: 30, cache_write_tokens: 4 }
+        );
+        let text = r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi"}}"#;
+        assert_eq!(
+            parse_data(text),
+            Some(StreamEvent::ContentBlockDelta { delta: Delta::TextDelta { text: "hi".into() } })
+        );
+        let json_delta = r#"{"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta"}}"#;
+        assert_eq!(parse_data(json_delta), Some(StreamEvent::ContentBlockDelta { delta: Delta::Other }));
+        assert_eq!(parse_data(r#"{"type":"ping"}"#), Some(StreamEvent::Other));
+        let error = r#"{"type":"error","error":{"type":"overloaded_error","message":"busy"}}"#;
+        assert_eq!(
+            parse_data(error),
+            Some(StreamEvent::Error {
+                error: ErrorBody { kind: "overloaded_error".into(), message: "busy".into() }
+            })
+        );
+        assert_eq!(parse_data("not json"), None);
+        assert_eq!(data_of("data: {}"), Some("{}"));
+        assert_eq!(data_of("event: ping"), None);
+    }
+}
