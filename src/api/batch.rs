@@ -180,6 +180,7 @@ fn refuse(state: &AppState, ctx: &Context, project_id: String, error: &ApiError)
         max_tokens: None,
         received_at: ctx.received_at,
         class: JobClass::Interactive,
+        agent: None,
     };
     chat::record_refusal(state, &request, error);
 }

@@ -56,6 +56,7 @@ pub async fn create_chat_completion(
         max_tokens: None,
         received_at: ctx.received_at,
         class: JobClass::Interactive,
+        agent: None,
     };
     let body = match parse(&state, &ctx, body, &mut request) {
         Ok(body) => body,
@@ -108,7 +109,7 @@ async fn complete_response(request_id: String, mut running: Running) -> Result<R
     let outcome = loop {
         match running.events.recv().await {
             // Text is also collected in the report.
-            Some(ChatEvent::Text(_)) => continue,
+            Some(ChatEvent::Text(_) | ChatEvent::Tool(_)) => continue,
             Some(ChatEvent::Done(outcome)) => break *outcome,
             None => return Err(ApiError::internal("the run ended without an outcome")),
         }
@@ -150,6 +151,8 @@ async fn stream_response(
     let meta = ChunkMeta::new(&request_id, running.answering_model().id);
     let first_text = match first {
         Some(ChatEvent::Text(text)) => text,
+        // Tool activity is not text (agentic runs render it themselves).
+        Some(ChatEvent::Tool(_)) => String::new(),
         Some(ChatEvent::Done(outcome)) => {
             if let Some(error) = outcome.error {
                 return Err(error);
@@ -164,6 +167,7 @@ async fn stream_response(
         let (mut running, meta) = state?;
         match running.events.recv().await {
             Some(ChatEvent::Text(text)) => Some((vec![text_frame(&meta, text)], Some((running, meta)))),
+            Some(ChatEvent::Tool(_)) => Some((Vec::new(), Some((running, meta)))),
             Some(ChatEvent::Done(outcome)) => Some((closing_frames(&meta, *outcome, include_usage), None)),
             None => Some((
                 vec![error_frame(&ApiError::internal("the run ended without an outcome")), done_frame()],

@@ -77,6 +77,7 @@ fn empty_request(input: &TaskInput<'_>) -> ChatRequest {
         max_tokens: None,
         received_at: Instant::now(),
         class: JobClass::Interactive,
+        agent: None,
     }
 }
 
@@ -122,7 +123,7 @@ pub async fn run(state: &AppState, mut request: ChatRequest, slot: BatchSlot) ->
     };
     let outcome = loop {
         match running.events.recv().await {
-            Some(ChatEvent::Text(_)) => continue,
+            Some(ChatEvent::Text(_) | ChatEvent::Tool(_)) => continue,
             Some(ChatEvent::Done(outcome)) => break *outcome,
             None => return TaskEnd::Failed(ApiError::internal("the run ended without an outcome")),
         }

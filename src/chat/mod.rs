@@ -16,6 +16,7 @@ use crate::error::ApiError;
 use crate::money::Micros;
 use crate::pricing::Model;
 use crate::store::{Completion, LedgerEntry};
+pub use crate::workers::ToolActivity;
 use crate::workers::{Admission, Event, Job, JobClass, RunEnd, RunReport};
 
 pub use fallback::FAILED_OVER;
@@ -36,6 +37,24 @@ pub struct ChatRequest {
     pub received_at: Instant,
     /// Interactive, or part of a batch (which holds a batch slot).
     pub class: JobClass,
+    /// Set when the request asks Claude Code to act as an agent.
+    pub agent: Option<AgentOptions>,
+}
+
+/// What an agentic request asks for: the extension fields of chat
+/// completions, or the fields of a task. Each is checked against the
+/// project's agent policy before anything runs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AgentOptions {
+    /// Where the agent works; must lie inside one of the policy's roots.
+    pub working_directory: Option<String>,
+    /// Tools in the CLI's syntax (`Read`, `Edit`, `Bash(git *)`).
+    pub allowed_tools: Option<Vec<String>>,
+    pub max_turns: Option<u32>,
+    /// A session returned by an earlier request of the same project.
+    pub session_id: Option<String>,
+    /// The most the whole run may cost, in USD.
+    pub max_budget_usd: Option<f64>,
 }
 
 /// A run under way: text as it comes, then exactly one `Done`.
@@ -59,6 +78,8 @@ impl Running {
 #[derive(Debug)]
 pub enum ChatEvent {
     Text(String),
+    /// An agent's tool activity, as it happens.
+    Tool(ToolActivity),
     Done(Box<Outcome>),
 }
 
@@ -352,6 +373,11 @@ async fn deliver(
         Event::Text(text) => {
             flow.text_sent = true;
             client.send(ChatEvent::Text(text)).await.is_ok()
+        }
+        Event::Tool(activity) => {
+            // A tool has acted: retrying elsewhere would act twice.
+            flow.text_sent = true;
+            client.send(ChatEvent::Tool(activity)).await.is_ok()
         }
         Event::Finished(report)
             if flow.may_fall_back && !flow.text_sent && overloaded_upstream(&report.end) =>

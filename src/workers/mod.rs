@@ -50,9 +50,21 @@ pub enum Event {
         session_id: Option<String>,
     },
     Text(String),
+    /// An agent used a tool, or got its result.
+    Tool(ToolActivity),
     /// The CLI printed its result. Sent before the process is cleaned up,
     /// so the client need not wait for that; `run` returns the same report.
     Finished(Box<RunReport>),
+}
+
+/// An agent's tool activity, in the order it happens.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToolActivity {
+    /// The model asked for a tool (`input` as it gave it).
+    Use { id: String, name: String, input: serde_json::Value },
+    /// The tool's outcome, as sent back to the model.
+    Result { id: String, is_error: bool, content: String },
 }
 
 /// How a run ended.
