@@ -36,6 +36,9 @@ pub struct AppState {
     /// Background work that must finish before the process exits (run
     /// supervisors, ledger writes).
     pub tasks: TaskTracker,
+    /// Running async tasks of this instance (to cancel them) and a signal
+    /// for their event followers.
+    pub task_control: Arc<crate::tasks::TaskControl>,
     /// The warm CLI processes, when `warm_pool` is on.
     pub warm: Option<Arc<WarmPool>>,
 }
@@ -147,6 +150,7 @@ impl AppState {
             limiter,
             metrics: Arc::new(Metrics::new()),
             tasks: TaskTracker::new(),
+            task_control: Arc::new(crate::tasks::TaskControl::default()),
             warm: None,
         }
     }

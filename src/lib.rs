@@ -19,4 +19,5 @@ pub mod pricing;
 pub mod routing;
 pub mod server;
 pub mod store;
+pub mod tasks;
 pub mod workers;

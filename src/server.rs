@@ -35,6 +35,10 @@ pub async fn run(
     if released > 0 {
         tracing::warn!(released, "released reservations left by a gateway instance that stopped");
     }
+    let interrupted = crate::tasks::recover(&state).await?;
+    if interrupted > 0 {
+        tracing::warn!(interrupted, "marked tasks of a gateway instance that stopped as interrupted");
+    }
     let maintenance = CancellationToken::new();
     spawn_maintenance(&state, maintenance.clone());
     warn_about_setup(&state, &listener);
@@ -88,6 +92,7 @@ pub async fn run(
 
 fn spawn_maintenance(state: &AppState, stop: CancellationToken) {
     let budget = state.budget.clone();
+    let state = state.clone();
     let ttl = Duration::from_secs(state.settings.instance_ttl_secs);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(ttl / 3);
@@ -103,6 +108,9 @@ fn spawn_maintenance(state: &AppState, stop: CancellationToken) {
                 Ok(0) => {}
                 Ok(released) => tracing::warn!(released, "released reservations of a stopped instance"),
                 Err(e) => tracing::warn!(error = %e, "reservation recovery failed"),
+            }
+            if let Err(e) = crate::tasks::recover(&state).await {
+                tracing::warn!(error = %e, "task recovery failed");
             }
         }
     });

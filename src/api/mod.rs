@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod openai;
 pub mod route;
 pub mod stop_sequences;
+pub mod tasks;
 pub mod usage;
 
 use std::time::{Duration, Instant};
@@ -49,6 +50,7 @@ use extract::RequestId;
         (name = "messages", description = "Anthropic-compatible messages (`POST /v1/messages`)"),
         (name = "budget", description = "Usage and budgets"),
         (name = "batch", description = "Batches: POST /v1/batch, and OpenAI's Files and Batch APIs"),
+        (name = "tasks", description = "Async agent tasks, with their events as SSE"),
         (name = "admin", description = "Projects and budgets (admin key)"),
         (name = "info", description = "Service information"),
     )
@@ -92,6 +94,10 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(route::route))
         .routes(routes!(usage::get_usage))
         .routes(routes!(batch::run_batch))
+        .routes(routes!(tasks::create_task))
+        .routes(routes!(tasks::get_task))
+        .routes(routes!(tasks::cancel_task))
+        .routes(routes!(tasks::task_events))
         .routes(routes!(batches::create_batch, batches::list_batches))
         .routes(routes!(batches::get_batch))
         .routes(routes!(batches::cancel_batch))

@@ -8,6 +8,7 @@ pub mod keys;
 mod postgres;
 mod queries;
 mod sqlite;
+pub mod tasks;
 
 use std::sync::Arc;
 
@@ -192,7 +193,7 @@ pub struct LedgerRow {
 }
 
 #[async_trait]
-pub trait Store: batches::BatchStore + keys::KeyStore + Send + Sync + 'static {
+pub trait Store: batches::BatchStore + keys::KeyStore + tasks::TaskStore + Send + Sync + 'static {
     async fn create_project(&self, project: &Project) -> StoreResult<()>;
     async fn get_project(&self, id: &str) -> StoreResult<Option<Project>>;
     async fn list_projects(&self) -> StoreResult<Vec<Project>>;

@@ -11,6 +11,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use super::batches::impl_batch_store;
 use super::keys::impl_key_store;
 use super::queries::impl_store;
+use super::tasks::impl_task_store;
 use super::StoreResult;
 
 pub struct PostgresStore {
@@ -62,4 +63,5 @@ impl PostgresStore {
 
 impl_batch_store!(PostgresStore, Postgres);
 impl_key_store!(PostgresStore);
+impl_task_store!(PostgresStore);
 impl_store!(PostgresStore, Postgres);

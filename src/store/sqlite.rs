@@ -13,6 +13,7 @@ use sqlx::{Sqlite, SqlitePool, Transaction};
 use super::batches::impl_batch_store;
 use super::keys::impl_key_store;
 use super::queries::impl_store;
+use super::tasks::impl_task_store;
 use super::StoreResult;
 
 pub struct SqliteStore {
@@ -57,4 +58,5 @@ impl SqliteStore {
 
 impl_batch_store!(SqliteStore, Sqlite);
 impl_key_store!(SqliteStore);
+impl_task_store!(SqliteStore);
 impl_store!(SqliteStore, Sqlite);
