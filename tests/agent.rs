@@ -388,3 +388,61 @@ async fn streaming_shows_tool_activity_as_empty_delta_chunks() {
     assert_eq!(last["x_ccgate"]["num_turns"], 2);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_model_on_the_direct_backend_cannot_run_an_agent() {
+    let db = TestDb::sqlite();
+    let opts = Options {
+        adjust: |settings| {
+            settings.backends.insert("haiku".into(), "api".into());
+        },
+        ..Options::default()
+    };
+    let app = TestApp::spawn(&db, opts).await;
+    let tree = tree();
+    project_with_policy(&app, "acme", json!({"allowed_roots": [tree.root], "allowed_tools": ["Read"]})).await;
+    let response = app.chat(agent_body("acme", "hi", json!({"working_directory": tree.root}))).await;
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert!(error_message(&body).contains("direct api backend"), "{body}");
+    assert_eq!(body["error"]["param"], "model");
+    assert!(app.sim.sim.requests().is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn policies_and_sessions_are_kept_in_postgres_too() {
+    use ccgate::store::agents::AgentSession;
+    let db = TestDb::postgres().await;
+    let app = TestApp::spawn(&db, Options::default()).await;
+    let tree = tree();
+    let policy = json!({"allowed_roots": [tree.root], "allowed_tools": ["Read"], "max_turns": 2});
+    project_with_policy(&app, "acme", policy.clone()).await;
+    // Replacing a policy keeps one row.
+    let policy = json!({"allowed_roots": [tree.root], "allowed_tools": ["Read", "Write"], "max_turns": 3});
+    assert_eq!(put_policy(&app, "acme", policy.clone()).await.status(), 200);
+    let read: Value = client()
+        .get(format!("{}/admin/projects/acme/agent-policy", app.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read["allowed_tools"], policy["allowed_tools"]);
+    assert_eq!(read["max_turns"], 3);
+
+    let response = app.chat(agent_body("acme", "hi", json!({"max_turns": 2}))).await;
+    assert_eq!(response.status(), 200);
+    let session = response.headers()["x-ccgate-session-id"].to_str().unwrap().to_string();
+    let store = app.state.budget.store();
+    let stored = store.agent_session(&session).await.unwrap().expect("session row");
+    assert_eq!(stored.project_id, "acme");
+    assert_eq!(stored.working_directory, tree.root.display().to_string());
+    // Another project touching the same id never takes it over.
+    let intruder = AgentSession { project_id: "other".into(), last_used_ms: i64::MAX, ..stored.clone() };
+    store.touch_agent_session(&intruder).await.unwrap();
+    assert_eq!(store.agent_session(&session).await.unwrap(), Some(stored));
+    app.stop().await;
+    db.cleanup().await;
+}
