@@ -347,6 +347,22 @@ async fn without_a_policy_there_is_no_agent_and_plain_chat_stays_tool_free() {
     assert!(body.get("x_ccgate").is_none(), "{body}");
     let seen = &app.sim.sim.requests()[0].body;
     assert!(seen["tools"].as_array().is_none_or(Vec::is_empty), "{}", seen["tools"]);
+
+    // Batches run no agents: a request with agent fields fails on its own.
+    let batch = json!({"project_id": "acme", "requests": [
+        {"custom_id": "a", "model": "haiku", "messages": [{"role": "user", "content": "hi"}], "max_turns": 2}]});
+    let result: Value = client()
+        .post(format!("{}/v1/batch", app.url))
+        .json(&batch)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(result["results"][0]["status"], "failed", "{result}");
+    assert!(result["results"][0]["error"]["message"].as_str().unwrap().contains("not supported in a batch"));
+    assert_eq!(app.sim.sim.requests().len(), 1);
     app.stop().await;
 }
 
