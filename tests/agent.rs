@@ -363,6 +363,14 @@ async fn without_a_policy_there_is_no_agent_and_plain_chat_stays_tool_free() {
     assert_eq!(result["results"][0]["status"], "failed", "{result}");
     assert!(result["results"][0]["error"]["message"].as_str().unwrap().contains("not supported in a batch"));
     assert_eq!(app.sim.sim.requests().len(), 1);
+
+    // A project deleted and made again starts without the old policy.
+    let deleted = client().delete(format!("{}/admin/projects/acme", app.url)).send().await.unwrap();
+    assert_eq!(deleted.status(), 204);
+    app.create_project("acme", None).await;
+    let response =
+        client().get(format!("{}/admin/projects/acme/agent-policy", app.url)).send().await.unwrap();
+    assert_eq!(response.status(), 404);
     app.stop().await;
 }
 

@@ -20,6 +20,8 @@ pub trait AgentStore: Send + Sync {
     /// Sets (or replaces) a project's policy.
     async fn put_agent_policy(&self, project_id: &str, policy_json: &str, now_ms: i64) -> StoreResult<()>;
     async fn agent_policy(&self, project_id: &str) -> StoreResult<Option<String>>;
+    /// Removes a project's stored policy (none left is not an error).
+    async fn delete_agent_policy(&self, project_id: &str) -> StoreResult<()>;
     /// Records a session, or its last use when it is known already. The
     /// owner of a known session never changes.
     async fn touch_agent_session(&self, session: &AgentSession) -> StoreResult<()>;
@@ -54,6 +56,14 @@ macro_rules! impl_agent_store {
                     .fetch_optional(&self.reader)
                     .await?;
                 Ok(row.map(|r| sqlx::Row::try_get(&r, 0)).transpose()?)
+            }
+
+            async fn delete_agent_policy(&self, project_id: &str) -> $crate::store::StoreResult<()> {
+                sqlx::query("DELETE FROM agent_policies WHERE project_id = $1")
+                    .bind(project_id)
+                    .execute(&self.writer)
+                    .await?;
+                Ok(())
             }
 
             async fn touch_agent_session(
