@@ -119,6 +119,11 @@ pub struct Settings {
     /// The model to try next when a model is overloaded or rate-limited
     /// upstream, by id or alias (for example `{ opus = "sonnet" }`).
     pub fallback_models: BTreeMap<String, String>,
+    /// Per-project agent policy (`allowed_roots`, `allowed_tools`,
+    /// `denied_tools`, `max_turns`, `max_task_usd`, `mcp_servers`,
+    /// `skip_permissions`), keyed by project id. One set with
+    /// `PUT /admin/projects/{id}/agent-policy` wins over this.
+    pub agent_policies: BTreeMap<String, crate::agent::AgentPolicy>,
 }
 
 /// A secret setting: its `Debug` form never shows the value.
@@ -222,6 +227,7 @@ impl Default for Settings {
             api_max_concurrent: 512,
             api_max_retries: 2,
             fallback_models: BTreeMap::new(),
+            agent_policies: BTreeMap::new(),
         }
     }
 }
@@ -346,6 +352,11 @@ impl Settings {
             return invalid("database_url", "must start with sqlite: or postgres://");
         }
         self.validate_backends()?;
+        for (project, policy) in &self.agent_policies {
+            if let Err(e) = policy.validate() {
+                return invalid(&format!("agent_policies.{project}.{}", e.field), &e.message);
+            }
+        }
         if self.admin_key.as_deref().is_some_and(|k| k.len() < 16) {
             return invalid("admin_key", "must be at least 16 characters");
         }
@@ -583,6 +594,30 @@ mod tests {
             let err = Settings::load(None, env(vars), vec![]).unwrap_err();
             assert!(err.to_string().contains(name), "{vars:?}: {err}");
         }
+    }
+
+    #[test]
+    fn agent_policies_come_from_the_file_and_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ccgate.toml");
+        std::fs::write(
+            &file,
+            "[agent_policies.acme]\nallowed_roots = [\"/srv/acme\"]\nallowed_tools = [\"Read\", \"Bash(git *)\"]\nmax_turns = 4\n",
+        )
+        .unwrap();
+        let settings = Settings::load(Some(&file), vec![], vec![]).unwrap();
+        let policy = &settings.agent_policies["acme"];
+        assert_eq!(policy.allowed_roots, vec!["/srv/acme".to_string()]);
+        assert_eq!(policy.allowed_tools, vec!["Read".to_string(), "Bash(git *)".to_string()]);
+        assert_eq!((policy.max_turns, policy.max_task_usd, policy.skip_permissions), (4, 1.0, false));
+
+        std::fs::write(&file, "[agent_policies.acme]\nallowed_roots = [\"srv\"]\n").unwrap();
+        let err = Settings::load(Some(&file), vec![], vec![]).unwrap_err();
+        assert!(err.to_string().contains("agent_policies.acme.allowed_roots[0]"), "{err}");
+        let err =
+            Settings::load(None, env(&[("CCGATE_AGENT_POLICIES", "{ acme = { max_turns = 0 } }")]), vec![])
+                .unwrap_err();
+        assert!(err.to_string().contains("agent_policies.acme.max_turns"), "{err}");
     }
 
     #[test]

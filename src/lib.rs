@@ -2,6 +2,7 @@
 //! Claude Code CLI workers, with budgets that cannot be overspent.
 
 pub mod admin_cli;
+pub mod agent;
 pub mod api;
 pub mod app;
 pub mod auth;

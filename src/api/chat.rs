@@ -10,11 +10,11 @@ use futures::stream::{self, Stream, StreamExt};
 
 use super::extract::{Context, JsonBody};
 use super::openai::{
-    finish_reason, AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice,
-    ChunkChoice, Delta, RunInfo, Usage,
+    finish_reason, AgentInfo, AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
+    Choice, ChunkChoice, ChunkExtension, Delta, RunInfo, Usage,
 };
 use crate::app::AppState;
-use crate::chat::{self, ChatEvent, ChatRequest, Outcome, Running};
+use crate::chat::{self, ChatEvent, ChatRequest, Outcome, Running, ToolActivity};
 use crate::error::{ApiError, ErrorBody};
 use crate::workers::JobClass;
 
@@ -22,6 +22,14 @@ use crate::workers::JobClass;
 ///
 /// The run's cost comes back in the `x-ccgate-cost-usd` header (non-streaming)
 /// or in `x_ccgate.cost_usd` of the last chunk (streaming).
+///
+/// The extension fields `working_directory`, `allowed_tools`, `max_turns`,
+/// `session_id` and `max_budget_usd` make Claude Code act as an agent under
+/// the project's agent policy (403 naming the rule when it does not allow
+/// the request; 404 for a session of another project). Its session id comes
+/// back in `x-ccgate-session-id` and `x_ccgate.session_id`; tool activity in
+/// `x_ccgate.tool_uses`, or as chunks with an empty `delta` and
+/// `x_ccgate.tool` while streaming.
 #[utoipa::path(
     post,
     path = "/v1/chat/completions",
@@ -31,9 +39,11 @@ use crate::workers::JobClass;
     responses(
         (status = 200, description = "A chat completion, or an SSE stream of chunks when `stream` is true", body = ChatCompletion,
          headers(("x-ccgate-cost-usd" = String, description = "What the run cost, in USD"),
+                 ("x-ccgate-session-id" = String, description = "Agentic runs: the session to continue"),
                  ("x-ccgate-model" = String, description = "The model that answered (a fallback model when the requested one was overloaded)"))),
         (status = 400, description = "Invalid request", body = ErrorBody),
-        (status = 404, description = "Unknown model or project", body = ErrorBody),
+        (status = 403, description = "The project's agent policy refuses the agent fields", body = ErrorBody),
+        (status = 404, description = "Unknown model, project or session", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 429, description = "Budget exhausted (`insufficient_quota`) or upstream rate limit", body = ErrorBody),
         (status = 502, description = "The upstream API or the CLI failed", body = ErrorBody),
@@ -65,6 +75,7 @@ pub async fn create_chat_completion(
             return Err(error);
         }
     };
+    let agentic = request.agent.is_some();
     let running = chat::start(&state, request).await?;
     let include_usage = body.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let answering = running.answering.clone();
@@ -73,9 +84,9 @@ pub async fn create_chat_completion(
             .ok()
     });
     let mut response = if body.stream {
-        stream_response(ctx.request_id, running, include_usage).await
+        stream_response(ctx.request_id, running, include_usage, agentic).await
     } else {
-        complete_response(ctx.request_id, running).await
+        complete_response(ctx.request_id, running, agentic).await
     }
     .into_response();
     // Known by now: a fallback is chosen before the first text or outcome.
@@ -102,14 +113,21 @@ fn parse(
     request.model = body.model.clone().filter(|m| !m.is_empty()).unwrap_or_else(|| "auto".into());
     request.max_tokens = body.max_tokens();
     request.messages = body.domain_messages(state.settings.max_messages)?;
+    request.agent = body.agent_options();
     Ok(body)
 }
 
-async fn complete_response(request_id: String, mut running: Running) -> Result<Response, ApiError> {
+async fn complete_response(
+    request_id: String,
+    mut running: Running,
+    agentic: bool,
+) -> Result<Response, ApiError> {
+    let mut tools = Vec::new();
     let outcome = loop {
         match running.events.recv().await {
             // Text is also collected in the report.
-            Some(ChatEvent::Text(_) | ChatEvent::Tool(_)) => continue,
+            Some(ChatEvent::Text(_)) => continue,
+            Some(ChatEvent::Tool(activity)) => tools.push(tool_json(&activity)),
             Some(ChatEvent::Done(outcome)) => break *outcome,
             None => return Err(ApiError::internal("the run ended without an outcome")),
         }
@@ -118,6 +136,17 @@ async fn complete_response(request_id: String, mut running: Running) -> Result<R
         return Err(error);
     }
     let report = outcome.report;
+    let mut headers = HeaderMap::new();
+    let x_ccgate = agentic.then(|| AgentInfo {
+        session_id: report.session_id.clone(),
+        num_turns: report.num_turns,
+        tool_uses: tools,
+    });
+    if let Some(session) = report.session_id.as_deref().filter(|_| agentic) {
+        if let Ok(value) = HeaderValue::from_str(session) {
+            headers.insert("x-ccgate-session-id", value);
+        }
+    }
     let body = ChatCompletion {
         id: format!("chatcmpl-{request_id}"),
         object: "chat.completion",
@@ -131,8 +160,8 @@ async fn complete_response(request_id: String, mut running: Running) -> Result<R
         }],
         usage: Usage::from(report.usage),
         system_fingerprint: None,
+        x_ccgate,
     };
-    let mut headers = HeaderMap::new();
     if let Ok(cost) = HeaderValue::from_str(&format!("{:.6}", outcome.cost.as_usd())) {
         headers.insert("x-ccgate-cost-usd", cost);
     }
@@ -146,13 +175,13 @@ async fn stream_response(
     request_id: String,
     mut running: Running,
     include_usage: bool,
+    agentic: bool,
 ) -> Result<Response, ApiError> {
     let first = running.events.recv().await;
-    let meta = ChunkMeta::new(&request_id, running.answering_model().id);
-    let first_text = match first {
-        Some(ChatEvent::Text(text)) => text,
-        // Tool activity is not text (agentic runs render it themselves).
-        Some(ChatEvent::Tool(_)) => String::new(),
+    let meta = ChunkMeta::new(&request_id, running.answering_model().id, agentic);
+    let first_frame = match first {
+        Some(ChatEvent::Text(text)) => text_frame(&meta, text),
+        Some(ChatEvent::Tool(activity)) => tool_frame(&meta, activity),
         Some(ChatEvent::Done(outcome)) => {
             if let Some(error) = outcome.error {
                 return Err(error);
@@ -162,12 +191,14 @@ async fn stream_response(
         }
         None => return Err(ApiError::internal("the run ended without an outcome")),
     };
-    let head = stream::iter([role_frame(&meta), text_frame(&meta, first_text)]);
+    let head = stream::iter([role_frame(&meta), first_frame]);
     let tail = stream::unfold(Some((running, meta)), move |state| async move {
         let (mut running, meta) = state?;
         match running.events.recv().await {
             Some(ChatEvent::Text(text)) => Some((vec![text_frame(&meta, text)], Some((running, meta)))),
-            Some(ChatEvent::Tool(_)) => Some((Vec::new(), Some((running, meta)))),
+            Some(ChatEvent::Tool(activity)) => {
+                Some((vec![tool_frame(&meta, activity)], Some((running, meta))))
+            }
             Some(ChatEvent::Done(outcome)) => Some((closing_frames(&meta, *outcome, include_usage), None)),
             None => Some((
                 vec![error_frame(&ApiError::internal("the run ended without an outcome")), done_frame()],
@@ -188,15 +219,18 @@ struct ChunkMeta {
     request_id: String,
     created: i64,
     model: String,
+    /// Agentic runs close with their session id and turns.
+    agentic: bool,
 }
 
 impl ChunkMeta {
-    fn new(request_id: &str, model: String) -> ChunkMeta {
+    fn new(request_id: &str, model: String, agentic: bool) -> ChunkMeta {
         ChunkMeta {
             id: format!("chatcmpl-{request_id}"),
             request_id: request_id.into(),
             created: unix_now(),
             model,
+            agentic,
         }
     }
 
@@ -225,6 +259,18 @@ fn text_frame(meta: &ChunkMeta, text: String) -> SseEvent {
     json_frame(&meta.chunk(Delta { role: None, content: Some(text) }, None))
 }
 
+/// A tool use or result as a chunk plain OpenAI clients skip: an empty
+/// delta, the activity in `x_ccgate.tool`.
+fn tool_frame(meta: &ChunkMeta, activity: ToolActivity) -> SseEvent {
+    let mut chunk = meta.chunk(Delta::default(), None);
+    chunk.x_ccgate = Some(ChunkExtension::Tool { tool: activity });
+    json_frame(&chunk)
+}
+
+fn tool_json(activity: &ToolActivity) -> serde_json::Value {
+    serde_json::to_value(activity).unwrap_or_default()
+}
+
 fn error_frame(error: &ApiError) -> SseEvent {
     json_frame(&ErrorBody { error: error.to_object() })
 }
@@ -238,15 +284,21 @@ fn closing_frames(meta: &ChunkMeta, outcome: Outcome, include_usage: bool) -> Ve
         // The stream already said 200; the SDKs raise on an `error` object.
         return vec![error_frame(error), done_frame()];
     }
-    let info = RunInfo { request_id: meta.request_id.clone(), cost_usd: outcome.cost.as_usd() };
-    let mut last = meta.chunk(Delta::default(), Some(finish_reason(outcome.report.stop_reason.as_deref())));
-    last.x_ccgate = Some(info.clone());
+    let report = &outcome.report;
+    let info = RunInfo {
+        request_id: meta.request_id.clone(),
+        cost_usd: outcome.cost.as_usd(),
+        session_id: report.session_id.clone().filter(|_| meta.agentic),
+        num_turns: meta.agentic.then_some(report.num_turns),
+    };
+    let mut last = meta.chunk(Delta::default(), Some(finish_reason(report.stop_reason.as_deref())));
+    last.x_ccgate = Some(ChunkExtension::Run(info.clone()));
     let mut frames = vec![json_frame(&last)];
     if include_usage {
         let mut usage_chunk = meta.chunk(Delta::default(), None);
         usage_chunk.choices.clear();
         usage_chunk.usage = Some(Usage::from(outcome.report.usage));
-        usage_chunk.x_ccgate = Some(info);
+        usage_chunk.x_ccgate = Some(ChunkExtension::Run(info));
         frames.push(json_frame(&usage_chunk));
     }
     frames.push(done_frame());

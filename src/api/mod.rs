@@ -2,6 +2,7 @@
 //! thin; wire formats live here and nowhere else.
 
 pub mod admin;
+pub mod agent_policy;
 pub mod anthropic;
 pub mod batch;
 pub mod batches;
@@ -78,6 +79,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(keys::create_key, keys::list_project_keys))
         .routes(routes!(keys::list_keys))
         .routes(routes!(keys::revoke_key))
+        .routes(routes!(agent_policy::put_agent_policy, agent_policy::get_agent_policy))
         .route_layer(middleware::from_fn(require_admin));
     // Uploads enforce `batch_max_body_bytes` themselves, as the parts stream in.
     let uploads = OpenApiRouter::new()

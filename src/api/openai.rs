@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::chat::{Message, Role};
+use crate::chat::{AgentOptions, Message, Role, ToolActivity};
 use crate::error::ApiError;
 use crate::pricing::TokenUsage;
 use crate::workers::RunReport;
@@ -24,6 +24,20 @@ pub struct ChatCompletionRequest {
     pub tools: Option<Value>,
     /// The project to charge (ccgate extension; the `X-Project-Id` header does the same).
     pub project_id: Option<String>,
+    /// Agent extension: where Claude Code works (inside the project's agent
+    /// policy's `allowed_roots`). Any agent field makes the request agentic.
+    pub working_directory: Option<String>,
+    /// Agent extension: tools in the CLI's syntax (`Read`, `Bash(git *)`),
+    /// each allowed by the policy; default: the policy's `allowed_tools`.
+    pub allowed_tools: Option<Vec<String>>,
+    /// Agent extension: the most model turns (at most the policy's).
+    pub max_turns: Option<u32>,
+    /// Agent extension: continue this session (from an earlier response's
+    /// `x_ccgate.session_id`); only the newest user message is sent.
+    pub session_id: Option<String>,
+    /// Agent extension: the most the run may cost, in USD (at most the
+    /// policy's `max_task_usd`).
+    pub max_budget_usd: Option<f64>,
     /// Other OpenAI fields (temperature, top_p, stop, user…) are accepted and ignored.
     #[serde(flatten)]
     #[schema(value_type = Object)]
@@ -61,6 +75,18 @@ pub struct ContentPart {
 }
 
 impl ChatCompletionRequest {
+    /// The agent options, when any agent field is present.
+    pub fn agent_options(&self) -> Option<AgentOptions> {
+        let options = AgentOptions {
+            working_directory: self.working_directory.clone(),
+            allowed_tools: self.allowed_tools.clone(),
+            max_turns: self.max_turns,
+            session_id: self.session_id.clone(),
+            max_budget_usd: self.max_budget_usd,
+        };
+        (options != AgentOptions::default()).then_some(options)
+    }
+
     pub fn max_tokens(&self) -> Option<u64> {
         self.max_completion_tokens.or(self.max_tokens)
     }
@@ -168,6 +194,20 @@ pub struct ChatCompletion {
     pub choices: Vec<Choice>,
     pub usage: Usage,
     pub system_fingerprint: Option<String>,
+    /// ccgate extension on agentic runs: the session, turns and tool activity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x_ccgate: Option<AgentInfo>,
+}
+
+/// What an agentic run did, beside its text.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AgentInfo {
+    /// Pass it as `session_id` to continue the conversation.
+    pub session_id: Option<String>,
+    pub num_turns: u64,
+    /// Every tool use and tool result, in order (`type` is `use` or `result`).
+    #[schema(value_type = Vec<Object>)]
+    pub tool_uses: Vec<serde_json::Value>,
 }
 
 impl ChatCompletion {
@@ -192,6 +232,7 @@ impl ChatCompletion {
             }],
             usage: Usage::from(report.usage),
             system_fingerprint: None,
+            x_ccgate: None,
         }
     }
 }
@@ -237,9 +278,22 @@ pub struct ChatCompletionChunk {
     pub choices: Vec<ChunkChoice>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
-    /// ccgate extension on the last chunk: the run's cost and request id.
+    /// ccgate extension: the run's cost and request id on the last chunk;
+    /// on an agent's tool chunks (whose `delta` is empty), `{"tool": …}`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub x_ccgate: Option<RunInfo>,
+    #[schema(value_type = Option<Object>)]
+    pub x_ccgate: Option<ChunkExtension>,
+}
+
+/// The `x_ccgate` object of a chunk.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum ChunkExtension {
+    Run(RunInfo),
+    /// An agent used a tool or got its result.
+    Tool {
+        tool: ToolActivity,
+    },
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -263,6 +317,12 @@ pub struct RunInfo {
     pub request_id: String,
     /// What the run cost, in USD (the CLI's `total_cost_usd`).
     pub cost_usd: f64,
+    /// Agentic runs: the session to continue with `session_id`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// Agentic runs: how many model turns the run took.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_turns: Option<u64>,
 }
 
 /// OpenAI's finish reason for an Anthropic stop reason.

@@ -106,6 +106,13 @@ fn fill(state: &AppState, body: &Value, request: &mut ChatRequest) -> Result<(),
     if body.stream {
         return Err(ApiError::bad_request("stream is not supported in a batch", "stream"));
     }
+    if body.agent_options().is_some() {
+        return Err(ApiError::bad_request(
+            "agent fields (working_directory, allowed_tools, max_turns, session_id, max_budget_usd) are not \
+             supported in a batch",
+            None,
+        ));
+    }
     request.max_tokens = body.max_tokens();
     request.messages = body.domain_messages(state.settings.max_messages)?;
     Ok(())

@@ -42,7 +42,9 @@ pub(super) async fn supervise(
     let base_id = attempt.books.request.request_id.clone();
     let mut tried = vec![attempt.model.id.clone()];
     loop {
-        let fallback = fallback_of(&state, &attempt.model).filter(|m| !tried.contains(&m.id));
+        // An agent's run is planned for its model and may have acted already.
+        let fallback = fallback_of(&state, &attempt.model)
+            .filter(|m| !tried.contains(&m.id) && attempt.job.agent.is_none());
         let Attempt { model, admission, job, books, class } = attempt;
         let held =
             run_attempt(&state, &model, admission, job.clone(), &client, books, fallback.is_some()).await;

@@ -166,14 +166,26 @@ struct Plan {
     model: Model,
     prompt: prompt::Prompt,
     amount: Micros,
+    /// The bounds `amount` was priced from.
+    input_tokens: u64,
+    output_tokens: u64,
 }
 
 async fn prepare(
     state: &AppState,
     request: &ChatRequest,
 ) -> Result<(Model, Job, Reservation, Option<RouteInfo>), ApiError> {
+    // Checked first: an agentic request the policy refuses costs nothing.
+    let agent = match &request.agent {
+        Some(options) => Some(crate::agent::plan(state, &request.project_id, options).await?),
+        None => None,
+    };
     let choice = choose(state, request).await?;
-    let Plan { model, prompt, amount } = plan(state, request, &choice)?;
+    let Plan { model, prompt, mut amount, input_tokens, output_tokens } = plan(state, request, &choice)?;
+    if let Some(agent) = &agent {
+        crate::agent::check_backend(state, &model)?;
+        amount = crate::agent::reservation(&model, input_tokens, output_tokens, agent);
+    }
     let reservation = state.budget.reserve(reservation_for(request, &model, amount)).await?;
     let deadline = tokio::time::Instant::from_std(request.received_at)
         + Duration::from_secs(state.settings.request_timeout_secs);
@@ -186,6 +198,11 @@ async fn prepare(
         max_output_tokens: choice.max_tokens,
         max_budget: amount,
         deadline,
+        agent: agent.as_ref().map(crate::agent::job),
+    };
+    let job = match &agent {
+        Some(agent) => crate::agent::prompt_for(job, agent, &request.messages),
+        None => job,
     };
     Ok((model, job, reservation, choice.route))
 }
@@ -234,7 +251,7 @@ fn plan(state: &AppState, request: &ChatRequest, choice: &Choice) -> Result<Plan
         output_tokens: output_bound,
         ..Default::default()
     });
-    Ok(Plan { model, prompt, amount })
+    Ok(Plan { model, prompt, amount, input_tokens: input_bound, output_tokens: output_bound })
 }
 
 pub fn resolve_model(state: &AppState, name: &str) -> Result<Model, ApiError> {
@@ -313,6 +330,8 @@ struct Flow {
     /// Whether an upstream overload before any text is held back (for a
     /// fallback) instead of going to the client.
     may_fall_back: bool,
+    /// An agentic run's working directory, stored with its session.
+    agent_dir: Option<String>,
 }
 
 /// Runs one attempt, passing text to the client, and the outcome as soon as
@@ -332,10 +351,11 @@ async fn run_attempt(
 ) -> Option<(Books, RunReport)> {
     let pool = state.pool_for(model);
     let (worker_tx, mut worker_rx) = mpsc::channel(EVENT_BUFFER);
+    let agent_dir = job.agent.as_ref().map(|agent| crate::agent::directory_text(&agent.cwd));
     let cancel = pool.run_token();
     let run = pool.run(admission, job, worker_tx, cancel.clone());
     tokio::pin!(run);
-    let mut flow = Flow { books: Some(books), text_sent: false, may_fall_back };
+    let mut flow = Flow { books: Some(books), text_sent: false, may_fall_back, agent_dir };
     let report = loop {
         tokio::select! {
             report = &mut run => break report,
@@ -387,6 +407,12 @@ async fn deliver(
         }
         Event::Finished(report) => {
             let report = *report;
+            if let (Some(dir), Some(session), Some(books)) =
+                (&flow.agent_dir, &report.session_id, &flow.books)
+            {
+                // Before the client learns the id, so its next request finds it.
+                crate::agent::sessions::remember(state, &books.request.project_id, session, dir).await;
+            }
             let delivered = client
                 .send(ChatEvent::Done(Box::new(outcome_of(state, model, report.clone()))))
                 .await
@@ -480,6 +506,9 @@ fn error_for(state: &AppState, end: &RunEnd) -> Option<ApiError> {
         RunEnd::Failed { api_status: Some(status), message, .. } => {
             ApiError::Upstream(format!("the upstream API answered {status}: {message}"))
         }
+        RunEnd::Failed { subtype, message, .. } if subtype == "error_max_turns" => ApiError::Upstream(
+            format!("the agent used all its turns (max_turns) before finishing: {message}"),
+        ),
         RunEnd::Failed { subtype, message, .. } if subtype == "error_max_budget_usd" => {
             ApiError::Upstream(format!("the run reached its spending cap and was stopped: {message}"))
         }

@@ -3,6 +3,7 @@
 //! with its own migrations. Storage writes what it is given: ids, times and
 //! amounts are decided by the domain code that calls it.
 
+pub mod agents;
 pub mod batches;
 pub mod keys;
 mod postgres;
@@ -193,7 +194,9 @@ pub struct LedgerRow {
 }
 
 #[async_trait]
-pub trait Store: batches::BatchStore + keys::KeyStore + tasks::TaskStore + Send + Sync + 'static {
+pub trait Store:
+    agents::AgentStore + batches::BatchStore + keys::KeyStore + tasks::TaskStore + Send + Sync + 'static
+{
     async fn create_project(&self, project: &Project) -> StoreResult<()>;
     async fn get_project(&self, id: &str) -> StoreResult<Option<Project>>;
     async fn list_projects(&self) -> StoreResult<Vec<Project>>;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Postgres, Transaction};
 
+use super::agents::impl_agent_store;
 use super::batches::impl_batch_store;
 use super::keys::impl_key_store;
 use super::queries::impl_store;
@@ -64,4 +65,5 @@ impl PostgresStore {
 impl_batch_store!(PostgresStore, Postgres);
 impl_key_store!(PostgresStore);
 impl_task_store!(PostgresStore);
+impl_agent_store!(PostgresStore);
 impl_store!(PostgresStore, Postgres);

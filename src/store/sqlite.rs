@@ -10,6 +10,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
+use super::agents::impl_agent_store;
 use super::batches::impl_batch_store;
 use super::keys::impl_key_store;
 use super::queries::impl_store;
@@ -59,4 +60,5 @@ impl SqliteStore {
 impl_batch_store!(SqliteStore, Sqlite);
 impl_key_store!(SqliteStore);
 impl_task_store!(SqliteStore);
+impl_agent_store!(SqliteStore);
 impl_store!(SqliteStore, Sqlite);

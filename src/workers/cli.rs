@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::stream_json::{parse_line, CliLine, CliResult};
-use super::{Event, Job, PoolStats, RunEnd, RunReport, Worker};
+use super::{AgentJob, Event, Job, PoolStats, RunEnd, RunReport, ToolActivity, Worker};
 use crate::money::Micros;
 use crate::pricing::TokenUsage;
 
@@ -28,6 +28,9 @@ const MAX_SYSTEM_PROMPT_ARG: usize = 32 * 1024;
 const STDERR_TAIL: usize = 4096;
 /// After the result line, how long the CLI may take to exit by itself.
 const EXIT_GRACE: Duration = Duration::from_millis(500);
+/// The agents' `CLAUDE_CONFIG_DIR` under `work_dir`: their sessions live
+/// there, apart from the operator's own.
+pub const AGENT_CONFIG_DIR: &str = "agent-config";
 
 pub struct ClaudeCli {
     bin: PathBuf,
@@ -60,17 +63,58 @@ impl ClaudeCli {
     }
 
     fn command(&self, job: &Job, system_file: Option<&PathBuf>) -> Command {
-        let mut cmd = self.base_command(&job.model, job.max_output_tokens);
+        let mut cmd = match &job.agent {
+            Some(agent) => self.agent_command(&job.model, job.max_output_tokens, agent),
+            None => self.base_command(&job.model, job.max_output_tokens),
+        };
         cmd.args(["--max-budget-usd", &format!("{:.6}", job.max_budget.as_usd())]);
+        // An agent keeps the CLI's own system prompt (it explains the tools)
+        // and gets the client's after it.
+        let (flag, file_flag) = match job.agent {
+            Some(_) => ("--append-system-prompt", "--append-system-prompt-file"),
+            None => ("--system-prompt", "--system-prompt-file"),
+        };
         match (&job.system_prompt, system_file) {
             (_, Some(file)) => {
-                cmd.arg("--system-prompt-file").arg(file);
+                cmd.arg(file_flag).arg(file);
             }
             (Some(system), None) => {
-                cmd.args(["--system-prompt", system]);
+                cmd.args([flag, system]);
             }
             (None, None) => {}
         }
+        cmd
+    }
+
+    /// The CLI for an agentic job. Not `--bare` (it disables the file
+    /// tools), sessions kept (for `--resume`) in a config directory of the
+    /// gateway's own, only the tools and MCP servers the policy allowed, no
+    /// project settings from the working directory (hooks there could run
+    /// anything), and the permission bypass only when the policy says so.
+    fn agent_command(&self, model: &str, max_output_tokens: Option<u64>, agent: &AgentJob) -> Command {
+        let mut cmd = self.cli_command(model, max_output_tokens);
+        cmd.args(["--tools", &agent.tools.join(",")]);
+        if !agent.allowed_tools.is_empty() {
+            cmd.arg("--allowedTools").args(&agent.allowed_tools);
+        }
+        if !agent.disallowed_tools.is_empty() {
+            cmd.arg("--disallowedTools").args(&agent.disallowed_tools);
+        }
+        if agent.skip_permissions {
+            cmd.args(["--permission-mode", "bypassPermissions", "--dangerously-skip-permissions"]);
+        } else {
+            cmd.args(["--permission-mode", "acceptEdits"]);
+        }
+        cmd.args(["--max-turns", &agent.max_turns.to_string()]);
+        if let Some(session) = &agent.resume {
+            cmd.args(["--resume", session]);
+        }
+        if let Some(config) = &agent.mcp_config {
+            cmd.args(["--mcp-config", config]);
+        }
+        cmd.args(["--strict-mcp-config", "--setting-sources", "user"])
+            .env("CLAUDE_CONFIG_DIR", self.work_dir.join(AGENT_CONFIG_DIR))
+            .current_dir(&agent.cwd);
         cmd
     }
 
@@ -78,11 +122,19 @@ impl ClaudeCli {
     /// stream-json output, no tools, a clean environment, its own process
     /// group, and death with the gateway.
     pub(super) fn base_command(&self, model: &str, max_output_tokens: Option<u64>) -> Command {
+        let mut cmd = self.cli_command(model, max_output_tokens);
+        cmd.args(["--bare", "--tools", "", "--no-session-persistence"]);
+        cmd
+    }
+
+    /// What plain and agentic processes share: print mode, stream-json,
+    /// the model, a clean environment, their own process group, and death
+    /// with the gateway.
+    fn cli_command(&self, model: &str, max_output_tokens: Option<u64>) -> Command {
         let mut cmd = Command::new(&self.bin);
         cmd.args(["-p", "--input-format", "stream-json", "--output-format", "stream-json", "--verbose"])
             .arg("--include-partial-messages")
-            .args(["--model", model])
-            .args(["--bare", "--tools", "", "--no-session-persistence"]);
+            .args(["--model", model]);
         // The gateway's own settings (admin key, database URL) are not the
         // worker's business; a nested Claude Code session refuses to start
         // while CLAUDECODE is set.
@@ -361,6 +413,22 @@ impl Conversation<'_> {
                 continue;
             };
             let step = apply(&mut state, parsed);
+            let step = match step {
+                Step::Tools(activity) => {
+                    let mut gone = false;
+                    for event in activity {
+                        gone = events.send(Event::Tool(event)).await.is_err();
+                        if gone {
+                            break;
+                        }
+                    }
+                    if gone {
+                        break RunEnd::Cancelled;
+                    }
+                    Step::Continue
+                }
+                other => other,
+            };
             if capped_at.is_none() && state.report.stop_reason.as_deref() == Some("max_tokens") {
                 // The reply reached its output cap. The CLI would ask the
                 // model to go on (up to three more calls, past what was
@@ -375,7 +443,7 @@ impl Conversation<'_> {
                 }
             }
             match step {
-                Step::Continue => {}
+                Step::Continue | Step::Tools(_) => {}
                 // A continuation the CLI began before the interrupt landed
                 // is not part of the reply.
                 Step::Emit(Event::Text(_)) if capped_at.is_some() => {}
@@ -409,6 +477,8 @@ pub(super) async fn write_line(stdin: &mut ChildStdin, line: &str) -> std::io::R
 pub(super) enum Step {
     Continue,
     Emit(Event),
+    /// An agent's tool uses or results, in order.
+    Tools(Vec<ToolActivity>),
     Done(RunEnd),
 }
 
@@ -443,8 +513,18 @@ pub(super) fn apply(state: &mut RunState, line: CliLine) -> Step {
             }
             Step::Continue
         }
-        CliLine::Assistant { model, text, .. } => {
+        CliLine::Assistant { model, text, tool_uses, .. } => {
             let synthetic = model.as_deref() == Some("<synthetic>");
+            if !tool_uses.is_empty() {
+                // The CLI prints a message's blocks one line at a time, and
+                // a tool use's text (if any) came as deltas already.
+                return Step::Tools(
+                    tool_uses
+                        .into_iter()
+                        .map(|t| ToolActivity::Use { id: t.id, name: t.name, input: t.input })
+                        .collect(),
+                );
+            }
             if state.deltas_in_message || synthetic || text.is_empty() {
                 return Step::Continue;
             }
@@ -452,6 +532,12 @@ pub(super) fn apply(state: &mut RunState, line: CliLine) -> Step {
             report.text.push_str(&text);
             Step::Emit(Event::Text(text))
         }
+        CliLine::ToolResults(results) => Step::Tools(
+            results
+                .into_iter()
+                .map(|r| ToolActivity::Result { id: r.tool_use_id, is_error: r.is_error, content: r.content })
+                .collect(),
+        ),
         CliLine::Result(result) => Step::Done(finish(report, result)),
         CliLine::Other => Step::Continue,
     }

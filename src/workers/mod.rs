@@ -40,6 +40,29 @@ pub struct Job {
     pub max_budget: Micros,
     /// The run is killed at this instant, queueing included.
     pub deadline: tokio::time::Instant,
+    /// Set when Claude Code acts as an agent: tools, a working directory,
+    /// maybe a session to resume. Such jobs always run cold on the CLI.
+    pub agent: Option<AgentJob>,
+}
+
+/// How an agentic job runs, already checked against its project's policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentJob {
+    /// The canonical working directory (the process's current directory).
+    pub cwd: std::path::PathBuf,
+    /// Built-in tools to enable (`--tools`); empty enables none.
+    pub tools: Vec<String>,
+    /// Tool rules that run without asking (`--allowedTools`).
+    pub allowed_tools: Vec<String>,
+    /// Tool rules that never run (`--disallowedTools`).
+    pub disallowed_tools: Vec<String>,
+    pub max_turns: u32,
+    /// A session to continue (`--resume`).
+    pub resume: Option<String>,
+    /// Bypass permission checks; only when the policy says so.
+    pub skip_permissions: bool,
+    /// `--mcp-config` JSON (`{"mcpServers":{…}}`), when servers are allowed.
+    pub mcp_config: Option<String>,
 }
 
 /// What a run shows while it is under way.

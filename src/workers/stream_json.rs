@@ -34,8 +34,19 @@ pub enum CliLine {
         text: String,
         tool_uses: Vec<ToolUse>,
     },
+    /// A `user` line: what the CLI sends back to the model after running
+    /// tools (one `tool_result` block per tool).
+    ToolResults(Vec<ToolResult>),
     Result(CliResult),
     Other,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolResult {
+    pub tool_use_id: String,
+    pub is_error: bool,
+    /// The result's text (text parts joined when it came in parts).
+    pub content: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -104,6 +115,7 @@ pub fn parse_line(line: &str) -> Option<CliLine> {
         }
         Some("stream_event") => value.get("event").map(parse_stream_event).unwrap_or(CliLine::Other),
         Some("assistant") => parse_assistant(value.get("message").unwrap_or(&Value::Null)),
+        Some("user") => parse_tool_results(value.get("message").unwrap_or(&Value::Null)),
         Some("result") => CliLine::Result(parse_result(&value)),
         _ => CliLine::Other,
     })
@@ -145,6 +157,34 @@ fn parse_assistant(message: &Value) -> CliLine {
         }
     }
     CliLine::Assistant { message_id: str_of(message, "id"), model: str_of(message, "model"), text, tool_uses }
+}
+
+fn parse_tool_results(message: &Value) -> CliLine {
+    let results: Vec<ToolResult> = message
+        .get("content")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|block| block.get("type").and_then(Value::as_str) == Some("tool_result"))
+        .map(|block| ToolResult {
+            tool_use_id: str_of(block, "tool_use_id").unwrap_or_default(),
+            is_error: block.get("is_error").and_then(Value::as_bool).unwrap_or(false),
+            content: match block.get("content") {
+                Some(Value::String(text)) => text.clone(),
+                Some(Value::Array(parts)) => parts
+                    .iter()
+                    .filter_map(|part| part.get("text").and_then(Value::as_str))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                _ => String::new(),
+            },
+        })
+        .collect();
+    if results.is_empty() {
+        CliLine::Other
+    } else {
+        CliLine::ToolResults(results)
+    }
 }
 
 fn parse_result(value: &Value) -> CliResult {
@@ -259,6 +299,43 @@ mod tests {
         let Some(CliLine::Result(result)) = parse_line(&text) else { panic!("not a result") };
         assert!(!result.is_error);
         assert_eq!(result.total_cost_usd, 0.00027);
+    }
+
+    #[test]
+    fn tool_uses_and_their_results_are_parsed() {
+        let assistant = r#"{"type":"assistant","message":{"id":"m1","model":"claude-haiku-4-5-20251001","content":[{"type":"tool_use","id":"toolu_1","name":"Read","input":{"file_path":"/a"}}]}}"#;
+        let Some(CliLine::Assistant { tool_uses, text, .. }) = parse_line(assistant) else { panic!() };
+        assert_eq!(text, "");
+        assert_eq!(
+            tool_uses,
+            vec![ToolUse {
+                id: "toolu_1".into(),
+                name: "Read".into(),
+                input: serde_json::json!({"file_path": "/a"})
+            }]
+        );
+        let cases = [
+            (
+                r#"{"type":"user","message":{"role":"user","content":[{"tool_use_id":"toolu_1","type":"tool_result","content":"1\thello"}]}}"#,
+                Some(("toolu_1", false, "1\thello")),
+            ),
+            (
+                r#"{"type":"user","message":{"content":[{"type":"tool_result","tool_use_id":"t2","is_error":true,"content":[{"type":"text","text":"denied"},{"type":"text","text":"again"}]}]}}"#,
+                Some(("t2", true, "denied\nagain")),
+            ),
+            (r#"{"type":"user","message":{"content":"plain text"}}"#, None),
+            (r#"{"type":"user"}"#, None),
+        ];
+        for (line, expected) in cases {
+            match (parse_line(line), expected) {
+                (Some(CliLine::ToolResults(results)), Some((id, is_error, content))) => assert_eq!(
+                    results,
+                    vec![ToolResult { tool_use_id: id.into(), is_error, content: content.into() }]
+                ),
+                (Some(CliLine::Other), None) => {}
+                (got, expected) => panic!("{line}: got {got:?}, expected {expected:?}"),
+            }
+        }
     }
 
     #[test]

@@ -509,6 +509,10 @@ impl WarmPool {
 #[async_trait]
 impl Worker for WarmPool {
     async fn run(&self, job: Job, events: mpsc::Sender<Event>, cancel: CancellationToken) -> RunReport {
+        if job.agent.is_some() {
+            // Agents need their own flags, directory and session: always cold.
+            return self.cold.run(job, events, cancel).await;
+        }
         let profile = Profile::of(&job);
         let Some(mut process) = self.acquire(&profile, job.deadline).await else {
             self.stats.misses.fetch_add(1, Ordering::Relaxed);
