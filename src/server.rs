@@ -69,7 +69,13 @@ pub async fn run(
 
     let app = crate::api::router(state.clone());
     let server_stop = stopping.clone();
-    axum::serve(listener, app).with_graceful_shutdown(async move { server_stop.cancelled().await }).await?;
+    // `into_make_service` hands each connection a cheap clone of the router
+    // (an `Arc`); serving the `Router` itself rebuilds its routes for every
+    // connection, tens of kilobytes each (the inline OpenAPI documents among
+    // them), which a thousand open streams turn into tens of megabytes.
+    axum::serve(listener, app.into_make_service())
+        .with_graceful_shutdown(async move { server_stop.cancelled().await })
+        .await?;
 
     // Running batch requests may finish within the grace period; the ones
     // killed after it go back to pending, for the next start.

@@ -410,3 +410,29 @@ async fn health_shows_the_direct_pool_and_bad_backend_settings_stop_start_up() {
         assert!(error.to_string().contains(setting), "{error}");
     }
 }
+
+#[tokio::test]
+async fn a_hung_upstream_is_cut_at_the_deadline_and_its_connection_closed() {
+    let db = TestDb::sqlite();
+    let opts = Options {
+        request_timeout_secs: 2,
+        stall_timeout_secs: 30,
+        adjust: haiku_direct,
+        ..Options::default()
+    };
+    let app = TestApp::spawn(&db, opts).await;
+    let started = Instant::now();
+    let response = app.chat(chat_body("haiku", "never answer [sim:hang]")).await;
+    assert_eq!(response.status(), 504);
+    let error: Value = response.json().await.unwrap();
+    assert!(error["error"]["message"].as_str().unwrap().contains("deadline"), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    let open = wait_for(Duration::from_secs(10), || match app.sim.sim.open_streams() {
+        0 => Ok(()),
+        n => Err(n),
+    })
+    .await;
+    assert_eq!(open, Ok(()), "the hung upstream request was left open");
+    app.wait_settled("default").await;
+    app.stop().await;
+}

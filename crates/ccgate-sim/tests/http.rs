@@ -276,3 +276,42 @@ async fn hung_stream_stays_open_until_shutdown() {
     let rest = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap();
     assert!(rest.is_none(), "stream ends at shutdown, got {rest:?}");
 }
+
+#[tokio::test]
+async fn cache_directives_and_fail_model_show_on_the_wire() {
+    let sim = spawn(SimConfig::default()).await.unwrap();
+    let prompt = "[sim:cache_read=500] [sim:cache_write=40] [sim:fail_model=claude-opus-4-8] hi";
+    let response = post(&sim, "/v1/messages", &body(prompt, true)).await;
+    assert_eq!(response.status(), 200, "haiku is not the failing model");
+    let events = sse_events(&response.text().await.unwrap());
+    let usage = &events[0].1["message"]["usage"];
+    assert_eq!(
+        (usage["cache_read_input_tokens"].as_u64(), usage["cache_creation_input_tokens"].as_u64()),
+        (Some(500), Some(40))
+    );
+    assert!(usage["input_tokens"].as_u64().unwrap() > 0);
+
+    let mut opus = body(prompt, true);
+    opus["model"] = json!("claude-opus-4-8");
+    let response = post(&sim, "/v1/messages", &opus).await;
+    assert_eq!(response.status(), 529);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["type"], "overloaded_error");
+}
+
+#[tokio::test]
+async fn open_streams_are_counted_until_the_client_leaves() {
+    let sim = spawn(SimConfig::default()).await.unwrap();
+    let response = post(&sim, "/v1/messages", &body("[sim:words=300] [sim:delay_ms=50]", true)).await;
+    assert_eq!(response.status(), 200);
+    let mut stream = response.bytes_stream();
+    stream.next().await.expect("a first frame").unwrap();
+    assert_eq!(sim.sim.open_streams(), 1);
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sim.sim.open_streams() != 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sim.sim.open_streams(), 0, "the stream outlived its client");
+}

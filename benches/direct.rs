@@ -1,0 +1,508 @@
+//! The direct backend under load: an open-loop load generator at fixed
+//! rates against the simulated upstream alone and against ccgate's direct
+//! path to the same simulator, the most each sustains (closed loop, same
+//! client), ccgate's resident memory, and many concurrent streams.
+//!
+//!     cargo build --release --workspace --bins
+//!     cargo bench --bench direct [-- --rates 250,500,1000 --secs 10 --streams 1000]
+//!
+//! Both servers run as their own release processes on 127.0.0.1 (port 0);
+//! the generator is one thread. Requests are sent on a fixed schedule
+//! whatever the answers do (open loop); latency is from each request's send
+//! to the end of its response body, and the table shows how late the
+//! generator sent (p99), so a generator that fell behind shows.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+const MODEL_ID: &str = "claude-haiku-4-5-20251001";
+/// Short replies: the point is what the gateway adds, not the reply's length.
+const PROMPT: &str = "[sim:words=5] bench";
+
+struct Args {
+    rates: Vec<u64>,
+    secs: u64,
+    concurrency: usize,
+    streams: usize,
+    log: String,
+}
+
+fn args() -> Args {
+    let mut args = Args {
+        rates: vec![250, 500, 1000],
+        secs: 10,
+        concurrency: 32,
+        streams: 1000,
+        log: "info,sqlx=warn".into(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--rates" => args.rates = value().split(',').map(|r| r.parse().expect("rate")).collect(),
+            "--secs" => args.secs = value().parse().expect("secs"),
+            "--concurrency" => args.concurrency = value().parse().expect("concurrency"),
+            "--streams" => args.streams = value().parse().expect("streams"),
+            "--log" => args.log = value(),
+            "--bench" => {}
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    args
+}
+
+/// A server process, killed when dropped.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // The whole group: a profiler wrapping the gateway (BENCH_WRAP) too.
+        if let Ok(pgid) = i32::try_from(self.child.id()) {
+            // SAFETY: plain syscall on a group this program created.
+            unsafe { libc::killpg(pgid, libc::SIGKILL) };
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `cmd` and waits for the line carrying its address.
+fn start(mut cmd: Command, from_stderr: bool, marker: &str) -> Server {
+    cmd.stdin(Stdio::null()).process_group(0);
+    if from_stderr {
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    } else {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+    }
+    let mut child = cmd.spawn().expect("start a server (did you build with --release --workspace --bins?)");
+    let pipe: Box<dyn Read + Send> = if from_stderr {
+        Box::new(child.stderr.take().expect("stderr"))
+    } else {
+        Box::new(child.stdout.take().expect("stdout"))
+    };
+    let mut reader = BufReader::new(pipe);
+    let mut line = String::new();
+    let url = loop {
+        line.clear();
+        assert!(reader.read_line(&mut line).unwrap_or(0) > 0, "the server exited before listening");
+        if let Some(rest) = line.split(marker).nth(1) {
+            let addr = rest.split_whitespace().next().unwrap_or_default().trim_start_matches("http://");
+            break format!("http://{addr}");
+        }
+    };
+    // Keep draining, so the server never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    Server { child, url }
+}
+
+fn raise_fd_limit() {
+    // SAFETY: plain syscalls on this process's own limits; children inherit them.
+    unsafe {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// `VmRSS` and `VmHWM` of a process, in MiB.
+fn memory_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Samples a process's RSS every 50 ms while alive; keeps the peak.
+struct RssSampler {
+    peak_kib: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> RssSampler {
+        let peak_kib = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (peak, stopped) = (Arc::clone(&peak_kib), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                let rss = (memory_mib(pid).0 * 1024.0) as u64;
+                peak.fetch_max(rss, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        RssSampler { peak_kib, stop }
+    }
+
+    fn peak_mib(&self) -> f64 {
+        self.peak_kib.load(Ordering::Relaxed) as f64 / 1024.0
+    }
+}
+
+impl Drop for RssSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Target {
+    Sim,
+    Gateway,
+}
+
+#[derive(Clone)]
+struct Endpoints {
+    client: reqwest::Client,
+    sim: String,
+    gateway: String,
+}
+
+impl Endpoints {
+    fn request(&self, target: Target, prompt: &str, stream: bool) -> reqwest::RequestBuilder {
+        match target {
+            Target::Sim => self
+                .client
+                .post(format!("{}/v1/messages", self.sim))
+                .header("x-api-key", "sk-bench")
+                .header("anthropic-version", "2023-06-01")
+                .json(&json!({"model": MODEL_ID, "max_tokens": 1000, "stream": true,
+                              "messages": [{"role": "user", "content": prompt}]})),
+            Target::Gateway => self
+                .client
+                .post(format!("{}/v1/chat/completions", self.gateway))
+                .json(&json!({"model": "haiku", "max_tokens": 1000, "stream": stream,
+                        "messages": [{"role": "user", "content": prompt}]})),
+        }
+    }
+
+    /// One whole request (the upstream streams; the gateway answers in one
+    /// body, having streamed from the upstream itself). `Err` on any failure.
+    async fn one(&self, target: Target, prompt: &str, stream: bool) -> Result<String, String> {
+        let response = self.request(target, prompt, stream).send().await.map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body = response.text().await.map_err(|e| e.to_string())?;
+        if status != 200 {
+            return Err(format!("{status}: {body}"));
+        }
+        Ok(body)
+    }
+}
+
+struct RunStats {
+    latencies: Vec<Duration>,
+    /// How late the generator sent (p99), to show it kept its schedule.
+    late_p99: Duration,
+    errors: usize,
+    achieved_rps: f64,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The sum and count of ccgate's `gateway_overhead_seconds` histogram: the
+/// time spent in the gateway around each run (validation, reservation,
+/// queue, answer dispatch), apart from the HTTP hops.
+async fn overhead_totals(endpoints: &Endpoints) -> (f64, f64) {
+    let text = match endpoints.client.get(format!("{}/metrics", endpoints.gateway)).send().await {
+        Ok(response) => response.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let value = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (value("ccgate_gateway_overhead_seconds_sum"), value("ccgate_gateway_overhead_seconds_count"))
+}
+
+/// Sends `rate` requests a second for `secs` seconds on schedule, whatever
+/// the answers do.
+async fn open_loop(endpoints: &Endpoints, target: Target, rate: u64, secs: u64) -> RunStats {
+    let total = rate * secs;
+    let start = Instant::now() + Duration::from_millis(20);
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let at = start + Duration::from_secs_f64(i as f64 / rate as f64);
+        tokio::time::sleep_until(at).await;
+        let endpoints = endpoints.clone();
+        tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            let result = endpoints.one(target, PROMPT, false).await;
+            result.map(|_| (sent.elapsed(), sent.saturating_duration_since(at)))
+        }));
+    }
+    let mut latencies = Vec::with_capacity(tasks.len());
+    let mut lateness = Vec::with_capacity(tasks.len());
+    let mut errors = 0;
+    for task in tasks {
+        match task.await {
+            Ok(Ok((latency, late))) => {
+                latencies.push(latency);
+                lateness.push(late);
+            }
+            _ => errors += 1,
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    latencies.sort();
+    lateness.sort();
+    RunStats {
+        achieved_rps: latencies.len() as f64 / elapsed,
+        late_p99: percentile(&lateness, 0.99),
+        latencies,
+        errors,
+    }
+}
+
+/// `concurrency` callers, each sending its next request as soon as the last
+/// one is answered, for `secs` seconds: the most the target sustains.
+async fn closed_loop(endpoints: &Endpoints, target: Target, concurrency: usize, secs: u64) -> (f64, usize) {
+    let end = Instant::now() + Duration::from_secs(secs);
+    let started = Instant::now();
+    let mut callers = Vec::new();
+    for _ in 0..concurrency {
+        let endpoints = endpoints.clone();
+        callers.push(tokio::spawn(async move {
+            let (mut done, mut errors) = (0usize, 0usize);
+            while Instant::now() < end {
+                match endpoints.one(target, PROMPT, false).await {
+                    Ok(_) => done += 1,
+                    Err(_) => errors += 1,
+                }
+            }
+            (done, errors)
+        }));
+    }
+    let (mut done, mut errors) = (0, 0);
+    for caller in callers {
+        let (d, e) = caller.await.unwrap_or((0, 1));
+        done += d;
+        errors += e;
+    }
+    (done as f64 / started.elapsed().as_secs_f64(), errors)
+}
+
+/// Opens `n` streaming requests through the gateway at once and counts
+/// those that did not end with the whole text and `[DONE]`.
+async fn concurrent_streams(endpoints: &Endpoints, n: usize) -> (usize, usize, Duration) {
+    let prompt = "[sim:words=150] [sim:delay_ms=40] stream";
+    let expected_tail = "w150";
+    let barrier = Arc::new(tokio::sync::Barrier::new(n));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (endpoints, barrier) = (endpoints.clone(), Arc::clone(&barrier));
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let body = endpoints.one(Target::Gateway, prompt, true).await?;
+            let text: String = body
+                .split("\n\n")
+                .filter_map(|frame| frame.trim().strip_prefix("data: "))
+                .filter_map(|data| serde_json::from_str::<Value>(data).ok())
+                .filter_map(|chunk| chunk["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+                .collect();
+            if body.trim_end().ends_with("data: [DONE]") && text.trim_end().ends_with(expected_tail) {
+                Ok(())
+            } else {
+                Err("incomplete stream".to_string())
+            }
+        }));
+    }
+    let mut ok = 0;
+    let mut first_error = None;
+    for task in tasks {
+        match task.await {
+            Ok(Ok(())) => ok += 1,
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(e) => {
+                first_error.get_or_insert(e.to_string());
+            }
+        }
+    }
+    if let Some(error) = first_error {
+        println!("first failure: {}", error.chars().take(300).collect::<String>());
+    }
+    (ok, n - ok, started.elapsed())
+}
+
+fn bins() -> (PathBuf, PathBuf) {
+    let gateway = PathBuf::from(env!("CARGO_BIN_EXE_ccgate"));
+    let sim = gateway.parent().unwrap_or(Path::new(".")).join("ccgate-sim");
+    assert!(
+        sim.is_file(),
+        "{} is missing: run `cargo build --release --workspace --bins` first",
+        sim.display()
+    );
+    (gateway, sim)
+}
+
+fn main() {
+    let args = args();
+    raise_fd_limit();
+    let (gateway_bin, sim_bin) = bins();
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    let mut sim_cmd = Command::new(&sim_bin);
+    sim_cmd.args(["--listen", "127.0.0.1:0"]).env("RUST_LOG", "warn");
+    let sim = start(sim_cmd, false, "listening on ");
+
+    // BENCH_WRAP runs the gateway under a profiler, e.g. "heaptrack -o /tmp/gw".
+    let wrap: Vec<String> =
+        std::env::var("BENCH_WRAP").unwrap_or_default().split_whitespace().map(str::to_owned).collect();
+    let mut gw_cmd = match wrap.split_first() {
+        Some((program, rest)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(rest).arg(&gateway_bin);
+            cmd
+        }
+        None => Command::new(&gateway_bin),
+    };
+    gw_cmd
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .arg("--database-url")
+        .arg(format!("sqlite://{}", dir.path().join("bench.db").display()))
+        .env("ANTHROPIC_BASE_URL", &sim.url)
+        .env("ANTHROPIC_API_KEY", "sk-bench")
+        .env("CCGATE_DEFAULT_BACKEND", "api")
+        .env("CCGATE_API_MAX_CONCURRENT", (args.streams + 100).to_string())
+        .env("CCGATE_QUEUE_LIMIT", "4096")
+        .env("MALLOC_ARENA_MAX", std::env::var("BENCH_ARENAS").unwrap_or("8".into()))
+        .env("CCGATE_WORK_DIR", dir.path().join("work"))
+        .env("CCGATE_LOG", format!("{},ccgate::server=info", args.log));
+    let gateway = start(gw_cmd, true, "addr=");
+    let gateway_pid = gateway.child.id();
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(args.streams + 100)
+            .tcp_nodelay(true)
+            .timeout(Duration::from_secs(120))
+            .build()
+            .expect("client");
+        let endpoints = Endpoints { client, sim: sim.url.clone(), gateway: gateway.url.clone() };
+        for target in [Target::Sim, Target::Gateway] {
+            for _ in 0..200 {
+                endpoints.one(target, PROMPT, false).await.expect("warm-up request");
+            }
+        }
+        let (rss, _) = memory_mib(gateway_pid);
+        println!("ccgate (pid {gateway_pid}) RSS after warm-up: {rss:.1} MiB\n");
+
+        let mut inside = Vec::new();
+        println!("## Open loop ({} s per rate; latency from send to end of body)\n", args.secs);
+        println!(
+            "| rate/s | target | achieved/s | errors | p50 ms | p99 ms | max ms | sent late p99 ms | ccgate peak RSS MiB |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|");
+        for &rate in &args.rates {
+            let mut p = Vec::new();
+            for target in [Target::Sim, Target::Gateway] {
+                let sampler = RssSampler::start(gateway_pid);
+                let before = overhead_totals(&endpoints).await;
+                let stats = open_loop(&endpoints, target, rate, args.secs).await;
+                let after = overhead_totals(&endpoints).await;
+                if target == Target::Gateway && after.1 > before.1 {
+                    inside.push((rate, 1000.0 * (after.0 - before.0) / (after.1 - before.1)));
+                }
+                let (p50, p99) = (percentile(&stats.latencies, 0.5), percentile(&stats.latencies, 0.99));
+                let max = stats.latencies.last().copied().unwrap_or_default();
+                let name = if target == Target::Sim { "sim" } else { "ccgate → sim" };
+                println!(
+                    "| {rate} | {name} | {:.0} | {} | {:.3} | {:.3} | {:.1} | {:.2} | {:.1} |",
+                    stats.achieved_rps,
+                    stats.errors,
+                    ms(p50),
+                    ms(p99),
+                    ms(max),
+                    ms(stats.late_p99),
+                    sampler.peak_mib()
+                );
+                p.push((p50, p99));
+            }
+            println!(
+                "| {rate} | **added by ccgate** | | | **{:.3}** | **{:.3}** | | | |",
+                ms(p[1].0.saturating_sub(p[0].0)),
+                ms(p[1].1.saturating_sub(p[0].1))
+            );
+        }
+
+        for (rate, mean) in inside {
+            println!("\nAt {rate}/s, time inside ccgate around each run (gateway_overhead_seconds): mean {mean:.3} ms");
+        }
+
+        println!("\n## Closed loop, {} callers, {} s (max throughput)\n", args.concurrency, args.secs);
+        println!("| target | requests/s | errors | ccgate peak RSS MiB |");
+        println!("|---|---|---|---|");
+        let mut max = Vec::new();
+        for target in [Target::Sim, Target::Gateway] {
+            let sampler = RssSampler::start(gateway_pid);
+            let (rps, errors) = closed_loop(&endpoints, target, args.concurrency, args.secs).await;
+            let name = if target == Target::Sim { "sim" } else { "ccgate → sim" };
+            println!("| {name} | {rps:.0} | {errors} | {:.1} |", sampler.peak_mib());
+            max.push(rps);
+        }
+        println!("\nccgate sustains {:.0}% of the simulator's maximum.\n", 100.0 * max[1] / max[0]);
+
+        let sampler = RssSampler::start(gateway_pid);
+        let busy = Arc::new(AtomicU64::new(0));
+        let watcher = {
+            let (client, url, busy) = (endpoints.client.clone(), endpoints.gateway.clone(), Arc::clone(&busy));
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let Ok(response) = client.get(format!("{url}/health")).send().await else { continue };
+                    let Ok(health) = response.json::<Value>().await else { continue };
+                    busy.fetch_max(health["api_workers"]["busy"].as_u64().unwrap_or(0), Ordering::Relaxed);
+                }
+            })
+        };
+        let (ok, dropped, took) = concurrent_streams(&endpoints, args.streams).await;
+        watcher.abort();
+        println!("## {} concurrent streams through ccgate\n", args.streams);
+        println!(
+            "completed {ok}, dropped {dropped}, in {:.1} s; at most {} upstream streams at once; ccgate peak RSS {:.1} MiB",
+            took.as_secs_f64(),
+            busy.load(Ordering::Relaxed),
+            sampler.peak_mib()
+        );
+        let (rss, hwm) = memory_mib(gateway_pid);
+        let threads = std::fs::read_to_string(format!("/proc/{gateway_pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:").map(|t| t.trim().to_string()))
+            .unwrap_or_default();
+        println!("ccgate at the end: VmRSS {rss:.1} MiB, VmHWM {hwm:.1} MiB, {threads} threads");
+    });
+}
