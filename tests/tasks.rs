@@ -238,3 +238,56 @@ async fn a_restart_marks_a_running_task_interrupted_and_keeps_finished_results()
     .await;
     assert!(left.is_ok(), "processes left: {left:?}");
 }
+
+#[tokio::test]
+async fn a_task_reads_a_file_and_writes_another_and_is_refused_outside_its_roots() {
+    let db = TestDb::sqlite();
+    let app = TestApp::spawn(&db, Options::default()).await;
+    let root = tempfile::tempdir().unwrap();
+    let root_path = root.path().canonicalize().unwrap();
+    allow_tools(&app.url, "default", &root_path).await;
+    let source = root_path.join("in.txt");
+    let target = root_path.join("out.txt");
+    std::fs::write(&source, "the source text").unwrap();
+    let prompt = format!(
+        r#"[sim:tool=Read {{"file_path":"{}"}}] [sim:tool=Write {{"file_path":"{}","content":"copied"}}] copy it"#,
+        source.display(),
+        target.display()
+    );
+    let created = submit(
+        &app.url,
+        json!({"prompt": prompt, "working_directory": root_path, "allowed_tools": ["Read", "Write"], "model": "haiku"}),
+    )
+    .await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let done = wait_final(&app.url, &id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let names: Vec<&str> =
+        done["tool_uses"].as_array().unwrap().iter().map(|u| u["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["Read", "Write"], "{done}");
+    assert!(done["num_turns"].as_i64().unwrap() >= 3, "{done}");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "copied");
+    let all = events(&app.url, &id, None).await;
+    assert!(
+        all.iter().any(|(_, k, d)| k == "tool"
+            && d["type"] == "result"
+            && d["content"].to_string().contains("the source text")),
+        "the Read result reached the events: {all:?}"
+    );
+
+    // Aimed outside the roots: refused before anything runs, nothing touched.
+    let outside = tempfile::tempdir().unwrap();
+    let calls = app.sim.sim.requests().len();
+    let response = client()
+        .post(format!("{}/v1/tasks", app.url))
+        .json(&json!({"prompt": "write there", "working_directory": outside.path(), "allowed_tools": ["Write"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let error: Value = response.json().await.unwrap();
+    assert!(error["error"]["message"].as_str().unwrap().contains("allowed_roots"), "{error}");
+    assert_eq!(app.sim.sim.requests().len(), calls, "nothing reached the upstream");
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+    app.stop().await;
+}

@@ -30,8 +30,10 @@ pub struct Directives {
     pub hang: bool,
     /// `[sim:fail_once=KEY]`: the first request carrying KEY is overloaded.
     pub fail_once: Option<String>,
-    /// `[sim:tool=NAME {json}]`: answer with a `tool_use` block.
-    pub tool: Option<ToolCall>,
+    /// `[sim:tool=NAME {json}]`: answer with a `tool_use` block. Several
+    /// are used in order, one per turn: the first tool, then (once its
+    /// result is back) the second, and so on, then a text reply.
+    pub tools: Vec<ToolCall>,
     /// `[sim:cache_read=N]`: report N input tokens as read from the cache.
     pub cache_read: Option<u64>,
     /// `[sim:cache_write=N]`: report N input tokens as written to the cache.
@@ -89,7 +91,7 @@ pub fn parse(prompt: &str) -> Result<Parsed, DirectiveError> {
 fn parse_one(body: &str, into: &mut Directives) -> Result<usize, DirectiveError> {
     if let Some(tool) = body.strip_prefix("tool=") {
         let (call, used) = parse_tool(tool)?;
-        into.tool = Some(call);
+        into.tools.push(call);
         return Ok("tool=".len() + used);
     }
     let Some(end) = body.find(']') else {
@@ -209,7 +211,7 @@ mod tests {
     #[test]
     fn tool_directive_reads_json_with_brackets_inside() {
         let parsed = parse(r#"[sim:tool=Read {"file_path":"/tmp/x]y/a.txt","n":[1,2]}] read it"#).unwrap();
-        let tool = parsed.directives.tool.unwrap();
+        let tool = parsed.directives.tools[0].clone();
         assert_eq!(tool.name, "Read");
         assert_eq!(tool.input, json!({"file_path": "/tmp/x]y/a.txt", "n": [1, 2]}));
         assert_eq!(parsed.text.trim(), "read it");
@@ -218,7 +220,7 @@ mod tests {
     #[test]
     fn tool_directive_without_input_gets_empty_object() {
         let parsed = parse("[sim:tool=Glob] now").unwrap();
-        let tool = parsed.directives.tool.unwrap();
+        let tool = parsed.directives.tools[0].clone();
         assert_eq!(tool.name, "Glob");
         assert_eq!(tool.input, json!({}));
         assert_eq!(parsed.text.trim(), "now");

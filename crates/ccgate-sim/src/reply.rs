@@ -126,11 +126,14 @@ pub fn plan(request: &MessagesRequest, parsed: &Parsed, config: &SimConfig, firs
 }
 
 fn reply(request: &MessagesRequest, parsed: &Parsed) -> Reply {
-    if let Some(result) = request.pending_tool_result() {
+    // The scripted tools are used one per turn; each turn that returned a
+    // tool result moves on to the next.
+    let next_tool = parsed.directives.tools.get(request.tool_results_in_exchange());
+    if let (Some(result), None) = (request.pending_tool_result(), next_tool) {
         let quoted: String = result.chars().take(TOOL_RESULT_CHARS).collect();
         return text_reply(format!("{PREFIX} tool result: {quoted}"), request.max_tokens);
     }
-    if let Some(tool) = &parsed.directives.tool {
+    if let Some(tool) = next_tool {
         let output_tokens =
             tokens::for_chars(tool.name.chars().count() + tool.input.to_string().chars().count());
         return Reply {
@@ -255,6 +258,28 @@ mod tests {
         let answering = plan_for(other, &SimConfig::default());
         assert!(matches!(answering.outcome, Outcome::Reply(_)));
         assert_eq!((answering.input_tokens.cache_read, answering.input_tokens.cache_write), (70, 9));
+    }
+
+    #[test]
+    fn several_tool_directives_are_used_one_per_turn() {
+        let prompt = r#"[sim:tool=Read {"file_path":"/a"}] [sim:tool=Write {"file_path":"/b"}] copy it"#;
+        let turn = |results: usize| {
+            let mut messages = vec![json!({"role": "user", "content": prompt})];
+            for i in 0..results {
+                messages.push(json!({"role": "assistant", "content": [
+                    {"type": "tool_use", "id": format!("t{i}"), "name": "X", "input": {}}]}));
+                messages.push(json!({"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": format!("t{i}"), "content": format!("result {i}")}]}));
+            }
+            plan_for(json!({"model": "m", "messages": messages}), &SimConfig::default())
+        };
+        let tool_of = |plan: &Plan| match &plan.outcome {
+            Outcome::Reply(Reply { content: ReplyContent::ToolUse { name, .. }, .. }) => name.clone(),
+            other => panic!("expected a tool use, got {other:?}"),
+        };
+        assert_eq!(tool_of(&turn(0)), "Read");
+        assert_eq!(tool_of(&turn(1)), "Write");
+        assert_eq!(text_of(&turn(2)).0, "Simulated reply: tool result: result 1");
     }
 
     #[test]

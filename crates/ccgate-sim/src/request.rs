@@ -123,6 +123,19 @@ impl MessagesRequest {
         })
     }
 
+    /// How many user turns have returned tool results since the last user
+    /// turn with words of its own (the one that started this exchange).
+    pub fn tool_results_in_exchange(&self) -> usize {
+        let has_result =
+            |m: &&Message| m.content.blocks().iter().any(|b| matches!(b, Block::ToolResult { .. }));
+        self.messages
+            .iter()
+            .rev()
+            .filter(|m| m.role == "user")
+            .take_while(|m| has_result(m) && m.content.prompt_text().trim().is_empty())
+            .count()
+    }
+
     /// Number of characters of all text the model would read: system prompt,
     /// every message block, and the JSON of the tool definitions.
     pub fn text_chars(&self) -> usize {
