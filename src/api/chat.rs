@@ -14,7 +14,7 @@ use super::openai::{
     ChunkChoice, Delta, RunInfo, Usage,
 };
 use crate::app::AppState;
-use crate::chat::{self, ChatEvent, ChatRequest, Outcome, Running};
+use crate::chat::{self, ChatEvent, ChatRequest, Outcome, Running, ToolCallDelta};
 use crate::error::{ApiError, ErrorBody};
 use crate::workers::JobClass;
 
@@ -57,6 +57,7 @@ pub async fn create_chat_completion(
         received_at: ctx.received_at,
         class: JobClass::Interactive,
         agent: None,
+        tools: None,
     };
     let body = match parse(&state, &ctx, body, &mut request) {
         Ok(body) => body,
@@ -102,6 +103,7 @@ fn parse(
     request.model = body.model.clone().filter(|m| !m.is_empty()).unwrap_or_else(|| "auto".into());
     request.max_tokens = body.max_tokens();
     request.messages = body.domain_messages(state.settings.max_messages)?;
+    request.tools = body.client_tools()?;
     Ok(body)
 }
 
@@ -109,7 +111,7 @@ async fn complete_response(request_id: String, mut running: Running) -> Result<R
     let outcome = loop {
         match running.events.recv().await {
             // Text is also collected in the report.
-            Some(ChatEvent::Text(_) | ChatEvent::Tool(_)) => continue,
+            Some(ChatEvent::Text(_) | ChatEvent::ToolCall(_) | ChatEvent::Tool(_)) => continue,
             Some(ChatEvent::Done(outcome)) => break *outcome,
             None => return Err(ApiError::internal("the run ended without an outcome")),
         }
@@ -125,7 +127,7 @@ async fn complete_response(request_id: String, mut running: Running) -> Result<R
         model: report.model.clone().unwrap_or_else(|| running.answering_model().id),
         choices: vec![Choice {
             index: 0,
-            message: AssistantMessage { role: "assistant".into(), content: report.text },
+            message: AssistantMessage::from_reply(report.text, report.tool_calls),
             finish_reason: finish_reason(report.stop_reason.as_deref()),
             logprobs: None,
         }],
@@ -149,10 +151,11 @@ async fn stream_response(
 ) -> Result<Response, ApiError> {
     let first = running.events.recv().await;
     let meta = ChunkMeta::new(&request_id, running.answering_model().id);
-    let first_text = match first {
-        Some(ChatEvent::Text(text)) => text,
+    let first_frame = match first {
+        Some(ChatEvent::Text(text)) => text_frame(&meta, text),
+        Some(ChatEvent::ToolCall(delta)) => tool_call_frame(&meta, delta),
         // Tool activity is not text (agentic runs render it themselves).
-        Some(ChatEvent::Tool(_)) => String::new(),
+        Some(ChatEvent::Tool(_)) => text_frame(&meta, String::new()),
         Some(ChatEvent::Done(outcome)) => {
             if let Some(error) = outcome.error {
                 return Err(error);
@@ -162,11 +165,14 @@ async fn stream_response(
         }
         None => return Err(ApiError::internal("the run ended without an outcome")),
     };
-    let head = stream::iter([role_frame(&meta), text_frame(&meta, first_text)]);
+    let head = stream::iter([role_frame(&meta), first_frame]);
     let tail = stream::unfold(Some((running, meta)), move |state| async move {
         let (mut running, meta) = state?;
         match running.events.recv().await {
             Some(ChatEvent::Text(text)) => Some((vec![text_frame(&meta, text)], Some((running, meta)))),
+            Some(ChatEvent::ToolCall(delta)) => {
+                Some((vec![tool_call_frame(&meta, delta)], Some((running, meta))))
+            }
             Some(ChatEvent::Tool(_)) => Some((Vec::new(), Some((running, meta)))),
             Some(ChatEvent::Done(outcome)) => Some((closing_frames(&meta, *outcome, include_usage), None)),
             None => Some((
@@ -218,11 +224,17 @@ fn json_frame<T: serde::Serialize>(value: &T) -> SseEvent {
 }
 
 fn role_frame(meta: &ChunkMeta) -> SseEvent {
-    json_frame(&meta.chunk(Delta { role: Some("assistant"), content: Some(String::new()) }, None))
+    json_frame(
+        &meta.chunk(Delta { role: Some("assistant"), content: Some(String::new()), tool_calls: None }, None),
+    )
 }
 
 fn text_frame(meta: &ChunkMeta, text: String) -> SseEvent {
-    json_frame(&meta.chunk(Delta { role: None, content: Some(text) }, None))
+    json_frame(&meta.chunk(Delta { role: None, content: Some(text), tool_calls: None }, None))
+}
+
+fn tool_call_frame(meta: &ChunkMeta, delta: ToolCallDelta) -> SseEvent {
+    json_frame(&meta.chunk(Delta { tool_calls: Some(vec![delta.into()]), ..Delta::default() }, None))
 }
 
 fn error_frame(error: &ApiError) -> SseEvent {
