@@ -68,12 +68,17 @@ async fn an_image_reaches_the_upstream_on_the_direct_backend() {
 }
 
 #[tokio::test]
-async fn an_image_reaches_the_upstream_through_the_cli() {
-    let (_db, app) = spawn(|_| {}).await;
-    let (status, body) = post(&app, &with_image("haiku", &format!("data:image/png;base64,{PNG}"))).await;
-    assert_eq!(status, 200, "{body}");
-    assert!(body["choices"][0]["message"]["content"].as_str().unwrap().starts_with("Simulated reply:"));
-    assert!(upstream_saw_image(&app), "the CLI passed the image block on: {:?}", app.sim.sim.requests());
+async fn an_image_reaches_the_upstream_through_the_cli_warm_or_cold() {
+    let warm: fn(&mut Settings) = |s| s.warm_pool = true;
+    let cold: fn(&mut Settings) = |s| s.warm_pool = false;
+    for adjust in [warm, cold] {
+        let (_db, app) = spawn(adjust).await;
+        let (status, body) = post(&app, &with_image("haiku", &format!("data:image/png;base64,{PNG}"))).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body["choices"][0]["message"]["content"].as_str().unwrap().starts_with("Simulated reply:"));
+        assert!(upstream_saw_image(&app), "the CLI passed the image block on: {:?}", app.sim.sim.requests());
+        app.stop().await;
+    }
 }
 
 #[tokio::test]

@@ -493,3 +493,90 @@ pub fn finish_reason(stop_reason: Option<&str>) -> String {
     }
     .to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(body: Value) -> ChatCompletionRequest {
+        serde_json::from_value(body).expect("a valid request")
+    }
+
+    #[test]
+    fn tool_messages_in_a_row_make_one_turn_of_results() {
+        let body = request(serde_json::json!({"model": "haiku", "messages": [
+            {"role": "user", "content": "weather in Paris and Oslo?"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "w", "arguments": "{\"city\":\"Paris\"}"}},
+                {"id": "c2", "type": "function", "function": {"name": "w", "arguments": "{\"city\":\"Oslo\"}"}},
+            ]},
+            {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+            {"role": "tool", "tool_call_id": "c2", "content": [{"type": "text", "text": "rain"}]},
+            {"role": "user", "content": "thanks"},
+        ]}));
+        let messages = body.domain_messages(100).unwrap();
+        assert_eq!(messages.len(), 4);
+        assert_eq!(messages[1].role, Role::Assistant);
+        assert_eq!(messages[1].tool_calls.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["c1", "c2"]);
+        assert_eq!(messages[2].role, Role::User);
+        assert_eq!(
+            messages[2].tool_results,
+            [
+                ToolResult { tool_call_id: "c1".into(), content: "sunny".into() },
+                ToolResult { tool_call_id: "c2".into(), content: "rain".into() },
+            ]
+        );
+        assert_eq!(messages[3], Message::new(Role::User, "thanks"));
+    }
+
+    #[test]
+    fn image_parts_become_images_of_user_messages_only() {
+        let image =
+            serde_json::json!({"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/4AAQ"}});
+        let body = request(serde_json::json!({"model": "haiku", "messages": [
+            {"role": "user", "content": [image, {"type": "text", "text": "what is it?"}]},
+        ]}));
+        let messages = body.domain_messages(10).unwrap();
+        assert_eq!(messages[0].text, "what is it?");
+        assert_eq!(messages[0].images.len(), 1);
+        assert_eq!(messages[0].images[0].media_type, "image/jpeg");
+        let only_image = request(serde_json::json!({"model": "haiku", "messages": [
+            {"role": "user", "content": [image]},
+        ]}));
+        assert_eq!(
+            only_image.domain_messages(10).unwrap()[0].images.len(),
+            1,
+            "an image alone is a question"
+        );
+        for role in ["assistant", "system"] {
+            let body = request(serde_json::json!({"model": "haiku", "messages": [
+                {"role": role, "content": [image]}, {"role": "user", "content": "hi"},
+            ]}));
+            assert!(body.domain_messages(10).is_err(), "{role}");
+        }
+    }
+
+    #[test]
+    fn tool_choices_are_read() {
+        let tools = serde_json::json!([{"type": "function", "function": {"name": "f"}}]);
+        let cases = [
+            (serde_json::json!("auto"), ToolChoice::Auto),
+            (serde_json::json!("none"), ToolChoice::None),
+            (serde_json::json!("required"), ToolChoice::Required),
+            (
+                serde_json::json!({"type": "function", "function": {"name": "f"}}),
+                ToolChoice::Named("f".into()),
+            ),
+        ];
+        for (choice, expected) in cases {
+            let body = request(
+                serde_json::json!({"model": "haiku", "messages": [], "tools": tools, "tool_choice": choice}),
+            );
+            let parsed = body.client_tools().unwrap().unwrap();
+            assert_eq!(parsed.choice, Some(expected));
+            assert_eq!(parsed.tools[0].parameters, serde_json::json!({"type": "object", "properties": {}}));
+        }
+        let none = request(serde_json::json!({"model": "haiku", "messages": [], "tools": []}));
+        assert_eq!(none.client_tools().unwrap(), None, "an empty list offers no tools");
+    }
+}
