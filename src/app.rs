@@ -59,6 +59,7 @@ impl AppState {
                 stall_timeout: Duration::from_secs(settings.stall_timeout_secs),
                 max_retries: settings.cli_max_retries,
                 extra_env: settings.worker_env.clone(),
+                passthrough: settings.worker_env_passthrough.clone(),
             },
             Arc::clone(&stats),
         ));

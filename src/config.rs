@@ -50,6 +50,9 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// Most messages one chat request may carry.
     pub max_messages: usize,
+    /// Largest image a message may carry, in bytes once decoded (larger
+    /// ones get 413). Anthropic's own limit is 5 MiB.
+    pub max_image_bytes: usize,
     /// `text` (human-readable) or `json` log lines.
     pub log_format: LogFormat,
     /// How long a crashed instance's reservations are held before another
@@ -59,8 +62,12 @@ pub struct Settings {
     /// connection errors) before it reports the error.
     pub cli_max_retries: u32,
     /// Extra environment variables for workers (for example
-    /// ANTHROPIC_BASE_URL), on top of the gateway's own environment.
+    /// ANTHROPIC_BASE_URL), on top of what they inherit from the gateway.
     pub worker_env: BTreeMap<String, String>,
+    /// Names of gateway environment variables workers inherit besides the
+    /// built-in allow-list (PATH, HOME, locale, proxies, `ANTHROPIC_*`,
+    /// `CLAUDE_*`…). `CCGATE_*`, `DATABASE_URL` and `PG*` are refused.
+    pub worker_env_passthrough: Vec<String>,
     /// Requests per minute for project keys without their own limit.
     pub default_rpm_limit: Option<i64>,
     /// Tokens per minute for project keys without their own limit.
@@ -199,10 +206,12 @@ impl Default for Settings {
             prompt_overhead_tokens: 600,
             max_body_bytes: 8 * 1024 * 1024,
             max_messages: 2048,
+            max_image_bytes: 5 * 1024 * 1024,
             log_format: LogFormat::Text,
             instance_ttl_secs: 30,
             cli_max_retries: 2,
             worker_env: BTreeMap::new(),
+            worker_env_passthrough: Vec::new(),
             default_rpm_limit: None,
             default_tpm_limit: None,
             default_max_concurrent: None,
@@ -318,6 +327,9 @@ impl Settings {
         if self.pool_size == 0 {
             return invalid("pool_size", "must be at least 1");
         }
+        if self.max_image_bytes == 0 {
+            return invalid("max_image_bytes", "must be at least 1");
+        }
         if !(self.batch_pool_share > 0.0 && self.batch_pool_share <= 1.0) {
             return invalid("batch_pool_share", "must be more than 0 and at most 1");
         }
@@ -351,6 +363,7 @@ impl Settings {
         {
             return invalid("database_url", "must start with sqlite: or postgres://");
         }
+        self.validate_worker_env()?;
         self.validate_backends()?;
         for (project, policy) in &self.agent_policies {
             if let Err(e) = policy.validate() {
@@ -395,6 +408,24 @@ impl Settings {
         std::iter::once(&self.default_backend)
             .chain(self.backends.values())
             .any(|name| Backend::parse(name) == Some(Backend::Api))
+    }
+
+    /// The gateway's secrets never reach a worker, not even on purpose.
+    fn validate_worker_env(&self) -> Result<(), ConfigError> {
+        let secret = |name: &String| crate::workers::cli::is_gateway_secret(name);
+        if let Some(name) = self.worker_env.keys().find(|n| secret(n)) {
+            return Err(ConfigError::Invalid {
+                name: "worker_env".into(),
+                message: format!("{name} is one of the gateway's own variables and cannot go to workers"),
+            });
+        }
+        if let Some(name) = self.worker_env_passthrough.iter().find(|n| secret(n)) {
+            return Err(ConfigError::Invalid {
+                name: "worker_env_passthrough".into(),
+                message: format!("{name} is one of the gateway's own variables and cannot go to workers"),
+            });
+        }
+        Ok(())
     }
 
     fn validate_backends(&self) -> Result<(), ConfigError> {
@@ -456,6 +487,14 @@ fn env_value(key: &str, default: Option<&toml::Value>, raw: &str) -> Option<toml
         Some(toml::Value::Float(_)) => raw.trim().parse().ok().map(toml::Value::Float),
         None if OPTIONAL_INTEGERS.contains(&key) => raw.trim().parse().ok().map(toml::Value::Integer),
         Some(toml::Value::Table(_)) => map_value(raw),
+        // A list: names separated by commas.
+        Some(toml::Value::Array(_)) => Some(toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_string()))
+                .collect(),
+        )),
         _ => Some(toml::Value::String(raw.to_string())),
     }
 }
@@ -618,6 +657,28 @@ mod tests {
             Settings::load(None, env(&[("CCGATE_AGENT_POLICIES", "{ acme = { max_turns = 0 } }")]), vec![])
                 .unwrap_err();
         assert!(err.to_string().contains("agent_policies.acme.max_turns"), "{err}");
+    }
+
+    #[test]
+    fn worker_env_settings_refuse_the_gateways_own_variables() {
+        let settings = Settings::load(
+            None,
+            env(&[("CCGATE_WORKER_ENV_PASSTHROUGH", "AWS_REGION, GOOGLE_CLOUD_PROJECT")]),
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(settings.worker_env_passthrough, ["AWS_REGION", "GOOGLE_CLOUD_PROJECT"]);
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("CCGATE_WORKER_ENV_PASSTHROUGH", "PATH,DATABASE_URL")], "worker_env_passthrough"),
+            (&[("CCGATE_WORKER_ENV_PASSTHROUGH", "PGPASSWORD")], "worker_env_passthrough"),
+            (&[("CCGATE_WORKER_ENV_PASSTHROUGH", "CCGATE_ADMIN_KEY")], "worker_env_passthrough"),
+            (&[("CCGATE_WORKER_ENV", "CCGATE_ADMIN_KEY=x")], "worker_env"),
+            (&[("CCGATE_MAX_IMAGE_BYTES", "0")], "max_image_bytes"),
+        ];
+        for (vars, name) in cases {
+            let err = Settings::load(None, env(vars), vec![]).unwrap_err();
+            assert!(err.to_string().contains(name), "{vars:?}: {err}");
+        }
     }
 
     #[test]

@@ -117,7 +117,7 @@ impl MessagesRequest {
         if let Some(system) = &self.system {
             let text = system_text(system)?;
             if !text.trim().is_empty() {
-                messages.push(Message { role: Role::System, text });
+                messages.push(Message::new(Role::System, text));
             }
         }
         for (index, message) in self.messages.iter().enumerate() {
@@ -202,7 +202,7 @@ impl InputMessage {
         if role == Role::User && text.trim().is_empty() {
             return Err(bad(".content".into(), format!("messages[{index}] is a user message with no text")));
         }
-        Ok(Message { role, text })
+        Ok(Message::new(role, text))
     }
 }
 
@@ -447,7 +447,7 @@ mod tests {
         }));
         let messages = request.domain_messages(10).expect("accepted");
         assert_eq!(messages.len(), 2);
-        assert_eq!(messages[0], Message { role: Role::System, text: "header\nYou are an agent.".into() });
+        assert_eq!(messages[0], Message::new(Role::System, "header\nYou are an agent."));
         assert_eq!(messages[1].role, Role::User);
         assert!(messages[1].text.ends_with("</system-reminder>\n\nsay hi\n"), "{}", messages[1].text);
     }

@@ -181,6 +181,7 @@ fn refuse(state: &AppState, ctx: &Context, project_id: String, error: &ApiError)
         received_at: ctx.received_at,
         class: JobClass::Interactive,
         agent: None,
+        tools: None,
     };
     chat::record_refusal(state, &request, error);
 }

@@ -14,7 +14,7 @@ use super::openai::{
     Choice, ChunkChoice, ChunkExtension, Delta, RunInfo, Usage,
 };
 use crate::app::AppState;
-use crate::chat::{self, ChatEvent, ChatRequest, Outcome, Running, ToolActivity};
+use crate::chat::{self, ChatEvent, ChatRequest, Outcome, Running, ToolActivity, ToolCallDelta};
 use crate::error::{ApiError, ErrorBody};
 use crate::workers::JobClass;
 
@@ -67,6 +67,7 @@ pub async fn create_chat_completion(
         received_at: ctx.received_at,
         class: JobClass::Interactive,
         agent: None,
+        tools: None,
     };
     let body = match parse(&state, &ctx, body, &mut request) {
         Ok(body) => body,
@@ -114,6 +115,7 @@ fn parse(
     request.max_tokens = body.max_tokens();
     request.messages = body.domain_messages(state.settings.max_messages)?;
     request.agent = body.agent_options();
+    request.tools = body.client_tools()?;
     Ok(body)
 }
 
@@ -126,7 +128,7 @@ async fn complete_response(
     let outcome = loop {
         match running.events.recv().await {
             // Text is also collected in the report.
-            Some(ChatEvent::Text(_)) => continue,
+            Some(ChatEvent::Text(_) | ChatEvent::ToolCall(_)) => continue,
             Some(ChatEvent::Tool(activity)) => tools.push(tool_json(&activity)),
             Some(ChatEvent::Done(outcome)) => break *outcome,
             None => return Err(ApiError::internal("the run ended without an outcome")),
@@ -154,7 +156,7 @@ async fn complete_response(
         model: report.model.clone().unwrap_or_else(|| running.answering_model().id),
         choices: vec![Choice {
             index: 0,
-            message: AssistantMessage { role: "assistant".into(), content: report.text },
+            message: AssistantMessage::from_reply(report.text, report.tool_calls),
             finish_reason: finish_reason(report.stop_reason.as_deref()),
             logprobs: None,
         }],
@@ -182,6 +184,7 @@ async fn stream_response(
     let first_frame = match first {
         Some(ChatEvent::Text(text)) => text_frame(&meta, text),
         Some(ChatEvent::Tool(activity)) => tool_frame(&meta, activity),
+        Some(ChatEvent::ToolCall(delta)) => tool_call_frame(&meta, delta),
         Some(ChatEvent::Done(outcome)) => {
             if let Some(error) = outcome.error {
                 return Err(error);
@@ -198,6 +201,9 @@ async fn stream_response(
             Some(ChatEvent::Text(text)) => Some((vec![text_frame(&meta, text)], Some((running, meta)))),
             Some(ChatEvent::Tool(activity)) => {
                 Some((vec![tool_frame(&meta, activity)], Some((running, meta))))
+            }
+            Some(ChatEvent::ToolCall(delta)) => {
+                Some((vec![tool_call_frame(&meta, delta)], Some((running, meta))))
             }
             Some(ChatEvent::Done(outcome)) => Some((closing_frames(&meta, *outcome, include_usage), None)),
             None => Some((
@@ -252,11 +258,17 @@ fn json_frame<T: serde::Serialize>(value: &T) -> SseEvent {
 }
 
 fn role_frame(meta: &ChunkMeta) -> SseEvent {
-    json_frame(&meta.chunk(Delta { role: Some("assistant"), content: Some(String::new()) }, None))
+    json_frame(
+        &meta.chunk(Delta { role: Some("assistant"), content: Some(String::new()), tool_calls: None }, None),
+    )
 }
 
 fn text_frame(meta: &ChunkMeta, text: String) -> SseEvent {
-    json_frame(&meta.chunk(Delta { role: None, content: Some(text) }, None))
+    json_frame(&meta.chunk(Delta { role: None, content: Some(text), tool_calls: None }, None))
+}
+
+fn tool_call_frame(meta: &ChunkMeta, delta: ToolCallDelta) -> SseEvent {
+    json_frame(&meta.chunk(Delta { tool_calls: Some(vec![delta.into()]), ..Delta::default() }, None))
 }
 
 /// A tool use or result as a chunk plain OpenAI clients skip: an empty

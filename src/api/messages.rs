@@ -68,6 +68,7 @@ pub async fn create_message(
         received_at: ctx.received_at,
         class: JobClass::Interactive,
         agent: None,
+        tools: None,
     };
     let body = match parse(&state, &ctx, body, &mut request) {
         Ok(body) => body,
@@ -167,7 +168,7 @@ async fn complete_response(
     let outcome = loop {
         match running.events.recv().await {
             // Text is also collected in the report.
-            Some(ChatEvent::Text(_) | ChatEvent::Tool(_)) => continue,
+            Some(ChatEvent::Text(_) | ChatEvent::ToolCall(_) | ChatEvent::Tool(_)) => continue,
             Some(ChatEvent::Done(outcome)) => break *outcome,
             None => return Err(ApiError::internal("the run ended without an outcome")),
         }
@@ -209,7 +210,8 @@ async fn stream_response(
     let first_text = match running.events.recv().await {
         Some(ChatEvent::Text(text)) => text,
         // Tool activity is not text (agentic runs render it themselves).
-        Some(ChatEvent::Tool(_)) => String::new(),
+        // This endpoint offers no client tools, so no tool call comes.
+        Some(ChatEvent::Tool(_) | ChatEvent::ToolCall(_)) => String::new(),
         Some(ChatEvent::Done(outcome)) => {
             if let Some(error) = outcome.error {
                 return Err(error);
@@ -231,7 +233,9 @@ async fn stream_response(
                     let events = text_delta(stop.push(&text)).into_iter().collect();
                     Some((events, Some((running, stop))))
                 }
-                Some(ChatEvent::Tool(_)) => Some((Vec::new(), Some((running, stop)))),
+                Some(ChatEvent::Tool(_) | ChatEvent::ToolCall(_)) => {
+                    Some((Vec::new(), Some((running, stop))))
+                }
                 Some(ChatEvent::Done(outcome)) => {
                     Some((closing_events(&request_id, *outcome, &mut stop), None))
                 }

@@ -4,7 +4,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::chat::{AgentOptions, Message, Role, ToolActivity};
+use crate::chat::{
+    AgentOptions, ClientTools, Image, Message, Role, ToolActivity, ToolCall, ToolCallDelta, ToolChoice,
+    ToolResult, ToolSpec,
+};
 use crate::error::ApiError;
 use crate::pricing::TokenUsage;
 use crate::workers::RunReport;
@@ -20,8 +23,13 @@ pub struct ChatCompletionRequest {
     pub max_tokens: Option<u64>,
     pub max_completion_tokens: Option<u64>,
     pub n: Option<u32>,
+    /// Client-side tools (`[{type: "function", function: {name, description, parameters}}]`);
+    /// direct (`api`) backend only.
     #[schema(value_type = Option<Object>)]
     pub tools: Option<Value>,
+    /// `auto`, `none`, `required` or `{type: "function", function: {name}}`.
+    #[schema(value_type = Option<Object>)]
+    pub tool_choice: Option<Value>,
     /// The project to charge (ccgate extension; the `X-Project-Id` header does the same).
     pub project_id: Option<String>,
     /// Agent extension: where Claude Code works (inside the project's agent
@@ -52,12 +60,46 @@ pub struct StreamOptions {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatMessage {
-    /// `system`, `developer`, `user` or `assistant`.
+    /// `system`, `developer`, `user`, `assistant` or `tool`.
     pub role: String,
     pub content: Option<MessageContent>,
     pub name: Option<String>,
-    #[schema(value_type = Option<Object>)]
-    pub tool_calls: Option<Value>,
+    /// An assistant message's calls to the client's tools.
+    pub tool_calls: Option<Vec<ToolCallWire>>,
+    /// Which call a `tool` message answers.
+    pub tool_call_id: Option<String>,
+}
+
+/// A tool call as OpenAI writes it, in requests and responses.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ToolCallWire {
+    pub id: String,
+    /// Always `function`.
+    #[serde(rename = "type", default = "function_kind")]
+    pub kind: String,
+    pub function: FunctionCall,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FunctionCall {
+    pub name: String,
+    /// The arguments as a JSON text.
+    #[serde(default)]
+    pub arguments: String,
+}
+
+fn function_kind() -> String {
+    "function".into()
+}
+
+impl From<ToolCall> for ToolCallWire {
+    fn from(call: ToolCall) -> ToolCallWire {
+        ToolCallWire {
+            id: call.id,
+            kind: function_kind(),
+            function: FunctionCall { name: call.name, arguments: call.arguments },
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -72,6 +114,15 @@ pub struct ContentPart {
     #[serde(rename = "type")]
     pub kind: String,
     pub text: Option<String>,
+    /// For `image_url` parts: a `data:` URL (`data:image/png;base64,…`).
+    pub image_url: Option<ImageUrl>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ImageUrl {
+    pub url: String,
+    /// Accepted and ignored.
+    pub detail: Option<String>,
 }
 
 impl ChatCompletionRequest {
@@ -91,17 +142,12 @@ impl ChatCompletionRequest {
         self.max_completion_tokens.or(self.max_tokens)
     }
 
-    /// Maps the wire messages to domain messages, refusing what the CLI
-    /// backend cannot carry rather than dropping it.
+    /// Maps the wire messages to domain messages, refusing what cannot be
+    /// carried rather than dropping it. Consecutive `tool` messages become
+    /// one user turn of tool results.
     pub fn domain_messages(&self, max_messages: usize) -> Result<Vec<Message>, ApiError> {
         if self.n.is_some_and(|n| n != 1) {
             return Err(ApiError::bad_request("only n = 1 is supported", "n"));
-        }
-        if self.tools.as_ref().is_some_and(|t| !t.is_null() && t.as_array().is_none_or(|a| !a.is_empty())) {
-            return Err(ApiError::bad_request(
-                "client-side tool calling (`tools`) is not supported by the Claude Code CLI backend",
-                "tools",
-            ));
         }
         if self.messages.is_empty() {
             return Err(ApiError::bad_request("messages must not be empty", "messages"));
@@ -112,34 +158,137 @@ impl ChatCompletionRequest {
                 "messages",
             ));
         }
-        self.messages.iter().enumerate().map(|(i, m)| m.to_domain(i)).collect()
+        let mut messages: Vec<Message> = Vec::with_capacity(self.messages.len());
+        for (i, wire) in self.messages.iter().enumerate() {
+            let message = wire.to_domain(i)?;
+            match messages.last_mut() {
+                Some(last)
+                    if wire.role == "tool" && !last.tool_results.is_empty() && last.text.is_empty() =>
+                {
+                    last.tool_results.extend(message.tool_results);
+                }
+                _ => messages.push(message),
+            }
+        }
+        Ok(messages)
+    }
+
+    /// The client's tools, if the request offers any (an empty list is none).
+    pub fn client_tools(&self) -> Result<Option<ClientTools>, ApiError> {
+        let choice = match &self.tool_choice {
+            None | Some(Value::Null) => None,
+            Some(value) => Some(tool_choice(value)?),
+        };
+        let tools = match &self.tools {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(tools)) => {
+                tools.iter().enumerate().map(|(i, t)| tool_spec(i, t)).collect::<Result<_, _>>()?
+            }
+            Some(_) => return Err(ApiError::bad_request("tools must be a list of functions", "tools")),
+        };
+        if tools.is_empty() {
+            if matches!(choice, Some(ToolChoice::Required | ToolChoice::Named(_))) {
+                return Err(ApiError::bad_request(
+                    "tool_choice names a tool but `tools` is empty",
+                    "tool_choice",
+                ));
+            }
+            return Ok(None);
+        }
+        if let Some(ToolChoice::Named(name)) = &choice {
+            if !tools.iter().any(|t: &ToolSpec| &t.name == name) {
+                return Err(ApiError::bad_request(
+                    format!("tool_choice names {name:?}, which is not in `tools`"),
+                    "tool_choice",
+                ));
+            }
+        }
+        Ok(Some(ClientTools { tools, choice }))
+    }
+}
+
+fn tool_spec(index: usize, tool: &Value) -> Result<ToolSpec, ApiError> {
+    let bad = |message: &str| ApiError::BadRequest {
+        message: format!("tools[{index}]: {message}"),
+        param: Some(format!("tools[{index}]")),
+        code: None,
+    };
+    if tool.get("type").and_then(Value::as_str) != Some("function") {
+        return Err(bad("only tools of type \"function\" are supported"));
+    }
+    let function = tool.get("function").ok_or_else(|| bad("a function tool needs `function`"))?;
+    let name = function
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| bad("a function needs a `name`"))?;
+    let parameters = match function.get("parameters") {
+        None | Some(Value::Null) => serde_json::json!({"type": "object", "properties": {}}),
+        Some(p) if p.is_object() => p.clone(),
+        Some(_) => return Err(bad("`parameters` must be a JSON schema object")),
+    };
+    Ok(ToolSpec {
+        name: name.to_string(),
+        description: function.get("description").and_then(Value::as_str).map(String::from),
+        parameters,
+    })
+}
+
+fn tool_choice(value: &Value) -> Result<ToolChoice, ApiError> {
+    let named = value
+        .get("function")
+        .and_then(|f| f.get("name"))
+        .and_then(Value::as_str)
+        .filter(|_| value.get("type").and_then(Value::as_str) == Some("function"));
+    match (value.as_str(), named) {
+        (Some("auto"), _) => Ok(ToolChoice::Auto),
+        (Some("none"), _) => Ok(ToolChoice::None),
+        (Some("required"), _) => Ok(ToolChoice::Required),
+        (None, Some(name)) => Ok(ToolChoice::Named(name.to_string())),
+        _ => Err(ApiError::bad_request(
+            "tool_choice must be auto, none, required or {\"type\": \"function\", \"function\": {\"name\": …}}",
+            "tool_choice",
+        )),
     }
 }
 
 impl ChatMessage {
     pub fn to_domain(&self, index: usize) -> Result<Message, ApiError> {
         let param = |field: &str| Some(format!("messages[{index}].{field}"));
+        let bad =
+            |message: String, field: &str| ApiError::BadRequest { message, param: param(field), code: None };
         let role = match self.role.as_str() {
             "system" | "developer" => Role::System,
-            "user" => Role::User,
+            // A tool's result goes back to the model in a user turn.
+            "user" | "tool" => Role::User,
             "assistant" => Role::Assistant,
             other => {
-                return Err(ApiError::BadRequest {
-                    message: format!(
-                        "messages[{index}].role {other:?} is not supported here: use system, developer, user or assistant"
+                return Err(bad(
+                    format!(
+                        "messages[{index}].role {other:?} is not supported here: use system, developer, user, assistant or tool"
                     ),
-                    param: param("role"),
-                    code: None,
-                })
+                    "role",
+                ))
             }
         };
-        if self.tool_calls.is_some() {
-            return Err(ApiError::BadRequest {
-                message: "tool_calls in messages are not supported by the Claude Code CLI backend".into(),
-                param: param("tool_calls"),
-                code: None,
-            });
-        }
+        let tool_calls: Vec<ToolCall> = match (&self.tool_calls, role) {
+            (None, _) => Vec::new(),
+            (Some(calls), Role::Assistant) => calls
+                .iter()
+                .map(|c| ToolCall {
+                    id: c.id.clone(),
+                    name: c.function.name.clone(),
+                    arguments: c.function.arguments.clone(),
+                })
+                .collect(),
+            (Some(_), _) => {
+                return Err(bad(
+                    format!("messages[{index}]: only assistant messages carry tool_calls"),
+                    "tool_calls",
+                ))
+            }
+        };
+        let mut images = Vec::new();
         let text = match &self.content {
             None => String::new(),
             Some(MessageContent::Text(text)) => text.clone(),
@@ -154,34 +303,59 @@ impl ChatMessage {
                             text.push_str(t);
                         }
                         ("text", None) => {
-                            return Err(ApiError::BadRequest {
-                                message: format!("messages[{index}].content: a text part needs `text`"),
-                                param: param("content"),
-                                code: None,
-                            })
+                            return Err(bad(
+                                format!("messages[{index}].content: a text part needs `text`"),
+                                "content",
+                            ))
+                        }
+                        ("image_url", _) if role == Role::User && self.role == "user" => {
+                            let Some(image) = &part.image_url else {
+                                return Err(bad(
+                                    format!(
+                                        "messages[{index}].content: an image_url part needs `image_url.url`"
+                                    ),
+                                    "content",
+                                ));
+                            };
+                            let image = Image::from_data_url(&image.url)
+                                .map_err(|e| bad(format!("messages[{index}].content: {e}"), "content"))?;
+                            images.push(image);
+                        }
+                        ("image_url", _) => {
+                            return Err(bad(
+                                format!("messages[{index}].content: only user messages may carry images"),
+                                "content",
+                            ))
                         }
                         (kind, _) => {
-                            return Err(ApiError::BadRequest {
-                                message: format!(
-                                    "messages[{index}].content: {kind:?} parts are not supported by the Claude Code CLI backend"
-                                ),
-                                param: param("content"),
-                                code: None,
-                            })
+                            return Err(bad(
+                                format!("messages[{index}].content: {kind:?} parts are not supported"),
+                                "content",
+                            ))
                         }
                     }
                 }
                 text
             }
         };
-        if role == Role::User && text.trim().is_empty() {
-            return Err(ApiError::BadRequest {
-                message: format!("messages[{index}] is a user message with no text"),
-                param: param("content"),
-                code: None,
-            });
+        if self.role == "tool" {
+            let Some(id) = self.tool_call_id.clone().filter(|id| !id.is_empty()) else {
+                return Err(bad(
+                    format!("messages[{index}]: a tool message needs `tool_call_id`"),
+                    "tool_call_id",
+                ));
+            };
+            let mut message = Message::new(Role::User, String::new());
+            message.tool_results.push(ToolResult { tool_call_id: id, content: text });
+            return Ok(message);
         }
-        Ok(Message { role, text })
+        if role == Role::User && text.trim().is_empty() && images.is_empty() {
+            return Err(bad(format!("messages[{index}] is a user message with no text"), "content"));
+        }
+        let mut message = Message::new(role, text);
+        message.images = images;
+        message.tool_calls = tool_calls;
+        Ok(message)
     }
 }
 
@@ -226,7 +400,7 @@ impl ChatCompletion {
             model: report.model.clone().unwrap_or_else(|| fallback_model.to_string()),
             choices: vec![Choice {
                 index: 0,
-                message: AssistantMessage { role: "assistant".into(), content: report.text },
+                message: AssistantMessage::from_reply(report.text, report.tool_calls),
                 finish_reason: finish_reason(report.stop_reason.as_deref()),
                 logprobs: None,
             }],
@@ -249,6 +423,19 @@ pub struct Choice {
 pub struct AssistantMessage {
     pub role: String,
     pub content: String,
+    /// Calls to the client's tools (then `finish_reason` is `tool_calls`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallWire>,
+}
+
+impl AssistantMessage {
+    pub fn from_reply(text: String, tool_calls: Vec<ToolCall>) -> AssistantMessage {
+        AssistantMessage {
+            role: "assistant".into(),
+            content: text,
+            tool_calls: tool_calls.into_iter().map(ToolCallWire::from).collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -310,6 +497,38 @@ pub struct Delta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallChunk>>,
+}
+
+/// A piece of a tool call in a streamed chunk: the first piece of a call
+/// has its id, type and name; later ones add to its arguments.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ToolCallChunk {
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub function: FunctionChunk,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FunctionChunk {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub arguments: String,
+}
+
+impl From<ToolCallDelta> for ToolCallChunk {
+    fn from(delta: ToolCallDelta) -> ToolCallChunk {
+        ToolCallChunk {
+            index: delta.index,
+            kind: delta.id.is_some().then_some("function"),
+            id: delta.id,
+            function: FunctionChunk { name: delta.name, arguments: delta.arguments },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -334,4 +553,91 @@ pub fn finish_reason(stop_reason: Option<&str>) -> String {
         _ => "stop",
     }
     .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(body: Value) -> ChatCompletionRequest {
+        serde_json::from_value(body).expect("a valid request")
+    }
+
+    #[test]
+    fn tool_messages_in_a_row_make_one_turn_of_results() {
+        let body = request(serde_json::json!({"model": "haiku", "messages": [
+            {"role": "user", "content": "weather in Paris and Oslo?"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "w", "arguments": "{\"city\":\"Paris\"}"}},
+                {"id": "c2", "type": "function", "function": {"name": "w", "arguments": "{\"city\":\"Oslo\"}"}},
+            ]},
+            {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+            {"role": "tool", "tool_call_id": "c2", "content": [{"type": "text", "text": "rain"}]},
+            {"role": "user", "content": "thanks"},
+        ]}));
+        let messages = body.domain_messages(100).unwrap();
+        assert_eq!(messages.len(), 4);
+        assert_eq!(messages[1].role, Role::Assistant);
+        assert_eq!(messages[1].tool_calls.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["c1", "c2"]);
+        assert_eq!(messages[2].role, Role::User);
+        assert_eq!(
+            messages[2].tool_results,
+            [
+                ToolResult { tool_call_id: "c1".into(), content: "sunny".into() },
+                ToolResult { tool_call_id: "c2".into(), content: "rain".into() },
+            ]
+        );
+        assert_eq!(messages[3], Message::new(Role::User, "thanks"));
+    }
+
+    #[test]
+    fn image_parts_become_images_of_user_messages_only() {
+        let image =
+            serde_json::json!({"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/4AAQ"}});
+        let body = request(serde_json::json!({"model": "haiku", "messages": [
+            {"role": "user", "content": [image, {"type": "text", "text": "what is it?"}]},
+        ]}));
+        let messages = body.domain_messages(10).unwrap();
+        assert_eq!(messages[0].text, "what is it?");
+        assert_eq!(messages[0].images.len(), 1);
+        assert_eq!(messages[0].images[0].media_type, "image/jpeg");
+        let only_image = request(serde_json::json!({"model": "haiku", "messages": [
+            {"role": "user", "content": [image]},
+        ]}));
+        assert_eq!(
+            only_image.domain_messages(10).unwrap()[0].images.len(),
+            1,
+            "an image alone is a question"
+        );
+        for role in ["assistant", "system"] {
+            let body = request(serde_json::json!({"model": "haiku", "messages": [
+                {"role": role, "content": [image]}, {"role": "user", "content": "hi"},
+            ]}));
+            assert!(body.domain_messages(10).is_err(), "{role}");
+        }
+    }
+
+    #[test]
+    fn tool_choices_are_read() {
+        let tools = serde_json::json!([{"type": "function", "function": {"name": "f"}}]);
+        let cases = [
+            (serde_json::json!("auto"), ToolChoice::Auto),
+            (serde_json::json!("none"), ToolChoice::None),
+            (serde_json::json!("required"), ToolChoice::Required),
+            (
+                serde_json::json!({"type": "function", "function": {"name": "f"}}),
+                ToolChoice::Named("f".into()),
+            ),
+        ];
+        for (choice, expected) in cases {
+            let body = request(
+                serde_json::json!({"model": "haiku", "messages": [], "tools": tools, "tool_choice": choice}),
+            );
+            let parsed = body.client_tools().unwrap().unwrap();
+            assert_eq!(parsed.choice, Some(expected));
+            assert_eq!(parsed.tools[0].parameters, serde_json::json!({"type": "object", "properties": {}}));
+        }
+        let none = request(serde_json::json!({"model": "haiku", "messages": [], "tools": []}));
+        assert_eq!(none.client_tools().unwrap(), None, "an empty list offers no tools");
+    }
 }

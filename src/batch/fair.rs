@@ -74,6 +74,7 @@ mod tests {
             prompt: "hi".into(),
             messages: Vec::new(),
             max_output_tokens: None,
+            tools: None,
             max_budget: Micros(1),
             deadline: tokio::time::Instant::now() + Duration::from_secs(30),
             agent: None,

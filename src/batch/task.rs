@@ -78,6 +78,7 @@ fn empty_request(input: &TaskInput<'_>) -> ChatRequest {
         received_at: Instant::now(),
         class: JobClass::Interactive,
         agent: None,
+        tools: None,
     }
 }
 
@@ -115,6 +116,7 @@ fn fill(state: &AppState, body: &Value, request: &mut ChatRequest) -> Result<(),
     }
     request.max_tokens = body.max_tokens();
     request.messages = body.domain_messages(state.settings.max_messages)?;
+    request.tools = body.client_tools()?;
     Ok(())
 }
 
@@ -130,7 +132,7 @@ pub async fn run(state: &AppState, mut request: ChatRequest, slot: BatchSlot) ->
     };
     let outcome = loop {
         match running.events.recv().await {
-            Some(ChatEvent::Text(_) | ChatEvent::Tool(_)) => continue,
+            Some(ChatEvent::Text(_) | ChatEvent::ToolCall(_) | ChatEvent::Tool(_)) => continue,
             Some(ChatEvent::Done(outcome)) => break *outcome,
             None => return TaskEnd::Failed(ApiError::internal("the run ended without an outcome")),
         }

@@ -3,6 +3,7 @@
 //! it whatever happens (the settling runs in a task of its own, so it also
 //! happens when the client has gone).
 
+pub mod content;
 mod fallback;
 pub mod prompt;
 
@@ -12,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::app::AppState;
 use crate::budget::{Reservation, ReservationRequest};
+use crate::config::Backend;
 use crate::error::ApiError;
 use crate::money::Micros;
 use crate::pricing::Model;
@@ -19,6 +21,7 @@ use crate::store::{Completion, LedgerEntry};
 pub use crate::workers::ToolActivity;
 use crate::workers::{Admission, Event, Job, JobClass, RunEnd, RunReport};
 
+pub use content::{ClientTools, Image, ToolCall, ToolCallDelta, ToolChoice, ToolResult, ToolSpec};
 pub use fallback::FAILED_OVER;
 pub use prompt::{Message, Role};
 
@@ -39,6 +42,8 @@ pub struct ChatRequest {
     pub class: JobClass,
     /// Set when the request asks Claude Code to act as an agent.
     pub agent: Option<AgentOptions>,
+    /// The client's own tools (OpenAI `tools`), which the model may call.
+    pub tools: Option<ClientTools>,
 }
 
 /// What an agentic request asks for: the extension fields of chat
@@ -78,6 +83,8 @@ impl Running {
 #[derive(Debug)]
 pub enum ChatEvent {
     Text(String),
+    /// A piece of a call to one of the client's tools, as it streams.
+    ToolCall(ToolCallDelta),
     /// An agent's tool activity, as it happens.
     Tool(ToolActivity),
     Done(Box<Outcome>),
@@ -196,6 +203,7 @@ async fn prepare(
         prompt: prompt.prompt,
         messages: request.messages.iter().filter(|m| m.role != Role::System).cloned().collect(),
         max_output_tokens: choice.max_tokens,
+        tools: request.tools.clone(),
         max_budget: amount,
         deadline,
         agent: agent.as_ref().map(crate::agent::job),
@@ -231,9 +239,11 @@ fn plan(state: &AppState, request: &ChatRequest, choice: &Choice) -> Result<Plan
             ));
         }
     }
+    check_content(state, request, &model)?;
     let input_bound = prompt::token_upper_bound(&prompt.prompt)
         + prompt.system.as_deref().map(prompt::token_upper_bound).unwrap_or(0)
-        + state.settings.prompt_overhead_tokens;
+        + state.settings.prompt_overhead_tokens
+        + content::token_upper_bound(&request.messages, request.tools.as_ref());
     let output_bound = choice.max_tokens.unwrap_or(model.max_output_tokens);
     if input_bound.saturating_add(output_bound) > model.context_window {
         return Err(ApiError::BadRequest {
@@ -252,6 +262,49 @@ fn plan(state: &AppState, request: &ChatRequest, choice: &Choice) -> Result<Plan
         ..Default::default()
     });
     Ok(Plan { model, prompt, amount, input_tokens: input_bound, output_tokens: output_bound })
+}
+
+/// Refuses images and client tools that the model's backend cannot carry,
+/// and images over the size limit, rather than dropping them.
+fn check_content(state: &AppState, request: &ChatRequest, model: &Model) -> Result<(), ApiError> {
+    let max = state.settings.max_image_bytes;
+    if let Some(image) = request.messages.iter().flat_map(|m| &m.images).find(|i| i.size > max) {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "an image is {} bytes decoded, more than the {max} bytes allowed (max_image_bytes)",
+            image.size
+        )));
+    }
+    if state.settings.backend_for(&model.id, &model.aliases) == Backend::Api {
+        return Ok(());
+    }
+    if request.tools.is_some() || request.messages.iter().any(Message::has_tool_use) {
+        return Err(ApiError::bad_request(
+            format!(
+                "client-side tool calling (`tools`, `tool_calls`, `tool` messages) is not supported by the \
+                 Claude Code CLI backend that serves {}; serve the model on the direct backend \
+                 (backends = {{ {} = \"api\" }}) to use it",
+                model.id,
+                model.aliases.first().unwrap_or(&model.id)
+            ),
+            "tools",
+        ));
+    }
+    // The CLI takes one user message per run: earlier turns go as a text
+    // transcript, which cannot hold an image.
+    let last_user = request.messages.iter().rposition(|m| m.role == Role::User);
+    let earlier_image =
+        request.messages.iter().enumerate().any(|(i, m)| !m.images.is_empty() && Some(i) != last_user);
+    if earlier_image {
+        return Err(ApiError::bad_request(
+            format!(
+                "the Claude Code CLI backend that serves {} takes images only in the last user message; \
+                 use the direct backend for images in earlier turns",
+                model.id
+            ),
+            "messages",
+        ));
+    }
+    Ok(())
 }
 
 pub fn resolve_model(state: &AppState, name: &str) -> Result<Model, ApiError> {
@@ -393,6 +446,11 @@ async fn deliver(
         Event::Text(text) => {
             flow.text_sent = true;
             client.send(ChatEvent::Text(text)).await.is_ok()
+        }
+        Event::ToolCall(delta) => {
+            // A tool call is an answer: no fallback once it went out.
+            flow.text_sent = true;
+            client.send(ChatEvent::ToolCall(delta)).await.is_ok()
         }
         Event::Tool(activity) => {
             // A tool has acted: retrying elsewhere would act twice.

@@ -4,6 +4,8 @@
 
 use std::fmt::Write;
 
+use super::content::{Image, ToolCall, ToolResult};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     System,
@@ -15,6 +17,30 @@ pub enum Role {
 pub struct Message {
     pub role: Role,
     pub text: String,
+    /// Images attached to a user turn.
+    pub images: Vec<Image>,
+    /// Calls an assistant turn made to the client's tools.
+    pub tool_calls: Vec<ToolCall>,
+    /// The client's answers to tool calls, carried by a user turn.
+    pub tool_results: Vec<ToolResult>,
+}
+
+impl Message {
+    /// A message of text alone.
+    pub fn new(role: Role, text: impl Into<String>) -> Message {
+        Message {
+            role,
+            text: text.into(),
+            images: Vec::new(),
+            tool_calls: Vec::new(),
+            tool_results: Vec::new(),
+        }
+    }
+
+    /// Whether the message uses client-side tools (calls or results).
+    pub fn has_tool_use(&self) -> bool {
+        !self.tool_calls.is_empty() || !self.tool_results.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,7 +97,7 @@ mod tests {
     use super::*;
 
     fn m(role: Role, text: &str) -> Message {
-        Message { role, text: text.into() }
+        Message::new(role, text)
     }
 
     #[test]

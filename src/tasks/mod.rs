@@ -105,7 +105,8 @@ pub async fn submit(
         key_id: key_id.map(str::to_string),
         endpoint: "/v1/tasks",
         model: task.model.clone().unwrap_or_else(|| "auto".into()),
-        messages: vec![Message { role: Role::User, text: task.prompt.clone() }],
+        messages: vec![Message::new(Role::User, task.prompt.clone())],
+        tools: None,
         max_tokens: None,
         received_at,
         class: JobClass::Interactive,
@@ -160,6 +161,8 @@ async fn follow(state: &AppState, id: &str, mut running: chat::Running, cancel: 
         match event {
             Some(ChatEvent::Text(text)) => append(state, id, "text", json!({ "text": text })).await,
             Some(ChatEvent::Tool(activity)) => append(state, id, "tool", json!(activity)).await,
+            // Tasks carry no client-side tools, so the model cannot call one.
+            Some(ChatEvent::ToolCall(_)) => {}
             Some(ChatEvent::Done(outcome)) => break Some(*outcome),
             None => break None,
         }

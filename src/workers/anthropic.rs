@@ -17,9 +17,10 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::messages_sse::{data_of, parse_data, Delta, ErrorResponse, SseLines, StreamEvent};
+use super::messages_request;
+use super::messages_sse::{data_of, parse_data, ContentBlock, Delta, ErrorResponse, SseLines, StreamEvent};
 use super::{Event, Job, PoolStats, RunEnd, RunReport, Worker};
-use crate::chat::Role;
+use crate::chat::{ToolCall, ToolCallDelta};
 use crate::config::ApiKey;
 use crate::pricing::{PriceTable, TokenUsage};
 
@@ -92,14 +93,7 @@ impl AnthropicApi {
     }
 
     fn body(&self, job: &Job) -> Bytes {
-        let messages: Vec<_> = job
-            .messages
-            .iter()
-            .map(|m| {
-                let role = if m.role == Role::Assistant { "assistant" } else { "user" };
-                json!({"role": role, "content": m.text})
-            })
-            .collect();
+        let messages = messages_request::messages(&job.messages);
         let max_tokens = job
             .max_output_tokens
             .or_else(|| self.max_output.get(&job.model_id).copied())
@@ -112,6 +106,9 @@ impl AnthropicApi {
         });
         if let Some(system) = &job.system_prompt {
             body["system"] = json!(system);
+        }
+        if let Some(tools) = &job.tools {
+            messages_request::add_tools(&mut body, tools);
         }
         Bytes::from(body.to_string())
     }
@@ -140,7 +137,7 @@ impl Worker for AnthropicApi {
                     Attempt::End(end) => break end,
                     Attempt::Retry { end, retry_after } => (end, retry_after),
                 };
-            if retries >= self.max_retries || !report.text.is_empty() {
+            if retries >= self.max_retries || !report.text.is_empty() || !report.tool_calls.is_empty() {
                 break end;
             }
             let wait = retry_after.unwrap_or_else(|| backoff(retries));
@@ -198,6 +195,8 @@ impl AnthropicApi {
         let _ = events.send(Event::Started { model: Some(job.model_id.clone()), session_id: None }).await;
         let mut stream = response.bytes_stream();
         let mut lines = SseLines::default();
+        // Which tool call each content block of this message is.
+        let mut tool_blocks = HashMap::new();
         loop {
             let chunk = tokio::select! {
                 biased;
@@ -215,7 +214,7 @@ impl AnthropicApi {
             lines.push(&bytes);
             while let Some(line) = lines.next_line() {
                 let Some(event) = data_of(&line).and_then(parse_data) else { continue };
-                if let Some(done) = apply(report, event, events).await {
+                if let Some(done) = apply(report, &mut tool_blocks, event, events).await {
                     return done;
                 }
             }
@@ -262,7 +261,55 @@ fn broken(message: String) -> Attempt {
 }
 
 /// Applies one stream event; `Some` when the attempt is over.
-async fn apply(report: &mut RunReport, event: StreamEvent, events: &mpsc::Sender<Event>) -> Option<Attempt> {
+/// `tool_blocks` maps content block indexes to tool call indexes.
+async fn apply(
+    report: &mut RunReport,
+    tool_blocks: &mut HashMap<usize, usize>,
+    event: StreamEvent,
+    events: &mpsc::Sender<Event>,
+) -> Option<Attempt> {
+    let tool_delta = match event {
+        StreamEvent::ContentBlockStart { index, content_block: ContentBlock::ToolUse { id, name } } => {
+            report.first_token_at.get_or_insert_with(Instant::now);
+            tool_blocks.insert(index, report.tool_calls.len());
+            report.tool_calls.push(ToolCall { id: id.clone(), name: name.clone(), arguments: String::new() });
+            Some(ToolCallDelta {
+                index: report.tool_calls.len() - 1,
+                id: Some(id),
+                name: Some(name),
+                arguments: String::new(),
+            })
+        }
+        StreamEvent::ContentBlockDelta { index, delta: Delta::InputJsonDelta { partial_json } } => {
+            let call = tool_blocks.get(&index).copied();
+            call.and_then(|call| report.tool_calls.get_mut(call).map(|c| (call, c))).map(|(call, c)| {
+                c.arguments.push_str(&partial_json);
+                ToolCallDelta { index: call, id: None, name: None, arguments: partial_json }
+            })
+        }
+        StreamEvent::MessageStop => {
+            // A call without input streamed no argument text.
+            for call in report.tool_calls.iter_mut().filter(|c| c.arguments.is_empty()) {
+                call.arguments = "{}".into();
+            }
+            return Some(Attempt::End(RunEnd::Completed));
+        }
+        event => return apply_other(report, event, events).await,
+    };
+    if let Some(delta) = tool_delta {
+        if events.send(Event::ToolCall(delta)).await.is_err() {
+            return Some(Attempt::End(RunEnd::Cancelled));
+        }
+    }
+    None
+}
+
+/// Applies a stream event that is not part of a tool call.
+async fn apply_other(
+    report: &mut RunReport,
+    event: StreamEvent,
+    events: &mpsc::Sender<Event>,
+) -> Option<Attempt> {
     match event {
         StreamEvent::MessageStart { message } => {
             if let Some(model) = message.model {
@@ -272,7 +319,7 @@ async fn apply(report: &mut RunReport, event: StreamEvent, events: &mpsc::Sender
                 usage.apply_to(&mut report.usage);
             }
         }
-        StreamEvent::ContentBlockDelta { delta: Delta::TextDelta { text } } => {
+        StreamEvent::ContentBlockDelta { delta: Delta::TextDelta { text }, .. } => {
             report.first_token_at.get_or_insert_with(Instant::now);
             report.text.push_str(&text);
             if events.send(Event::Text(text)).await.is_err() {
@@ -300,7 +347,9 @@ async fn apply(report: &mut RunReport, event: StreamEvent, events: &mpsc::Sender
                 RunEnd::Failed { api_status: Some(status), subtype: error.kind, message: error.message };
             return Some(Attempt::Retry { end, retry_after: None });
         }
-        StreamEvent::ContentBlockDelta { delta: Delta::Other } | StreamEvent::Other => {}
+        StreamEvent::ContentBlockStart { .. }
+        | StreamEvent::ContentBlockDelta { .. }
+        | StreamEvent::Other => {}
     }
     None
 }

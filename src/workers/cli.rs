@@ -4,6 +4,7 @@
 //! when the future is dropped.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::Ordering;
@@ -38,6 +39,7 @@ pub struct ClaudeCli {
     pub(super) stall_timeout: Duration,
     max_retries: u32,
     extra_env: BTreeMap<String, String>,
+    passthrough: Vec<String>,
     pub(super) stats: Arc<PoolStats>,
 }
 
@@ -48,6 +50,66 @@ pub struct CliSettings {
     pub stall_timeout: Duration,
     pub max_retries: u32,
     pub extra_env: BTreeMap<String, String>,
+    /// Names of further gateway variables workers inherit, besides
+    /// [`INHERITED_VARS`] (never a [`is_gateway_secret`] one).
+    pub passthrough: Vec<String>,
+}
+
+/// What a worker inherits from the gateway's environment: what the CLI and
+/// Node need to run, reach the upstream (directly or through a proxy) and
+/// trust its certificate. Everything else stays behind, the gateway's own
+/// secrets (admin key, database URL) first of all.
+pub const INHERITED_VARS: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "LANG",
+    "TZ",
+    "TMPDIR",
+    "TERM",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "all_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "NODE_EXTRA_CA_CERTS",
+    "NODE_OPTIONS",
+];
+
+/// Prefixes of inherited variables: locale settings, and the upstream's
+/// URL, key, auth token and model settings.
+pub const INHERITED_PREFIXES: &[&str] = &["LC_", "ANTHROPIC_", "CLAUDE_"];
+
+/// Variables that never reach a worker, whatever the settings say: the
+/// gateway's own settings and database credentials.
+pub fn is_gateway_secret(name: &str) -> bool {
+    name.starts_with("CCGATE_") || name == "DATABASE_URL" || name.starts_with("PG")
+}
+
+/// The gateway variables a worker inherits, from `vars` (the gateway's
+/// environment): the allow-list plus `passthrough`, minus gateway secrets
+/// and `CLAUDECODE` (a nested Claude Code session refuses to start while it
+/// is set).
+pub fn inherited_env(
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+    passthrough: &[String],
+) -> Vec<(OsString, OsString)> {
+    vars.into_iter()
+        .filter(|(name, _)| {
+            let Some(name) = name.to_str() else { return false };
+            let allowed = INHERITED_VARS.contains(&name)
+                || INHERITED_PREFIXES.iter().any(|prefix| name.starts_with(prefix))
+                || passthrough.iter().any(|p| p == name);
+            allowed && name != "CLAUDECODE" && !is_gateway_secret(name)
+        })
+        .collect()
 }
 
 impl ClaudeCli {
@@ -58,6 +120,7 @@ impl ClaudeCli {
             stall_timeout: settings.stall_timeout,
             max_retries: settings.max_retries,
             extra_env: settings.extra_env,
+            passthrough: settings.passthrough,
             stats,
         }
     }
@@ -119,8 +182,8 @@ impl ClaudeCli {
     }
 
     /// The CLI with everything every worker process shares: print mode,
-    /// stream-json output, no tools, a clean environment, its own process
-    /// group, and death with the gateway.
+    /// stream-json output, no tools, an environment built from an allow-list,
+    /// its own process group, and death with the gateway.
     pub(super) fn base_command(&self, model: &str, max_output_tokens: Option<u64>) -> Command {
         let mut cmd = self.cli_command(model, max_output_tokens);
         cmd.args(["--bare", "--tools", "", "--no-session-persistence"]);
@@ -135,15 +198,10 @@ impl ClaudeCli {
         cmd.args(["-p", "--input-format", "stream-json", "--output-format", "stream-json", "--verbose"])
             .arg("--include-partial-messages")
             .args(["--model", model]);
-        // The gateway's own settings (admin key, database URL) are not the
-        // worker's business; a nested Claude Code session refuses to start
-        // while CLAUDECODE is set.
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("CCGATE_") {
-                cmd.env_remove(name);
-            }
-        }
-        cmd.env_remove("CLAUDECODE")
+        // Workers start from an empty environment: the gateway's own
+        // settings (admin key, database URL) are not the worker's business.
+        cmd.env_clear()
+            .envs(inherited_env(std::env::vars_os(), &self.passthrough))
             .env("DISABLE_TELEMETRY", "1")
             .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
             .env("DISABLE_AUTOUPDATER", "1")
@@ -374,7 +432,7 @@ impl Conversation<'_> {
         let mut state = RunState::new();
         let message = serde_json::json!({
             "type": "user",
-            "message": {"role": "user", "content": job.prompt},
+            "message": {"role": "user", "content": user_content(job)},
         })
         .to_string();
         // The CLI prints nothing before it has read the whole message, so
@@ -464,6 +522,28 @@ impl Conversation<'_> {
         }
         (state, end)
     }
+}
+
+/// The content of the one user message a run sends: the prompt, after the
+/// last user turn's images as image blocks when it has any (earlier turns
+/// travel as text, so chat refuses images there for this backend).
+fn user_content(job: &Job) -> serde_json::Value {
+    let images = job.messages.last().map(|m| m.images.as_slice()).unwrap_or_default();
+    if images.is_empty() {
+        return serde_json::json!(job.prompt);
+    }
+    let mut blocks: Vec<serde_json::Value> = images
+        .iter()
+        .map(|image| {
+            serde_json::json!({"type": "image", "source": {
+                "type": "base64", "media_type": image.media_type, "data": image.data_base64,
+            }})
+        })
+        .collect();
+    if !job.prompt.is_empty() {
+        blocks.push(serde_json::json!({"type": "text", "text": job.prompt}));
+    }
+    serde_json::Value::Array(blocks)
 }
 
 pub(super) async fn write_line(stdin: &mut ChildStdin, line: &str) -> std::io::Result<()> {
@@ -568,5 +648,48 @@ fn finish(report: &mut RunReport, result: CliResult) -> RunEnd {
         api_status: result.api_error_status,
         message: result.result.unwrap_or_else(|| format!("the CLI reported {}", result.subtype)),
         subtype: result.subtype,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_inherit_only_the_allow_list() {
+        let vars = [
+            ("PATH", "/usr/bin"),
+            ("HOME", "/root"),
+            ("LC_ALL", "C.UTF-8"),
+            ("ANTHROPIC_BASE_URL", "http://127.0.0.1:9"),
+            ("CLAUDE_CONFIG_DIR", "/cfg"),
+            ("https_proxy", "http://proxy:3128"),
+            ("AWS_REGION", "eu-west-1"),
+            ("CCGATE_ADMIN_KEY", "admin-secret"),
+            ("CCGATE_DATABASE_URL", "postgres://x"),
+            ("DATABASE_URL", "postgres://y"),
+            ("PGPASSWORD", "pw"),
+            ("SOME_OTHER_SECRET", "s"),
+            ("CLAUDECODE", "1"),
+        ]
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        // Passthrough adds names, but never the gateway's own.
+        let passthrough = ["AWS_REGION".to_string(), "PGPASSWORD".to_string()];
+        let kept: Vec<String> = inherited_env(vars, &passthrough)
+            .into_iter()
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                "PATH",
+                "HOME",
+                "LC_ALL",
+                "ANTHROPIC_BASE_URL",
+                "CLAUDE_CONFIG_DIR",
+                "https_proxy",
+                "AWS_REGION"
+            ]
+        );
     }
 }

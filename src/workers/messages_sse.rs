@@ -44,7 +44,14 @@ pub enum StreamEvent {
     MessageStart {
         message: StartMessage,
     },
+    ContentBlockStart {
+        #[serde(default)]
+        index: usize,
+        content_block: ContentBlock,
+    },
     ContentBlockDelta {
+        #[serde(default)]
+        index: usize,
         delta: Delta,
     },
     MessageDelta {
@@ -74,6 +81,23 @@ pub struct StartMessage {
 pub enum Delta {
     TextDelta {
         text: String,
+    },
+    /// A piece of a tool call's input, as JSON text.
+    InputJsonDelta {
+        partial_json: String,
+    },
+    #[serde(other)]
+    Other,
+}
+
+/// The block a `content_block_start` opens; only tool calls matter here
+/// (text arrives in deltas).
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ContentBlock {
+    ToolUse {
+        id: String,
+        name: String,
     },
     #[serde(other)]
     Other,
@@ -178,10 +202,36 @@ mod tests {
         let text = r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi"}}"#;
         assert_eq!(
             parse_data(text),
-            Some(StreamEvent::ContentBlockDelta { delta: Delta::TextDelta { text: "hi".into() } })
+            Some(StreamEvent::ContentBlockDelta { index: 0, delta: Delta::TextDelta { text: "hi".into() } })
         );
-        let json_delta = r#"{"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta"}}"#;
-        assert_eq!(parse_data(json_delta), Some(StreamEvent::ContentBlockDelta { delta: Delta::Other }));
+        let json_delta = r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"a\""}}"#;
+        assert_eq!(
+            parse_data(json_delta),
+            Some(StreamEvent::ContentBlockDelta {
+                index: 1,
+                delta: Delta::InputJsonDelta { partial_json: "{\"a\"".into() }
+            })
+        );
+        let tool_start = r#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_1","name":"get_weather","input":{}}}"#;
+        assert_eq!(
+            parse_data(tool_start),
+            Some(StreamEvent::ContentBlockStart {
+                index: 1,
+                content_block: ContentBlock::ToolUse { id: "toolu_1".into(), name: "get_weather".into() }
+            })
+        );
+        let text_start =
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#;
+        assert_eq!(
+            parse_data(text_start),
+            Some(StreamEvent::ContentBlockStart { index: 0, content_block: ContentBlock::Other })
+        );
+        let thinking =
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"x"}}"#;
+        assert_eq!(
+            parse_data(thinking),
+            Some(StreamEvent::ContentBlockDelta { index: 0, delta: Delta::Other })
+        );
         assert_eq!(parse_data(r#"{"type":"ping"}"#), Some(StreamEvent::Other));
         let error = r#"{"type":"error","error":{"type":"overloaded_error","message":"busy"}}"#;
         assert_eq!(

@@ -5,6 +5,7 @@
 
 pub mod anthropic;
 pub mod cli;
+pub mod messages_request;
 pub mod messages_sse;
 pub mod pool;
 pub mod stream_json;
@@ -36,6 +37,8 @@ pub struct Job {
     /// that take messages.
     pub messages: Vec<crate::chat::Message>,
     pub max_output_tokens: Option<u64>,
+    /// The client's own tools, for backends that can offer them.
+    pub tools: Option<crate::chat::ClientTools>,
     /// The CLI's own spending cap for the run (`--max-budget-usd`).
     pub max_budget: Micros,
     /// The run is killed at this instant, queueing included.
@@ -73,6 +76,8 @@ pub enum Event {
         session_id: Option<String>,
     },
     Text(String),
+    /// A piece of a call the model makes to one of the client's tools.
+    ToolCall(crate::chat::ToolCallDelta),
     /// An agent used a tool, or got its result.
     Tool(ToolActivity),
     /// The CLI printed its result. Sent before the process is cleaned up,
@@ -124,6 +129,8 @@ pub struct RunReport {
     pub model: Option<String>,
     pub session_id: Option<String>,
     pub text: String,
+    /// Calls the model made to the client's tools, in order.
+    pub tool_calls: Vec<crate::chat::ToolCall>,
     pub usage: TokenUsage,
     /// The cost the CLI reported, if it got as far as a result.
     pub reported_cost: Option<Micros>,
@@ -142,6 +149,7 @@ impl RunReport {
             model: None,
             session_id: None,
             text: String::new(),
+            tool_calls: Vec::new(),
             usage: TokenUsage::default(),
             reported_cost: None,
             stop_reason: None,

@@ -329,6 +329,8 @@ impl GatewayProcess {
         .env("ANTHROPIC_BASE_URL", sim.base_url())
         .env("ANTHROPIC_API_KEY", "sk-ccgate-test")
         .env("CCG_TEST_MARKER", marker)
+        // Workers inherit only an allow-list: the marker must be named.
+        .env("CCGATE_WORKER_ENV_PASSTHROUGH", "CCG_TEST_MARKER")
         .env("CCGATE_WORK_DIR", work_dir)
         .env("CCGATE_CLI_MAX_RETRIES", "0")
         .env("CCGATE_LOG", "info")

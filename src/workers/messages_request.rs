@@ -1,0 +1,161 @@
+//! The Messages API request body for a chat: each turn's text, images,
+//! tool calls (`tool_use`) and tool results (`tool_result`) as content
+//! blocks, and the client's tools with the tool choice.
+
+use serde_json::{json, Value};
+
+use crate::chat::{ClientTools, Message, Role, ToolChoice};
+
+/// The `messages` of a request. A turn of text alone keeps the plain string
+/// form; anything else becomes content blocks.
+pub fn messages(turns: &[Message]) -> Vec<Value> {
+    turns
+        .iter()
+        .map(|m| {
+            let role = if m.role == Role::Assistant { "assistant" } else { "user" };
+            json!({"role": role, "content": content(m)})
+        })
+        .collect()
+}
+
+fn content(message: &Message) -> Value {
+    if message.images.is_empty() && !message.has_tool_use() {
+        return json!(message.text);
+    }
+    // Tool results come first in a user turn, as the API requires; the
+    // text goes after the images it talks about.
+    let mut blocks: Vec<Value> = message
+        .tool_results
+        .iter()
+        .map(|r| json!({"type": "tool_result", "tool_use_id": r.tool_call_id, "content": r.content}))
+        .collect();
+    blocks.extend(message.images.iter().map(|image| {
+        json!({"type": "image", "source": {
+            "type": "base64", "media_type": image.media_type, "data": image.data_base64,
+        }})
+    }));
+    // The API refuses empty text blocks.
+    if !message.text.is_empty() {
+        blocks.push(json!({"type": "text", "text": message.text}));
+    }
+    blocks.extend(message.tool_calls.iter().map(|call| {
+        // OpenAI carries arguments as JSON text; a call whose arguments do
+        // not parse keeps them as a string under `arguments`, so nothing is
+        // lost.
+        let input = serde_json::from_str::<Value>(&call.arguments)
+            .ok()
+            .filter(Value::is_object)
+            .unwrap_or_else(|| {
+                if call.arguments.trim().is_empty() {
+                    json!({})
+                } else {
+                    json!({"arguments": call.arguments})
+                }
+            });
+        json!({"type": "tool_use", "id": call.id, "name": call.name, "input": input})
+    }));
+    Value::Array(blocks)
+}
+
+/// Adds the client's tools and tool choice to a request body.
+pub fn add_tools(body: &mut Value, tools: &ClientTools) {
+    body["tools"] = tools
+        .tools
+        .iter()
+        .map(|t| {
+            let mut tool = json!({"name": t.name, "input_schema": t.parameters});
+            if let Some(description) = &t.description {
+                tool["description"] = json!(description);
+            }
+            tool
+        })
+        .collect();
+    if let Some(choice) = &tools.choice {
+        body["tool_choice"] = match choice {
+            ToolChoice::Auto => json!({"type": "auto"}),
+            ToolChoice::None => json!({"type": "none"}),
+            ToolChoice::Required => json!({"type": "any"}),
+            ToolChoice::Named(name) => json!({"type": "tool", "name": name}),
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::{Image, ToolCall, ToolResult, ToolSpec};
+
+    #[test]
+    fn turns_map_to_content_blocks() {
+        let mut question = Message::new(Role::User, "what is in it?");
+        question.images.push(Image {
+            media_type: "image/png".into(),
+            data_base64: "iVBORw==".into(),
+            size: 4,
+        });
+        let mut call = Message::new(Role::Assistant, "");
+        call.tool_calls.push(ToolCall {
+            id: "call_1".into(),
+            name: "get_weather".into(),
+            arguments: r#"{"city":"Paris"}"#.into(),
+        });
+        let mut results = Message::new(Role::User, "");
+        results.tool_results.push(ToolResult { tool_call_id: "call_1".into(), content: "sunny".into() });
+        let mapped = messages(&[Message::new(Role::User, "hi"), question, call, results]);
+        assert_eq!(
+            Value::Array(mapped),
+            json!([
+                {"role": "user", "content": "hi"},
+                {"role": "user", "content": [
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw=="}},
+                    {"type": "text", "text": "what is in it?"},
+                ]},
+                {"role": "assistant", "content": [
+                    {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}},
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "call_1", "content": "sunny"},
+                ]},
+            ])
+        );
+    }
+
+    #[test]
+    fn tool_arguments_that_are_not_an_object_are_kept() {
+        for (arguments, input) in [("", json!({})), ("not json", json!({"arguments": "not json"}))] {
+            let mut call = Message::new(Role::Assistant, "calling");
+            call.tool_calls.push(ToolCall { id: "c".into(), name: "f".into(), arguments: arguments.into() });
+            let mapped = messages(&[call]);
+            assert_eq!(mapped[0]["content"][1]["input"], input, "{arguments:?}");
+            assert_eq!(mapped[0]["content"][0], json!({"type": "text", "text": "calling"}));
+        }
+    }
+
+    #[test]
+    fn tools_and_choices_map_to_anthropics() {
+        let spec = ToolSpec {
+            name: "get_weather".into(),
+            description: Some("Weather by city".into()),
+            parameters: json!({"type": "object", "properties": {"city": {"type": "string"}}}),
+        };
+        let cases = [
+            (None, None),
+            (Some(ToolChoice::Auto), Some(json!({"type": "auto"}))),
+            (Some(ToolChoice::None), Some(json!({"type": "none"}))),
+            (Some(ToolChoice::Required), Some(json!({"type": "any"}))),
+            (
+                Some(ToolChoice::Named("get_weather".into())),
+                Some(json!({"type": "tool", "name": "get_weather"})),
+            ),
+        ];
+        for (choice, expected) in cases {
+            let mut body = json!({});
+            add_tools(&mut body, &ClientTools { tools: vec![spec.clone()], choice: choice.clone() });
+            assert_eq!(
+                body["tools"],
+                json!([{"name": "get_weather", "description": "Weather by city", "input_schema": spec.parameters}])
+            );
+            assert_eq!(body.get("tool_choice").cloned(), expected, "{choice:?}");
+        }
+    }
+}
