@@ -146,8 +146,11 @@ pub async fn create(
         expires_at_ms: now + WINDOW.as_millis() as i64,
     };
     state.budget.store().create_batch(&batch).await?;
+    // Read back before the runner is woken, so the answer shows the batch
+    // as created (`validating`), as OpenAI's does.
+    let created = get(state, project_id, &batch.id).await?;
     state.batches.wake();
-    get(state, project_id, &batch.id).await
+    Ok(created)
 }
 
 /// The project's batch (another project's batch is not found).
