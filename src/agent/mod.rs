@@ -126,8 +126,21 @@ pub fn job(plan: &AgentPlan) -> crate::workers::AgentJob {
         max_turns: plan.max_turns,
         resume: plan.resume.clone(),
         skip_permissions: plan.skip_permissions,
-        mcp_config: mcp_config(&plan.mcp_servers),
+        mcp_config: mcp_config(&servers_in_use(&plan.mcp_servers, &plan.tools)),
     }
+}
+
+/// The policy's MCP servers that some enabled tool names (`mcp__<server>`
+/// or `mcp__<server>__<tool>`). The CLI offers every tool of every server
+/// it is given, whatever `--tools` says, and `--dangerously-skip-permissions`
+/// would run them all: so a server no enabled tool names is not started.
+fn servers_in_use(servers: &[McpServer], tools: &[String]) -> Vec<McpServer> {
+    let names_server = |tool: &str, server: &str| {
+        tool.strip_prefix("mcp__")
+            .and_then(|rest| rest.strip_prefix(server))
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("__"))
+    };
+    servers.iter().filter(|s| tools.iter().any(|t| names_server(t, &s.name))).cloned().collect()
 }
 
 /// `--mcp-config` JSON for the allowed servers, or none.
@@ -179,6 +192,34 @@ mod tests {
         for (allowed, expected) in cases {
             let allowed: Vec<String> = allowed.iter().map(|s| s.to_string()).collect();
             assert_eq!(pre_approved(&allowed), *expected, "{allowed:?}");
+        }
+    }
+
+    #[test]
+    fn only_servers_an_enabled_tool_names_are_started() {
+        let server = |name: &str| McpServer {
+            name: name.into(),
+            command: Some("mcp".into()),
+            args: vec![],
+            env: Default::default(),
+            url: None,
+        };
+        let servers = vec![server("docs"), server("docs_v2"), server("web")];
+        // (enabled tools, servers started)
+        let cases: &[(&[&str], &[&str])] = &[
+            (&[], &[]),
+            (&["Read", "Bash"], &[]),
+            (&["mcp__docs__search"], &["docs"]),
+            (&["mcp__docs"], &["docs"]),
+            (&["mcp__docs_v2__search"], &["docs_v2"]),
+            (&["mcp__docsearch"], &[]),
+            (&["mcp__web__fetch", "Read", "mcp__docs__a"], &["docs", "web"]),
+            (&["mcp__other__x"], &[]),
+        ];
+        for (tools, expected) in cases {
+            let tools: Vec<String> = tools.iter().map(|s| s.to_string()).collect();
+            let started: Vec<String> = servers_in_use(&servers, &tools).into_iter().map(|s| s.name).collect();
+            assert_eq!(started, *expected, "{tools:?}");
         }
     }
 

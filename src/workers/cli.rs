@@ -4,7 +4,7 @@
 //! when the future is dropped.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::Ordering;
@@ -231,6 +231,33 @@ impl ClaudeCli {
     }
 }
 
+/// Why an agent with `skip_permissions` cannot run here, and what to change.
+pub const BYPASS_AS_ROOT: &str = "the project's agent policy sets skip_permissions, but Claude Code refuses \
+     --dangerously-skip-permissions (bypassPermissions) when run as root, and the gateway runs as root: \
+     run the gateway as an unprivileged user, or, if its workers run in a container or sandbox, \
+     set IS_SANDBOX=1 in worker_env";
+
+/// Whether the CLI would refuse the permission bypass with this command:
+/// as root it prints a line to stderr and exits, unless told it runs in a
+/// sandbox (`IS_SANDBOX=1`, or `CLAUDE_CODE_BUBBLEWRAP`). Workers start from
+/// an empty environment, so the command's variables are all they get.
+fn bypass_refused(cmd: &Command) -> bool {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let env: Vec<EnvEntry<'_>> = cmd.as_std().get_envs().collect();
+    refuses_bypass(uid, &env)
+}
+
+/// A variable a command sets (`Some`) or removes (`None`).
+type EnvEntry<'a> = (&'a OsStr, Option<&'a OsStr>);
+
+fn refuses_bypass(uid: u32, env: &[EnvEntry<'_>]) -> bool {
+    let value = |name: &str| env.iter().rev().find(|(k, _)| *k == name).and_then(|(_, v)| *v);
+    let sandbox = value("IS_SANDBOX").is_some_and(|v| v == "1");
+    let bubblewrap = value("CLAUDE_CODE_BUBBLEWRAP").is_some_and(|v| !v.is_empty());
+    uid == 0 && !sandbox && !bubblewrap
+}
+
 /// Kills the process group and reaps the leader when dropped, so that no
 /// exit path (including a dropped future) leaves a process behind.
 pub(super) struct Group {
@@ -333,7 +360,15 @@ impl ClaudeCli {
         events: mpsc::Sender<Event>,
         cancel: CancellationToken,
     ) -> RunReport {
-        let mut child = match self.command(job, system_file).spawn() {
+        let mut command = self.command(job, system_file);
+        if job.agent.as_ref().is_some_and(|agent| agent.skip_permissions) && bypass_refused(&command) {
+            self.stats.spawn_failures.fetch_add(1, Ordering::Relaxed);
+            return RunReport::new(RunEnd::SpawnFailed {
+                not_installed: false,
+                message: BYPASS_AS_ROOT.into(),
+            });
+        }
+        let mut child = match command.spawn() {
             Ok(child) => child,
             Err(e) => {
                 self.stats.spawn_failures.fetch_add(1, Ordering::Relaxed);
@@ -654,6 +689,65 @@ fn finish(report: &mut RunReport, result: CliResult) -> RunEnd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_permission_bypass_is_refused_as_root_outside_a_sandbox() {
+        let os = |s: &'static str| OsStr::new(s);
+        // (uid, environment, refused)
+        let cases: Vec<(u32, Vec<EnvEntry<'_>>, bool)> = vec![
+            (0, vec![], true),
+            (0, vec![(os("IS_SANDBOX"), Some(os("1")))], false),
+            (0, vec![(os("IS_SANDBOX"), Some(os("true")))], true),
+            (0, vec![(os("IS_SANDBOX"), Some(os("1"))), (os("IS_SANDBOX"), None)], true),
+            (0, vec![(os("CLAUDE_CODE_BUBBLEWRAP"), Some(os("1")))], false),
+            (1000, vec![], false),
+        ];
+        for (uid, env, refused) in cases {
+            assert_eq!(refuses_bypass(uid, &env), refused, "{uid} {env:?}");
+        }
+    }
+
+    fn agent(skip_permissions: bool) -> AgentJob {
+        AgentJob {
+            cwd: std::env::temp_dir(),
+            tools: vec!["Read".into()],
+            allowed_tools: vec![],
+            disallowed_tools: vec![],
+            max_turns: 2,
+            resume: None,
+            skip_permissions,
+            mcp_config: None,
+        }
+    }
+
+    #[test]
+    fn only_a_policy_s_skip_permissions_bypasses_permissions() {
+        let cli = ClaudeCli::new(
+            CliSettings {
+                bin: "claude".into(),
+                work_dir: std::env::temp_dir(),
+                stall_timeout: Duration::from_secs(1),
+                max_retries: 0,
+                extra_env: BTreeMap::new(),
+                passthrough: vec![],
+            },
+            Arc::default(),
+        );
+        let args = |cmd: Command| -> Vec<String> {
+            cmd.as_std().get_args().map(|a| a.to_string_lossy().into_owned()).collect()
+        };
+        let bypass = |args: &[String]| {
+            args.iter().any(|a| a == "--dangerously-skip-permissions" || a == "bypassPermissions")
+        };
+        let plain = args(cli.base_command("haiku", None));
+        assert!(!bypass(&plain), "{plain:?}");
+        let careful = args(cli.agent_command("haiku", None, &agent(false)));
+        assert!(!bypass(&careful), "{careful:?}");
+        assert!(careful.windows(2).any(|w| w == ["--permission-mode", "acceptEdits"]), "{careful:?}");
+        let skipping = args(cli.agent_command("haiku", None, &agent(true)));
+        assert!(skipping.windows(2).any(|w| w == ["--permission-mode", "bypassPermissions"]), "{skipping:?}");
+        assert!(skipping.iter().any(|a| a == "--dangerously-skip-permissions"), "{skipping:?}");
+    }
 
     #[test]
     fn workers_inherit_only_the_allow_list() {
