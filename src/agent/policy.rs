@@ -142,9 +142,14 @@ impl<'a> ToolRule<'a> {
     }
 
     /// Whether this rule (from a policy) covers `wanted`: a bare name covers
-    /// the tool with any specifier, a pattern only itself.
+    /// the tool with any specifier, a pattern only itself, and `mcp__<server>`
+    /// every tool of that server (as the CLI reads it).
     fn covers(&self, wanted: &ToolRule<'_>) -> bool {
-        self.name == wanted.name && (self.specifier.is_none() || self.specifier == wanted.specifier)
+        let whole_server = self.specifier.is_none()
+            && self.name.strip_prefix("mcp__").is_some_and(|server| !server.contains("__"))
+            && wanted.name.strip_prefix(self.name).is_some_and(|tool| tool.starts_with("__"));
+        whole_server
+            || (self.name == wanted.name && (self.specifier.is_none() || self.specifier == wanted.specifier))
     }
 }
 
@@ -460,6 +465,34 @@ mod tests {
             let err = check(Some(&policy), &ask(&[other]), None).unwrap_err();
             assert_eq!(err.status(), 403, "{other}");
         }
+    }
+
+    #[test]
+    fn a_server_rule_covers_each_of_its_tools() {
+        let tmp = tempfile::tempdir().unwrap();
+        let policy =
+            policy(&[tmp.path().to_str().unwrap()], &["mcp__docs", "mcp__web__fetch"], &["mcp__bad"]);
+        // (requested tool, allowed)
+        let cases = [
+            ("mcp__docs__search", true),
+            ("mcp__docs", true),
+            ("mcp__docs_v2__search", false),
+            ("mcp__docsearch", false),
+            ("mcp__web__fetch", true),
+            ("mcp__web__post", false),
+            ("mcp__web", false),
+        ];
+        for (tool, allowed) in cases {
+            let options =
+                AgentOptions { allowed_tools: Some(vec![tool.to_string()]), ..AgentOptions::default() };
+            assert_eq!(check(Some(&policy), &options, None).is_ok(), allowed, "{tool}");
+        }
+        let mut with_bad = policy.clone();
+        with_bad.allowed_tools.push("mcp__bad__x".into());
+        let options =
+            AgentOptions { allowed_tools: Some(vec!["mcp__bad__x".into()]), ..AgentOptions::default() };
+        let err = check(Some(&with_bad), &options, None).unwrap_err();
+        assert!(err.to_string().contains("is denied"), "{err}");
     }
 
     #[test]
