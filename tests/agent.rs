@@ -215,6 +215,26 @@ async fn a_denied_tool_never_runs() {
         .map(|tools| tools.iter().filter_map(|t| t["name"].as_str().map(String::from)).collect())
         .unwrap_or_default();
     assert_eq!(offered, vec!["Read".to_string()]);
+
+    // `Bash(git *)` allows git and nothing else: a file-changing command in
+    // the working directory is not approved either.
+    project_with_policy(
+        &app,
+        "gitonly",
+        json!({"allowed_roots": [tree.root], "allowed_tools": ["Read", "Write", "Bash(git *)"]}),
+    )
+    .await;
+    let response = app
+        .chat(agent_body(
+            "gitonly",
+            &bash,
+            json!({"allowed_tools": ["Bash(git *)", "Write"], "max_turns": 3}),
+        ))
+        .await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["x_ccgate"]["tool_uses"][1]["is_error"], true, "{body}");
+    assert!(!marker.exists(), "a command outside Bash(git *) ran");
     app.stop().await;
 }
 

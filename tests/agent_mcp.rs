@@ -209,7 +209,7 @@ async fn skip_permissions_lets_a_write_outside_the_working_directory_run_and_not
     project_with_policy(&app, "careful", policy(false)).await;
     project_with_policy(&app, "trusting", policy(true)).await;
     // The agent works in root/sub and writes to root: inside the policy's
-    // root, outside what acceptEdits approves.
+    // root, outside the edits the working directory's rule approves.
     let out = tree.root.join("out.txt");
     let write = format!(
         r#"[sim:first_token_ms=3000] [sim:tool=Write {{"file_path":"{}","content":"written"}}] write"#,
@@ -218,7 +218,7 @@ async fn skip_permissions_lets_a_write_outside_the_working_directory_run_and_not
     let extra = json!({"working_directory": tree.root.join("sub")});
 
     let (body, command) = chat_seeing_command_line(&app, agent_body("careful", &write, extra.clone())).await;
-    assert!(command.contains("--permission-mode acceptEdits"), "{command}");
+    assert!(command.contains("--permission-mode default"), "{command}");
     assert!(!command.contains("--dangerously-skip-permissions"), "{command}");
     assert!(!command.contains("bypassPermissions"), "{command}");
     assert_eq!(body["x_ccgate"]["tool_uses"][1]["is_error"], true, "{body}");

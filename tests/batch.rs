@@ -1,129 +1,20 @@
 //! Batches end to end with the real Claude Code CLI against the simulated
 //! upstream: `POST /v1/batch` (results, failures, the budget check, limits),
 //! the OpenAI Files and Batch APIs (validation, partial failures, cancel,
-//! privacy, paging), durability across `kill -9`, and fair share (interactive
-//! latency while a batch runs).
+//! privacy, paging) and durability across `kill -9`. Fair share is in
+//! tests/fair_share.rs, a binary of its own so nothing else loads the
+//! machine while it measures.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ccgate::store::batches::TaskStatus;
 use ccgate::store::{self, Store};
+use common::batch_api::{ask, line, multipart, Api, CHAT};
 use common::{client, processes_with_marker, Options, TestApp, TestDb};
 use serde_json::{json, Value};
-
-const CHAT: &str = "/v1/chat/completions";
-const TERMINAL: [&str; 4] = ["completed", "failed", "expired", "cancelled"];
-
-/// The Files and Batch APIs as one project sees them.
-struct Api {
-    url: String,
-    project: String,
-}
-
-impl Api {
-    fn new(url: &str, project: &str) -> Api {
-        Api { url: url.to_string(), project: project.to_string() }
-    }
-
-    fn get(&self, path: &str) -> reqwest::RequestBuilder {
-        client().get(format!("{}{path}", self.url)).header("x-project-id", &self.project)
-    }
-
-    fn post(&self, path: &str) -> reqwest::RequestBuilder {
-        client().post(format!("{}{path}", self.url)).header("x-project-id", &self.project)
-    }
-
-    async fn upload_raw(&self, content: &[u8]) -> reqwest::Response {
-        let (content_type, body) = multipart("requests.jsonl", content, "batch");
-        self.post("/v1/files").header("content-type", content_type).body(body).send().await.expect("upload")
-    }
-
-    async fn upload(&self, lines: &[Value]) -> String {
-        let content: String = lines.iter().map(|l| format!("{l}\n")).collect();
-        let response = self.upload_raw(content.as_bytes()).await;
-        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap_or_default());
-        let file: Value = response.json().await.unwrap();
-        assert_eq!(file["object"], "file");
-        assert_eq!(file["purpose"], "batch");
-        assert_eq!(file["bytes"].as_u64(), Some(content.len() as u64));
-        file["id"].as_str().unwrap().to_string()
-    }
-
-    async fn create(&self, file_id: &str) -> reqwest::Response {
-        self.post("/v1/batches")
-            .json(&json!({"input_file_id": file_id, "endpoint": CHAT, "completion_window": "24h"}))
-            .send()
-            .await
-            .expect("create batch")
-    }
-
-    async fn create_ok(&self, file_id: &str) -> Value {
-        let response = self.create(file_id).await;
-        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap_or_default());
-        response.json().await.unwrap()
-    }
-
-    async fn batch(&self, id: &str) -> Value {
-        let response = self.get(&format!("/v1/batches/{id}")).send().await.expect("get batch");
-        assert_eq!(response.status(), 200);
-        response.json().await.unwrap()
-    }
-
-    async fn wait(&self, id: &str, limit: Duration, until: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + limit;
-        loop {
-            let batch = self.batch(id).await;
-            if until(&batch) {
-                return batch;
-            }
-            assert!(Instant::now() < deadline, "the batch never got there: {batch}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn wait_done(&self, id: &str, limit: Duration) -> Value {
-        self.wait(id, limit, |b| TERMINAL.contains(&b["status"].as_str().unwrap_or_default())).await
-    }
-
-    async fn lines(&self, file_id: &Value) -> Vec<Value> {
-        let Some(file_id) = file_id.as_str() else { return Vec::new() };
-        let response = self.get(&format!("/v1/files/{file_id}/content")).send().await.expect("content");
-        assert_eq!(response.status(), 200);
-        let text = response.text().await.unwrap();
-        text.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect()
-    }
-
-    async fn cancel(&self, id: &str) -> reqwest::Response {
-        self.post(&format!("/v1/batches/{id}/cancel")).send().await.expect("cancel")
-    }
-}
-
-fn multipart(filename: &str, content: &[u8], purpose: &str) -> (String, Vec<u8>) {
-    let boundary = format!("ccgate-test-{}", uuid::Uuid::new_v4().simple());
-    let mut body = Vec::new();
-    let _ =
-        write!(body, "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\n{purpose}\r\n");
-    let _ = write!(
-        body,
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n\
-         Content-Type: application/jsonl\r\n\r\n"
-    );
-    body.extend_from_slice(content);
-    let _ = write!(body, "\r\n--{boundary}--\r\n");
-    (format!("multipart/form-data; boundary={boundary}"), body)
-}
-
-fn line(custom_id: &str, body: Value) -> Value {
-    json!({"custom_id": custom_id, "method": "POST", "url": CHAT, "body": body})
-}
-
-fn ask(model: &str, prompt: &str) -> Value {
-    json!({"model": model, "max_tokens": 100, "messages": [{"role": "user", "content": prompt}]})
-}
 
 fn reply_text(response_body: &Value) -> &str {
     response_body["choices"][0]["message"]["content"].as_str().unwrap_or_default()
@@ -686,72 +577,6 @@ async fn a_killed_gateway_resumes_its_batch_and_runs_no_completed_request_twice(
     let settled = ledger.iter().filter(|r| r.status == "succeeded" || r.status == "interrupted").count();
     assert!(settled >= n, "{settled} settled rows for {n} requests");
     drop(restarted);
-}
-
-#[tokio::test]
-async fn interactive_latency_stays_within_twice_idle_while_a_batch_holds_its_share() {
-    let db = TestDb::sqlite();
-    // Pool 2 at share 0.5: the batch may hold one worker; interactive
-    // requests keep the other.
-    let app = TestApp::spawn(&db, Options::default()).await;
-    let api = Api::new(&app.url, "default");
-    let interactive = |i: usize| {
-        let url = format!("{}/v1/chat/completions", app.url);
-        async move {
-            let started = Instant::now();
-            let response = client()
-                .post(url)
-                .json(&ask("haiku", &format!("ping {i} [sim:words=10] [sim:delay_ms=20]")))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status(), 200);
-            response.bytes().await.unwrap();
-            started.elapsed()
-        }
-    };
-    interactive(0).await; // warm-up
-    let mut idle = Vec::new();
-    for i in 1..=5 {
-        idle.push(interactive(i).await);
-    }
-
-    let lines: Vec<Value> = (0..40)
-        // Both kinds spend their time waiting on the upstream (about 0.2 s
-        // for an interactive request, 2 s for a batch one), so the figures
-        // measure the pool's fair share rather than the machine's CPU: an
-        // interactive request that had to queue behind batch work would
-        // wait about a second more.
-        .map(|i| {
-            line(&format!("load-{i}"), ask("haiku", &format!("load {i} [sim:words=20] [sim:delay_ms=100]")))
-        })
-        .collect();
-    let file_id = api.upload(&lines).await;
-    let id = api.create_ok(&file_id).await["id"].as_str().unwrap().to_string();
-    api.wait(&id, Duration::from_secs(60), |b| b["request_counts"]["completed"].as_u64() >= Some(1)).await;
-    let mut busy = Vec::new();
-    let mut batch_held_its_slot = false;
-    for i in 6..=10 {
-        let health: Value =
-            client().get(format!("{}/health", app.url)).send().await.unwrap().json().await.unwrap();
-        let batch_busy = health["workers"]["batch_busy"].as_u64().unwrap();
-        assert!(batch_busy <= 1, "the batch keeps to its share: {health}");
-        batch_held_its_slot |= batch_busy == 1;
-        busy.push(interactive(i).await);
-    }
-    let progress = api.batch(&id).await;
-    assert_eq!(progress["status"], "in_progress", "the batch ran throughout: {progress}");
-    assert!(batch_held_its_slot, "the batch was running while interactive requests were measured");
-
-    let median = |mut v: Vec<Duration>| {
-        v.sort();
-        v[v.len() / 2]
-    };
-    let (idle, busy) = (median(idle), median(busy));
-    assert!(busy <= idle * 2, "interactive median {busy:?} while the batch ran, {idle:?} idle");
-    api.cancel(&id).await;
-    api.wait_done(&id, Duration::from_secs(60)).await;
-    app.stop().await;
 }
 
 #[tokio::test]

@@ -96,24 +96,41 @@ pub fn check_backend(state: &AppState, model: &Model) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The CLI's file tools. It confines them to the working directory by
-/// itself (reads are allowed there, `acceptEdits` approves edits there, and
-/// anything outside needs a permission no one can give in print mode), but
-/// a rule in `--allowedTools` approves them everywhere: so they are only
-/// enabled, never pre-approved.
+/// The CLI's file tools. A rule naming one of them in `--allowedTools`
+/// would approve it everywhere, so they are only enabled, never
+/// pre-approved as such: edits are approved by one path rule for the
+/// working directory (`edit_rule`), and reads outside it need a permission
+/// no one can give in print mode.
 pub const FILE_TOOLS: &[&str] =
     &["Read", "Write", "Edit", "MultiEdit", "NotebookEdit", "NotebookRead", "Glob", "Grep", "LS"];
 
-/// The rules to pre-approve (`--allowedTools`): the allowed ones but file tools.
-pub fn pre_approved(allowed: &[String]) -> Vec<String> {
-    allowed
+/// The tools that change files, all governed by the CLI's `Edit(...)` rules.
+const EDIT_TOOLS: &[&str] = &["Write", "Edit", "MultiEdit", "NotebookEdit"];
+
+/// The rules to pre-approve (`--allowedTools`): the allowed ones but file
+/// tools, and, when an editing tool is enabled, edits inside the working
+/// directory only. (The CLI runs in its `default` permission mode: its
+/// `acceptEdits` mode would also approve file-changing shell commands such
+/// as `touch` whatever the `Bash(...)` rules say.)
+pub fn pre_approved(allowed: &[String], tools: &[String], cwd: &std::path::Path) -> Vec<String> {
+    let mut rules: Vec<String> = allowed
         .iter()
         .filter(|rule| {
             let name = rule.split('(').next().unwrap_or_default();
             !FILE_TOOLS.contains(&name)
         })
         .cloned()
-        .collect()
+        .collect();
+    if tools.iter().any(|tool| EDIT_TOOLS.contains(&tool.as_str())) {
+        rules.push(edit_rule(cwd));
+    }
+    rules
+}
+
+/// The CLI's rule for edits anywhere under `dir` (an absolute path is
+/// written with a leading `//` in its rules).
+fn edit_rule(dir: &std::path::Path) -> String {
+    format!("Edit(/{}/**)", dir.display().to_string().trim_end_matches('/'))
 }
 
 /// The worker's part of a plan.
@@ -121,7 +138,7 @@ pub fn job(plan: &AgentPlan) -> crate::workers::AgentJob {
     crate::workers::AgentJob {
         cwd: plan.working_directory.clone(),
         tools: plan.tools.clone(),
-        allowed_tools: pre_approved(&plan.allowed_tools),
+        allowed_tools: pre_approved(&plan.allowed_tools, &plan.tools, &plan.working_directory),
         disallowed_tools: plan.denied_tools.clone(),
         max_turns: plan.max_turns,
         resume: plan.resume.clone(),
@@ -182,16 +199,20 @@ mod tests {
 
     #[test]
     fn file_tools_are_enabled_but_never_pre_approved() {
+        let cwd = std::path::Path::new("/srv/acme/repo");
         let cases: &[(&[&str], &[&str])] = &[
-            (&["Read", "Write", "Edit"], &[]),
-            (&["Read(src/**)", "Write(//etc/**)"], &[]),
+            (&["Read", "Write", "Edit"], &["Edit(//srv/acme/repo/**)"]),
+            (&["Read(src/**)", "Write(//etc/**)"], &["Edit(//srv/acme/repo/**)"]),
             (&["Bash(git *)", "Read", "WebFetch"], &["Bash(git *)", "WebFetch"]),
             (&["mcp__docs__search", "Grep"], &["mcp__docs__search"]),
             (&[], &[]),
         ];
         for (allowed, expected) in cases {
             let allowed: Vec<String> = allowed.iter().map(|s| s.to_string()).collect();
-            assert_eq!(pre_approved(&allowed), *expected, "{allowed:?}");
+            // The enabled tools are the rules' names.
+            let tools: Vec<String> =
+                allowed.iter().map(|r| r.split('(').next().unwrap().to_string()).collect();
+            assert_eq!(pre_approved(&allowed, &tools, cwd), *expected, "{allowed:?}");
         }
     }
 

@@ -166,7 +166,7 @@ impl ClaudeCli {
         if agent.skip_permissions {
             cmd.args(["--permission-mode", "bypassPermissions", "--dangerously-skip-permissions"]);
         } else {
-            cmd.args(["--permission-mode", "acceptEdits"]);
+            cmd.args(["--permission-mode", "default"]);
         }
         cmd.args(["--max-turns", &agent.max_turns.to_string()]);
         if let Some(session) = &agent.resume {
@@ -743,7 +743,7 @@ mod tests {
         assert!(!bypass(&plain), "{plain:?}");
         let careful = args(cli.agent_command("haiku", None, &agent(false)));
         assert!(!bypass(&careful), "{careful:?}");
-        assert!(careful.windows(2).any(|w| w == ["--permission-mode", "acceptEdits"]), "{careful:?}");
+        assert!(careful.windows(2).any(|w| w == ["--permission-mode", "default"]), "{careful:?}");
         let skipping = args(cli.agent_command("haiku", None, &agent(true)));
         assert!(skipping.windows(2).any(|w| w == ["--permission-mode", "bypassPermissions"]), "{skipping:?}");
         assert!(skipping.iter().any(|a| a == "--dangerously-skip-permissions"), "{skipping:?}");
