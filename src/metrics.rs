@@ -12,6 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::workers::warm::WarmState;
 use crate::workers::{PoolState, PoolStats};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -82,13 +83,28 @@ pub struct Metrics {
     pub budget_remaining_usd: Family<BudgetLabels, Gauge<f64, AtomicU64>>,
     workers: Family<WorkerLabels, Gauge>,
     worker_events: Family<WorkerEventLabels, Counter>,
+    warm_processes: Family<StateLabels, Gauge>,
+    warm_resident_bytes: Gauge,
+    warm_requests: Family<ResultLabels, Counter>,
     /// Serialises scrapes, which bring the worker counters up to date.
     scrape: Mutex<()>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WorkerLabels {
+    /// `cli` or `api` (the direct backend's pool).
+    backend: &'static str,
     state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -147,7 +163,7 @@ impl Metrics {
         let workers = Family::<WorkerLabels, Gauge>::default();
         registry.register(
             "workers",
-            "Worker pool slots by state (busy, idle) and queued requests",
+            "Worker pool slots by backend (cli, api) and state (busy, idle), and queued requests",
             workers.clone(),
         );
         let worker_events = Family::<WorkerEventLabels, Counter>::default();
@@ -156,8 +172,29 @@ impl Metrics {
             "Worker process spawns, kills, timeouts, stalls and spawn failures",
             worker_events.clone(),
         );
+        let warm_processes = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "warm_processes",
+            "Warm CLI processes: live (idle, busy or starting) and idle",
+            warm_processes.clone(),
+        );
+        let warm_resident_bytes = Gauge::default();
+        registry.register(
+            "warm_resident_bytes",
+            "Resident memory of the live warm CLI processes",
+            warm_resident_bytes.clone(),
+        );
+        let warm_requests = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "warm_requests",
+            "CLI requests that found a warm process (hit) or ran cold (miss)",
+            warm_requests.clone(),
+        );
         Metrics {
             registry,
+            warm_processes,
+            warm_resident_bytes,
+            warm_requests,
             requests,
             request_seconds,
             runs,
@@ -209,13 +246,25 @@ impl Metrics {
     /// as `(project, period, remaining USD)`) up to date.
     pub fn render(
         &self,
-        pool: &PoolState,
+        pools: &[(&'static str, PoolState)],
         stats: &PoolStats,
+        warm: Option<&WarmState>,
         budgets: &[(String, &'static str, f64)],
     ) -> String {
         let _scrape = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
-        for (state, n) in [("busy", pool.busy), ("idle", pool.idle), ("queued", pool.queued)] {
-            self.workers.get_or_create(&WorkerLabels { state }).set(n as i64);
+        for (backend, pool) in pools {
+            for (state, n) in [("busy", pool.busy), ("idle", pool.idle), ("queued", pool.queued)] {
+                self.workers.get_or_create(&WorkerLabels { backend, state }).set(n as i64);
+            }
+        }
+        if let Some(warm) = warm {
+            self.warm_processes.get_or_create(&StateLabels { state: "live" }).set(warm.processes as i64);
+            self.warm_processes.get_or_create(&StateLabels { state: "idle" }).set(warm.idle as i64);
+            self.warm_resident_bytes.set(i64::try_from(warm.resident_bytes).unwrap_or(i64::MAX));
+            for (result, total) in [("hit", warm.hits), ("miss", warm.misses)] {
+                let counter = self.warm_requests.get_or_create(&ResultLabels { result });
+                counter.inc_by(total.saturating_sub(counter.get()));
+            }
         }
         let events = [
             ("spawn", &stats.spawned),

@@ -90,7 +90,11 @@ async fn metrics_need_the_admin_key_and_count_requests_tokens_cost_and_budget() 
     assert_eq!(sample(&text, "ccgate_time_to_first_token_seconds_count", &[model]), Some(2.0));
     assert_eq!(sample(&text, "ccgate_gateway_overhead_seconds_count", &[]), Some(2.0));
     assert!(sample(&text, "ccgate_worker_events_total", &["event=\"spawn\""]).unwrap() >= 2.0);
-    assert!(sample(&text, "ccgate_workers", &["state=\"idle\""]).is_some());
+    assert!(sample(&text, "ccgate_workers", &["backend=\"cli\"", "state=\"idle\""]).is_some());
+    // The first request ran cold and warmed its profile; the second was warm.
+    assert_eq!(sample(&text, "ccgate_warm_requests_total", &["result=\"miss\""]), Some(1.0));
+    assert_eq!(sample(&text, "ccgate_warm_requests_total", &["result=\"hit\""]), Some(1.0));
+    assert!(sample(&text, "ccgate_warm_processes", &["state=\"live\""]).unwrap() >= 1.0);
     assert!(!text.contains(&key[4..]) && !text.contains(ADMIN));
     app.stop().await;
 }

@@ -37,7 +37,12 @@ pub async fn metrics(State(state): State<AppState>, request: Request) -> Result<
             }
         }
     }
-    let text = state.metrics.render(&state.pool.state(), state.pool.stats(), &budgets);
+    let mut pools = vec![("cli", state.pool.state())];
+    if let Some(api) = &state.api_pool {
+        pools.push(("api", api.state()));
+    }
+    let warm = state.warm.as_ref().map(|warm| warm.state());
+    let text = state.metrics.render(&pools, state.pool.stats(), warm.as_ref(), &budgets);
     Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
         .into_response())
 }
