@@ -17,7 +17,6 @@ use crate::app::AppState;
 use crate::batch::sync::{self, SyncBatch, SyncReport, SyncTask};
 use crate::chat::{self, ChatRequest};
 use crate::error::{ApiError, ErrorBody, ErrorObject};
-use crate::workers::JobClass;
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct SyncBatchRequest {
@@ -170,19 +169,8 @@ async fn parse(
 
 /// A batch refused as a whole still leaves its ledger row.
 fn refuse(state: &AppState, ctx: &Context, project_id: String, error: &ApiError) {
-    let request = ChatRequest {
-        request_id: ctx.request_id.clone(),
-        project_id,
-        key_id: ctx.key_id(),
-        endpoint: sync::ENDPOINT,
-        model: String::new(),
-        messages: Vec::new(),
-        max_tokens: None,
-        received_at: ctx.received_at,
-        class: JobClass::Interactive,
-        agent: None,
-        tools: None,
-    };
+    let request =
+        ChatRequest::new(ctx.request_id.clone(), project_id, ctx.key_id(), sync::ENDPOINT, ctx.received_at);
     chat::record_refusal(state, &request, error);
 }
 

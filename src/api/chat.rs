@@ -16,7 +16,6 @@ use super::openai::{
 use crate::app::AppState;
 use crate::chat::{self, ChatEvent, ChatRequest, Outcome, Running, ToolActivity, ToolCallDelta};
 use crate::error::{ApiError, ErrorBody};
-use crate::workers::JobClass;
 
 /// Creates a chat completion, streamed or not.
 ///
@@ -56,19 +55,13 @@ pub async fn create_chat_completion(
     ctx: Context,
     body: Result<JsonBody<ChatCompletionRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let mut request = ChatRequest {
-        request_id: ctx.request_id.clone(),
-        project_id: ctx.project_header.clone().unwrap_or_else(|| "default".into()),
-        key_id: ctx.key_id(),
-        endpoint: "/v1/chat/completions",
-        model: String::new(),
-        messages: Vec::new(),
-        max_tokens: None,
-        received_at: ctx.received_at,
-        class: JobClass::Interactive,
-        agent: None,
-        tools: None,
-    };
+    let mut request = ChatRequest::new(
+        ctx.request_id.clone(),
+        ctx.project_header.clone().unwrap_or_else(|| "default".into()),
+        ctx.key_id(),
+        "/v1/chat/completions",
+        ctx.received_at,
+    );
     let body = match parse(&state, &ctx, body, &mut request) {
         Ok(body) => body,
         Err(error) => {

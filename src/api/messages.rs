@@ -21,7 +21,6 @@ use super::stop_sequences::StopSequences;
 use crate::app::AppState;
 use crate::chat::{self, ChatEvent, ChatRequest, Outcome, Running};
 use crate::error::{ApiError, ErrorObject};
-use crate::workers::JobClass;
 
 /// Creates a message, streamed or not (Anthropic's Messages API).
 ///
@@ -57,19 +56,13 @@ pub async fn create_message(
     ctx: Context,
     body: Result<JsonBody<MessagesRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let mut request = ChatRequest {
-        request_id: ctx.request_id.clone(),
-        project_id: ctx.project_header.clone().unwrap_or_else(|| "default".into()),
-        key_id: ctx.key_id(),
-        endpoint: "/v1/messages",
-        model: String::new(),
-        messages: Vec::new(),
-        max_tokens: None,
-        received_at: ctx.received_at,
-        class: JobClass::Interactive,
-        agent: None,
-        tools: None,
-    };
+    let mut request = ChatRequest::new(
+        ctx.request_id.clone(),
+        ctx.project_header.clone().unwrap_or_else(|| "default".into()),
+        ctx.key_id(),
+        "/v1/messages",
+        ctx.received_at,
+    );
     let body = match parse(&state, &ctx, body, &mut request) {
         Ok(body) => body,
         Err(error) => {

@@ -67,19 +67,13 @@ pub fn refuse(state: &AppState, input: TaskInput<'_>, error: ApiError) -> ApiErr
 }
 
 fn empty_request(input: &TaskInput<'_>) -> ChatRequest {
-    ChatRequest {
-        request_id: input.request_id.clone(),
-        project_id: input.project_id.to_string(),
-        key_id: input.key_id.map(str::to_string),
-        endpoint: input.endpoint,
-        model: String::new(),
-        messages: Vec::new(),
-        max_tokens: None,
-        received_at: Instant::now(),
-        class: JobClass::Interactive,
-        agent: None,
-        tools: None,
-    }
+    ChatRequest::new(
+        input.request_id.clone(),
+        input.project_id.to_string(),
+        input.key_id.map(str::to_string),
+        input.endpoint,
+        Instant::now(),
+    )
 }
 
 fn fill(state: &AppState, body: &Value, request: &mut ChatRequest) -> Result<(), ApiError> {

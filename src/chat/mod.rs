@@ -46,6 +46,32 @@ pub struct ChatRequest {
     pub tools: Option<ClientTools>,
 }
 
+impl ChatRequest {
+    /// A request with nothing asked yet: the fields a parser fills start
+    /// empty, so a request refused while parsing can still be recorded.
+    pub fn new(
+        request_id: String,
+        project_id: String,
+        key_id: Option<String>,
+        endpoint: &'static str,
+        received_at: Instant,
+    ) -> ChatRequest {
+        ChatRequest {
+            request_id,
+            project_id,
+            key_id,
+            endpoint,
+            model: String::new(),
+            messages: Vec::new(),
+            max_tokens: None,
+            received_at,
+            class: JobClass::Interactive,
+            agent: None,
+            tools: None,
+        }
+    }
+}
+
 /// What an agentic request asks for: the extension fields of chat
 /// completions, or the fields of a task. Each is checked against the
 /// project's agent policy before anything runs.

@@ -23,7 +23,7 @@ use crate::chat::{self, AgentOptions, ChatEvent, ChatRequest, Message, Outcome, 
 use crate::error::ApiError;
 use crate::money::Micros;
 use crate::store::tasks::{TaskEnd, TaskEvent, TaskRow};
-use crate::workers::{JobClass, RunEnd};
+use crate::workers::RunEnd;
 
 /// What `POST /v1/tasks` takes.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
@@ -99,25 +99,22 @@ pub async fn submit(
         }
     }
     let id = format!("task_{}", uuid::Uuid::new_v4().simple());
-    let chat = ChatRequest {
-        request_id: request_id.to_string(),
-        project_id: project_id.to_string(),
-        key_id: key_id.map(str::to_string),
-        endpoint: "/v1/tasks",
-        model: task.model.clone().unwrap_or_else(|| "auto".into()),
-        messages: vec![Message::new(Role::User, task.prompt.clone())],
-        tools: None,
-        max_tokens: None,
+    let mut chat = ChatRequest::new(
+        request_id.to_string(),
+        project_id.to_string(),
+        key_id.map(str::to_string),
+        "/v1/tasks",
         received_at,
-        class: JobClass::Interactive,
-        agent: Some(AgentOptions {
-            working_directory: task.working_directory.clone(),
-            allowed_tools: task.allowed_tools.clone(),
-            max_turns: task.max_turns,
-            session_id: task.session_id.clone(),
-            max_budget_usd: task.max_budget_usd,
-        }),
-    };
+    );
+    chat.model = task.model.clone().unwrap_or_else(|| "auto".into());
+    chat.messages = vec![Message::new(Role::User, task.prompt.clone())];
+    chat.agent = Some(AgentOptions {
+        working_directory: task.working_directory.clone(),
+        allowed_tools: task.allowed_tools.clone(),
+        max_turns: task.max_turns,
+        session_id: task.session_id.clone(),
+        max_budget_usd: task.max_budget_usd,
+    });
     let running = chat::start(state, chat).await?;
     let row = TaskRow {
         id: id.clone(),
@@ -173,16 +170,7 @@ async fn follow(state: &AppState, id: &str, mut running: chat::Running, cancel: 
     let now = state.budget.now().timestamp_millis();
     let end = match &outcome {
         Some(outcome) => end_of(outcome, now),
-        None => TaskEnd {
-            status: "cancelled".into(),
-            model: None,
-            result: None,
-            error: Some(error_json("cancelled", "the task was cancelled")),
-            cost: Micros::ZERO,
-            num_turns: 0,
-            session_id: None,
-            finished_at_ms: now,
-        },
+        None => cancelled(now),
     };
     match state.budget.store().finish_task(id, &end).await {
         Ok(true) => {
@@ -221,6 +209,20 @@ fn end_of(outcome: &Outcome, now: i64) -> TaskEnd {
         num_turns: i64::try_from(report.num_turns).unwrap_or(i64::MAX),
         session_id: report.session_id.clone(),
         finished_at_ms: now,
+    }
+}
+
+/// The end of a task stopped by its client.
+fn cancelled(now_ms: i64) -> TaskEnd {
+    TaskEnd {
+        status: "cancelled".into(),
+        model: None,
+        result: None,
+        error: Some(error_json("cancelled", "the task was cancelled")),
+        cost: Micros::ZERO,
+        num_turns: 0,
+        session_id: None,
+        finished_at_ms: now_ms,
     }
 }
 
@@ -281,16 +283,7 @@ pub async fn cancel(state: &AppState, project_id: &str, id: &str) -> Result<Task
     if !state.task_control.cancel(id) {
         // Running on another instance: end the row here; that instance's
         // follower finds it ended and stops writing.
-        let end = TaskEnd {
-            status: "cancelled".into(),
-            model: None,
-            result: None,
-            error: Some(error_json("cancelled", "the task was cancelled")),
-            cost: Micros::ZERO,
-            num_turns: 0,
-            session_id: None,
-            finished_at_ms: state.budget.now().timestamp_millis(),
-        };
+        let end = cancelled(state.budget.now().timestamp_millis());
         if state.budget.store().finish_task(id, &end).await? {
             append(state, id, "done", json!({"status": "cancelled"})).await;
         }
