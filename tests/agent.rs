@@ -7,7 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{client, Options, TestApp, TestDb};
+use common::{agent_body, client, put_agent_policy, Options, TestApp, TestDb};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
@@ -32,33 +32,6 @@ fn tree() -> Tree {
     Tree { _dir: dir, root, outside }
 }
 
-async fn put_policy(app: &TestApp, project: &str, policy: Value) -> reqwest::Response {
-    client()
-        .put(format!("{}/admin/projects/{project}/agent-policy", app.url))
-        .json(&policy)
-        .send()
-        .await
-        .expect("put policy")
-}
-
-async fn project_with_policy(app: &TestApp, project: &str, policy: Value) {
-    app.create_project(project, None).await;
-    let response = put_policy(app, project, policy).await;
-    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap_or_default());
-}
-
-fn agent_body(project: &str, prompt: &str, extra: Value) -> Value {
-    let mut body = json!({
-        "model": "haiku",
-        "project_id": project,
-        "messages": [{"role": "user", "content": prompt}],
-    });
-    for (key, value) in extra.as_object().cloned().unwrap_or_default() {
-        body[key] = value;
-    }
-    body
-}
-
 fn files_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
@@ -77,9 +50,7 @@ async fn reads_a_file_then_writes_another_inside_its_root_and_the_ledger_covers_
     let db = TestDb::sqlite();
     let app = TestApp::spawn(&db, Options::default()).await;
     let tree = tree();
-    project_with_policy(
-        &app,
-        "acme",
+    app.project_with_policy("acme",
         json!({"allowed_roots": [tree.root], "allowed_tools": ["Read", "Write"], "max_turns": 4, "max_task_usd": 0.5}),
     )
     .await;
@@ -136,8 +107,7 @@ async fn directories_outside_the_roots_are_refused_before_anything_runs() {
     let db = TestDb::sqlite();
     let app = TestApp::spawn(&db, Options::default()).await;
     let tree = tree();
-    project_with_policy(
-        &app,
+    app.project_with_policy(
         "acme",
         json!({"allowed_roots": [tree.root], "allowed_tools": ["Read", "Write"]}),
     )
@@ -186,9 +156,7 @@ async fn a_denied_tool_never_runs() {
     let db = TestDb::sqlite();
     let app = TestApp::spawn(&db, Options::default()).await;
     let tree = tree();
-    project_with_policy(
-        &app,
-        "acme",
+    app.project_with_policy("acme",
         json!({"allowed_roots": [tree.root], "allowed_tools": ["Read", "Bash(git *)"], "denied_tools": ["Bash"]}),
     )
     .await;
@@ -218,8 +186,7 @@ async fn a_denied_tool_never_runs() {
 
     // `Bash(git *)` allows git and nothing else: a file-changing command in
     // the working directory is not approved either.
-    project_with_policy(
-        &app,
+    app.project_with_policy(
         "gitonly",
         json!({"allowed_roots": [tree.root], "allowed_tools": ["Read", "Write", "Bash(git *)"]}),
     )
@@ -243,7 +210,7 @@ async fn a_conversation_continues_over_three_requests() {
     let db = TestDb::sqlite();
     let app = TestApp::spawn(&db, Options::default()).await;
     let tree = tree();
-    project_with_policy(&app, "acme", json!({"allowed_roots": [tree.root], "allowed_tools": ["Read"]})).await;
+    app.project_with_policy("acme", json!({"allowed_roots": [tree.root], "allowed_tools": ["Read"]})).await;
     let mut session: Option<String> = None;
     for (turn, word) in ["alpha", "bravo", "charlie"].into_iter().enumerate() {
         let extra = match &session {
@@ -276,8 +243,8 @@ async fn another_project_cannot_resume_a_session() {
     let app = TestApp::spawn(&db, Options::default()).await;
     let tree = tree();
     let policy = json!({"allowed_roots": [tree.root], "allowed_tools": ["Read"]});
-    project_with_policy(&app, "alpha", policy.clone()).await;
-    project_with_policy(&app, "beta", policy).await;
+    app.project_with_policy("alpha", policy.clone()).await;
+    app.project_with_policy("beta", policy).await;
     let key_of = |project: &'static str| {
         let url = app.url.clone();
         async move {
@@ -341,15 +308,15 @@ async fn without_a_policy_there_is_no_agent_and_plain_chat_stays_tool_free() {
     assert!(app.sim.sim.requests().is_empty());
 
     // Bad policies are refused, naming the field; a good one reads back.
-    let response = put_policy(&app, "acme", json!({"allowed_roots": ["relative/dir"]})).await;
+    let response = put_agent_policy(&app.url, "acme", &json!({"allowed_roots": ["relative/dir"]})).await;
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["param"], "allowed_roots[0]");
-    let response = put_policy(&app, "nobody", json!({})).await;
+    let response = put_agent_policy(&app.url, "nobody", &json!({})).await;
     assert_eq!(response.status(), 404);
     let policy = json!({"allowed_roots": [tree.root], "allowed_tools": ["Read", "Write"], "denied_tools": ["Bash"],
         "max_turns": 3, "max_task_usd": 0.25, "mcp_servers": [], "skip_permissions": false});
-    assert_eq!(put_policy(&app, "acme", policy.clone()).await.status(), 200);
+    assert_eq!(put_agent_policy(&app.url, "acme", &policy).await.status(), 200);
     let read: Value = client()
         .get(format!("{}/admin/projects/acme/agent-policy", app.url))
         .send()
@@ -399,7 +366,7 @@ async fn streaming_shows_tool_activity_as_empty_delta_chunks() {
     let db = TestDb::sqlite();
     let app = TestApp::spawn(&db, Options::default()).await;
     let tree = tree();
-    project_with_policy(&app, "acme", json!({"allowed_roots": [tree.root], "allowed_tools": ["Read"]})).await;
+    app.project_with_policy("acme", json!({"allowed_roots": [tree.root], "allowed_tools": ["Read"]})).await;
     let read = format!(r#"[sim:tool=Read {{"file_path":"{}"}}] read"#, tree.root.join("in.txt").display());
     let mut body = agent_body("acme", &read, json!({"working_directory": tree.root}));
     body["stream"] = json!(true);
@@ -444,7 +411,7 @@ async fn a_model_on_the_direct_backend_cannot_run_an_agent() {
     };
     let app = TestApp::spawn(&db, opts).await;
     let tree = tree();
-    project_with_policy(&app, "acme", json!({"allowed_roots": [tree.root], "allowed_tools": ["Read"]})).await;
+    app.project_with_policy("acme", json!({"allowed_roots": [tree.root], "allowed_tools": ["Read"]})).await;
     let response = app.chat(agent_body("acme", "hi", json!({"working_directory": tree.root}))).await;
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.unwrap();
@@ -461,10 +428,10 @@ async fn policies_and_sessions_are_kept_in_postgres_too() {
     let app = TestApp::spawn(&db, Options::default()).await;
     let tree = tree();
     let policy = json!({"allowed_roots": [tree.root], "allowed_tools": ["Read"], "max_turns": 2});
-    project_with_policy(&app, "acme", policy.clone()).await;
+    app.project_with_policy("acme", policy.clone()).await;
     // Replacing a policy keeps one row.
     let policy = json!({"allowed_roots": [tree.root], "allowed_tools": ["Read", "Write"], "max_turns": 3});
-    assert_eq!(put_policy(&app, "acme", policy.clone()).await.status(), 200);
+    assert_eq!(put_agent_policy(&app.url, "acme", &policy).await.status(), 200);
     let read: Value = client()
         .get(format!("{}/admin/projects/acme/agent-policy", app.url))
         .send()

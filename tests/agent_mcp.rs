@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{client, wait_for, Options, TestApp, TestDb};
+use common::{agent_body, client, wait_for, Options, TestApp, TestDb};
 use serde_json::{json, Value};
 
 const ECHO: &str = r#"[sim:tool=mcp__echo__echo {"text":"hi"}] echo it"#;
@@ -55,29 +55,6 @@ fn plant_rogue_servers(app: &TestApp, tree: &Tree, name_in_project: &str) -> Vec
     vec![project_log, user_log]
 }
 
-async fn project_with_policy(app: &TestApp, project: &str, policy: Value) {
-    app.create_project(project, None).await;
-    let response = client()
-        .put(format!("{}/admin/projects/{project}/agent-policy", app.url))
-        .json(&policy)
-        .send()
-        .await
-        .expect("put policy");
-    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap_or_default());
-}
-
-fn agent_body(project: &str, prompt: &str, extra: Value) -> Value {
-    let mut body = json!({
-        "model": "haiku",
-        "project_id": project,
-        "messages": [{"role": "user", "content": prompt}],
-    });
-    for (key, value) in extra.as_object().cloned().unwrap_or_default() {
-        body[key] = value;
-    }
-    body
-}
-
 /// The tool names the upstream was offered in its `index`th request.
 fn offered_tools(app: &TestApp, index: usize) -> Vec<String> {
     app.sim.sim.requests()[index].body["tools"]
@@ -97,8 +74,7 @@ async fn a_policy_s_mcp_server_is_called_and_no_other_server_starts() {
     let tree = tree();
     let rogue_logs = plant_rogue_servers(&app, &tree, "rogue");
     let log = tree.base.join("echo.log");
-    project_with_policy(
-        &app,
+    app.project_with_policy(
         "acme",
         json!({"allowed_roots": [tree.root], "allowed_tools": ["Read", "mcp__echo__echo"],
                "mcp_servers": [echo_server("echo", &log)], "max_turns": 3}),
@@ -141,8 +117,7 @@ async fn without_mcp_servers_in_the_policy_no_mcp_tool_is_offered_or_run() {
     // The working directory names a server "echo", as if to supply the one
     // the policy lacks.
     let rogue_logs = plant_rogue_servers(&app, &tree, "echo");
-    project_with_policy(&app, "plain", json!({"allowed_roots": [tree.root], "allowed_tools": ["Read"]}))
-        .await;
+    app.project_with_policy("plain", json!({"allowed_roots": [tree.root], "allowed_tools": ["Read"]})).await;
     let extra = json!({"working_directory": tree.root, "allowed_tools": ["mcp__echo__echo"]});
     let response = app.chat(agent_body("plain", ECHO, extra.clone())).await;
     assert_eq!(response.status(), 403);
@@ -152,8 +127,7 @@ async fn without_mcp_servers_in_the_policy_no_mcp_tool_is_offered_or_run() {
     assert!(app.sim.sim.requests().is_empty(), "nothing ran");
 
     // Even a policy that allows the tool's name gives no server to run it.
-    project_with_policy(
-        &app,
+    app.project_with_policy(
         "named",
         json!({"allowed_roots": [tree.root], "allowed_tools": ["Read", "mcp__echo__echo"]}),
     )
@@ -206,8 +180,8 @@ async fn skip_permissions_lets_a_write_outside_the_working_directory_run_and_not
     let app = TestApp::spawn(&db, opts).await;
     let tree = tree();
     let policy = |skip: bool| json!({"allowed_roots": [tree.root], "allowed_tools": ["Write"], "max_turns": 3, "skip_permissions": skip});
-    project_with_policy(&app, "careful", policy(false)).await;
-    project_with_policy(&app, "trusting", policy(true)).await;
+    app.project_with_policy("careful", policy(false)).await;
+    app.project_with_policy("trusting", policy(true)).await;
     // The agent works in root/sub and writes to root: inside the policy's
     // root, outside the edits the working directory's rule approves.
     let out = tree.root.join("out.txt");
@@ -240,8 +214,7 @@ async fn skip_permissions_as_root_outside_a_sandbox_is_refused_naming_the_cause(
     let db = TestDb::sqlite();
     let app = TestApp::spawn(&db, Options::default()).await;
     let tree = tree();
-    project_with_policy(
-        &app,
+    app.project_with_policy(
         "trusting",
         json!({"allowed_roots": [tree.root], "allowed_tools": ["Read"], "skip_permissions": true}),
     )

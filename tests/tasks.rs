@@ -6,22 +6,18 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{client, processes_with_marker, GatewayProcess, Options, TestApp, TestDb};
+use common::{client, processes_with_marker, put_agent_policy, GatewayProcess, Options, TestApp, TestDb};
 use serde_json::{json, Value};
 
 async fn allow_tools(url: &str, project: &str, root: &Path) {
-    let response = client()
-        .put(format!("{url}/admin/projects/{project}/agent-policy"))
-        .json(&json!({
-            "allowed_roots": [root],
-            "allowed_tools": ["Read", "Write"],
-            "denied_tools": ["Bash"],
-            "max_turns": 5,
-            "max_task_usd": 1.0,
-        }))
-        .send()
-        .await
-        .expect("put policy");
+    let policy = json!({
+        "allowed_roots": [root],
+        "allowed_tools": ["Read", "Write"],
+        "denied_tools": ["Bash"],
+        "max_turns": 5,
+        "max_task_usd": 1.0,
+    });
+    let response = put_agent_policy(url, project, &policy).await;
     assert!(response.status().is_success(), "{}", response.text().await.unwrap_or_default());
 }
 

@@ -248,6 +248,13 @@ impl TestApp {
         panic!("reservations never settled: {last}");
     }
 
+    /// Creates a project and gives it an agent policy.
+    pub async fn project_with_policy(&self, project: &str, policy: Value) {
+        self.create_project(project, None).await;
+        let response = put_agent_policy(&self.url, project, &policy).await;
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap_or_default());
+    }
+
     pub async fn create_project(&self, id: &str, daily_usd: Option<f64>) {
         let response = client()
             .post(format!("{}/admin/projects", self.url))
@@ -296,6 +303,30 @@ pub async fn wait_for<T, E>(limit: Duration, mut check: impl FnMut() -> Result<T
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
+}
+
+/// Sets a project's agent policy through the admin API.
+pub async fn put_agent_policy(url: &str, project: &str, policy: &Value) -> reqwest::Response {
+    client()
+        .put(format!("{url}/admin/projects/{project}/agent-policy"))
+        .json(policy)
+        .send()
+        .await
+        .expect("put agent policy")
+}
+
+/// An agentic chat request for a project: haiku, one user message, and the
+/// agent fields in `extra`.
+pub fn agent_body(project: &str, prompt: &str, extra: Value) -> Value {
+    let mut body = json!({
+        "model": "haiku",
+        "project_id": project,
+        "messages": [{"role": "user", "content": prompt}],
+    });
+    for (key, value) in extra.as_object().cloned().unwrap_or_default() {
+        body[key] = value;
+    }
+    body
 }
 
 pub fn chat_body(model: &str, prompt: &str) -> Value {
