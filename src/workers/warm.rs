@@ -94,10 +94,6 @@ pub struct WarmStats {
     pub hits: AtomicU64,
     /// Requests that found no warm process for their profile and ran cold.
     pub misses: AtomicU64,
-    /// Processes started.
-    pub started: AtomicU64,
-    /// Processes ended (retired, replaced, died).
-    pub retired: AtomicU64,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -286,7 +282,6 @@ impl WarmPool {
         let mut group = process.group;
         tokio::spawn(async move { group.finish().await });
         self.live.fetch_sub(1, Ordering::Relaxed);
-        self.stats.retired.fetch_add(1, Ordering::Relaxed);
     }
 
     fn retire_idle(&self) {
@@ -385,7 +380,6 @@ impl WarmPool {
         }
         let mut child = cmd.spawn()?;
         self.cold.stats.spawned.fetch_add(1, Ordering::Relaxed);
-        self.stats.started.fetch_add(1, Ordering::Relaxed);
         let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
         let group = Group::new(child, Arc::clone(&self.cold.stats));
         let (Some(mut stdin), Some(stdout)) = (stdin, stdout) else {
