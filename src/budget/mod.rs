@@ -104,15 +104,9 @@ impl Budget {
 
     /// Reserves `amount` against every period of the project, atomically.
     pub async fn reserve(&self, request: ReservationRequest) -> Result<Reservation, BudgetError> {
-        let Some(project) = self.store.get_project(&request.project_id).await? else {
-            return Err(StoreError::NotFound(format!("project {:?} not found", request.project_id)).into());
-        };
         let now = self.clock.now();
-        let periods = PeriodKind::ALL.map(|kind| PeriodSlot {
-            kind,
-            start: period::bounds(kind, now).0.timestamp(),
-            limit: project.limits.get(kind),
-        });
+        let periods =
+            PeriodKind::ALL.map(|kind| PeriodSlot { kind, start: period::bounds(kind, now).0.timestamp() });
         let new = NewReservation {
             request_id: request.request_id.clone(),
             created_at_ms: now.timestamp_millis(),

@@ -9,6 +9,7 @@ pub mod keys;
 mod postgres;
 mod queries;
 mod sqlite;
+mod sqlite_ledger;
 pub mod tasks;
 
 use std::sync::Arc;
@@ -29,6 +30,10 @@ pub enum StoreError {
     Conflict(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{0}")]
+    Ledger(String),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported database url {0:?}: use sqlite://FILE or postgres://…")]
@@ -88,13 +93,12 @@ pub struct Project {
     pub updated_at_ms: i64,
 }
 
-/// One period a reservation counts against: its start (unix seconds) and
-/// the limit in force when the reservation was made.
+/// One period a reservation counts against, by its start (unix seconds).
+/// Its limit is the project's, read in the transaction that reserves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeriodSlot {
     pub kind: PeriodKind,
     pub start: i64,
-    pub limit: Option<Micros>,
 }
 
 /// A ledger row written when a request starts; it doubles as the budget
@@ -204,8 +208,9 @@ pub trait Store:
     async fn delete_project(&self, id: &str) -> StoreResult<()>;
 
     /// Atomically adds `amount` to the reserved total of every period of the
-    /// project, unless that would take any limited period past its limit,
-    /// and writes the request's ledger row. All or nothing.
+    /// project, unless that would take any limited period past the limit the
+    /// project has at that moment, and writes the request's ledger row. All
+    /// or nothing; `NotFound` when the project does not exist.
     async fn reserve(&self, reservation: &NewReservation) -> StoreResult<ReserveOutcome>;
     /// Turns a reservation into spend: the ledger row takes its outcome, and
     /// each period trades the reserved amount for the actual cost. Returns

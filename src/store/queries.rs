@@ -64,43 +64,10 @@ pub(super) const LEDGER_COLUMNS: &str = "request_id, project_id, endpoint, model
      latency_ms, ttft_ms, created_at_ms";
 
 /// Implements `Store` for a type with `writer` and `reader` pools of `$db`
-/// and `begin_write` and `lock_periods` methods.
+/// and `ledger_reserve`, `ledger_settle` and `ledger_record` methods (the
+/// budget writes, which each database does its own way).
 macro_rules! impl_store {
     ($store:ty, $db:ty) => {
-        impl $store {
-            /// Finds the first period (day, week, month) that has no room
-            /// for the reservation, to explain a refusal.
-            async fn exhausted(
-                &self,
-                r: &$crate::store::NewReservation,
-            ) -> $crate::store::StoreResult<$crate::store::ReserveOutcome> {
-                for slot in &r.periods {
-                    let Some(limit) = slot.limit else { continue };
-                    let totals = $crate::store::Store::period_totals(self, &r.project_id, slot.kind, slot.start).await?;
-                    if totals.spent.0 + totals.reserved.0 + r.amount.0 > limit.0 {
-                        return Ok($crate::store::ReserveOutcome::Exhausted {
-                            kind: slot.kind,
-                            start: slot.start,
-                            limit,
-                            spent: totals.spent,
-                            reserved: totals.reserved,
-                        });
-                    }
-                }
-                // Room appeared between the refused update and this read; the
-                // caller is refused all the same, naming the tightest period.
-                let slot = r.periods.iter().find(|s| s.limit.is_some()).unwrap_or(&r.periods[0]);
-                let totals = $crate::store::Store::period_totals(self, &r.project_id, slot.kind, slot.start).await?;
-                Ok($crate::store::ReserveOutcome::Exhausted {
-                    kind: slot.kind,
-                    start: slot.start,
-                    limit: slot.limit.unwrap_or_default(),
-                    spent: totals.spent,
-                    reserved: totals.reserved,
-                })
-            }
-        }
-
         #[async_trait::async_trait]
         impl $crate::store::Store for $store {
             async fn create_project(&self, p: &$crate::store::Project) -> $crate::store::StoreResult<()> {
@@ -165,69 +132,7 @@ macro_rules! impl_store {
                 &self,
                 r: &$crate::store::NewReservation,
             ) -> $crate::store::StoreResult<$crate::store::ReserveOutcome> {
-                let [day, week, month] = &r.periods;
-                let mut tx = self.begin_write().await?;
-                sqlx::query(
-                    "INSERT INTO period_totals (project_id, kind, period_start, spent_micros, reserved_micros) \
-                     VALUES ($1, 'day', $2, 0, 0), ($1, 'week', $3, 0, 0), ($1, 'month', $4, 0, 0) \
-                     ON CONFLICT DO NOTHING",
-                )
-                .bind(&r.project_id)
-                .bind(day.start)
-                .bind(week.start)
-                .bind(month.start)
-                .execute(&mut *tx)
-                .await?;
-                self.lock_periods(&mut tx, &r.project_id, [day.start, week.start, month.start]).await?;
-                // The limit checks and the increments are one statement, so no
-                // other transaction can slip in between them; it must touch
-                // all three rows, or one period had no room.
-                let done = sqlx::query(
-                    "UPDATE period_totals SET reserved_micros = reserved_micros + $1 WHERE project_id = $2 AND ( \
-                     (kind = 'day' AND period_start = $3 \
-                        AND (CAST($4 AS BIGINT) IS NULL OR spent_micros + reserved_micros + $1 <= $4)) \
-                     OR (kind = 'week' AND period_start = $5 \
-                        AND (CAST($6 AS BIGINT) IS NULL OR spent_micros + reserved_micros + $1 <= $6)) \
-                     OR (kind = 'month' AND period_start = $7 \
-                        AND (CAST($8 AS BIGINT) IS NULL OR spent_micros + reserved_micros + $1 <= $8)))",
-                )
-                .bind(r.amount.0)
-                .bind(&r.project_id)
-                .bind(day.start)
-                .bind(day.limit.map(|l| l.0))
-                .bind(week.start)
-                .bind(week.limit.map(|l| l.0))
-                .bind(month.start)
-                .bind(month.limit.map(|l| l.0))
-                .execute(&mut *tx)
-                .await?;
-                if done.rows_affected() != 3 {
-                    tx.rollback().await?;
-                    return self.exhausted(r).await;
-                }
-                sqlx::query(
-                    "INSERT INTO requests (request_id, created_at_ms, project_id, key_id, endpoint, \
-                     model_requested, model_used, status, reserved_micros, day_start, week_start, month_start, \
-                     owner, expires_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, 'in_progress', $8, $9, $10, $11, $12, $13)",
-                )
-                .bind(&r.request_id)
-                .bind(r.created_at_ms)
-                .bind(&r.project_id)
-                .bind(&r.key_id)
-                .bind(&r.endpoint)
-                .bind(&r.model_requested)
-                .bind(&r.model_used)
-                .bind(r.amount.0)
-                .bind(r.periods[0].start)
-                .bind(r.periods[1].start)
-                .bind(r.periods[2].start)
-                .bind(&r.owner)
-                .bind(r.expires_at_ms)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| $crate::store::conflict_or(e, || format!("request {:?} already recorded", r.request_id)))?;
-                tx.commit().await?;
-                Ok($crate::store::ReserveOutcome::Reserved)
+                self.ledger_reserve(r).await
             }
 
             async fn settle(
@@ -235,89 +140,11 @@ macro_rules! impl_store {
                 request_id: &str,
                 c: &$crate::store::Completion,
             ) -> $crate::store::StoreResult<bool> {
-                use $crate::store::queries::to_i64;
-                let mut tx = self.begin_write().await?;
-                let row = sqlx::query(
-                    "UPDATE requests SET status = $1, finished_at_ms = $2, model_used = COALESCE($3, model_used), \
-                     http_status = $4, error_message = $5, input_tokens = $6, output_tokens = $7, \
-                     cache_read_tokens = $8, cache_write_tokens = $9, cost_micros = $10, latency_ms = $11, \
-                     ttft_ms = $12 WHERE request_id = $13 AND status = 'in_progress' \
-                     RETURNING project_id, reserved_micros, day_start, week_start, month_start",
-                )
-                .bind(&c.status)
-                .bind(c.finished_at_ms)
-                .bind(&c.model_used)
-                .bind(c.http_status.map(i32::from))
-                .bind(&c.error_message)
-                .bind(to_i64(c.input_tokens))
-                .bind(to_i64(c.output_tokens))
-                .bind(to_i64(c.cache_read_tokens))
-                .bind(to_i64(c.cache_write_tokens))
-                .bind(c.cost.0)
-                .bind(c.latency_ms.map(to_i64))
-                .bind(c.ttft_ms.map(to_i64))
-                .bind(request_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some(row) = row else {
-                    tx.rollback().await?;
-                    return Ok(false);
-                };
-                let project_id: String = sqlx::Row::try_get(&row, 0)?;
-                let reserved: i64 = sqlx::Row::try_get(&row, 1)?;
-                let day: Option<i64> = sqlx::Row::try_get(&row, 2)?;
-                let week: Option<i64> = sqlx::Row::try_get(&row, 3)?;
-                let month: Option<i64> = sqlx::Row::try_get(&row, 4)?;
-                if let (Some(d), Some(w), Some(m)) = (day, week, month) {
-                    self.lock_periods(&mut tx, &project_id, [d, w, m]).await?;
-                }
-                sqlx::query(
-                    "UPDATE period_totals SET reserved_micros = reserved_micros - $1, \
-                     spent_micros = spent_micros + $2 WHERE project_id = $3 AND ( \
-                     (kind = 'day' AND period_start = $4) OR (kind = 'week' AND period_start = $5) \
-                     OR (kind = 'month' AND period_start = $6))",
-                )
-                .bind(reserved)
-                .bind(c.cost.0)
-                .bind(&project_id)
-                .bind(day)
-                .bind(week)
-                .bind(month)
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                Ok(true)
+                self.ledger_settle(request_id, c).await
             }
 
             async fn record(&self, e: &$crate::store::LedgerEntry) -> $crate::store::StoreResult<()> {
-                use $crate::store::queries::to_i64;
-                let c = &e.completion;
-                sqlx::query(
-                    "INSERT INTO requests (request_id, created_at_ms, finished_at_ms, project_id, key_id, endpoint, \
-                     model_requested, model_used, status, http_status, error_message, input_tokens, output_tokens, \
-                     cost_micros, latency_ms, ttft_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
-                )
-                .bind(&e.request_id)
-                .bind(e.created_at_ms)
-                .bind(c.finished_at_ms)
-                .bind(&e.project_id)
-                .bind(&e.key_id)
-                .bind(&e.endpoint)
-                .bind(&e.model_requested)
-                .bind(&c.model_used)
-                .bind(&c.status)
-                .bind(c.http_status.map(i32::from))
-                .bind(&c.error_message)
-                .bind(to_i64(c.input_tokens))
-                .bind(to_i64(c.output_tokens))
-                .bind(c.cost.0)
-                .bind(c.latency_ms.map(to_i64))
-                .bind(c.ttft_ms.map(to_i64))
-                .execute(&self.writer)
-                .await
-                .map_err(|err| $crate::store::conflict_or(err, || format!("request {:?} already recorded", e.request_id)))?;
-                Ok(())
+                self.ledger_record(e).await
             }
 
             async fn period_totals(

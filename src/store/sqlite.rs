@@ -14,12 +14,16 @@ use super::agents::impl_agent_store;
 use super::batches::impl_batch_store;
 use super::keys::impl_key_store;
 use super::queries::impl_store;
+use super::sqlite_ledger::LedgerWriter;
 use super::tasks::impl_task_store;
-use super::StoreResult;
+use super::{Completion, LedgerEntry, NewReservation, ReserveOutcome, StoreResult};
 
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// Reservations, settlements and ledger rows: the writes every request
+    /// makes, on a thread of their own (see `sqlite_ledger`).
+    ledger: LedgerWriter,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -36,24 +40,26 @@ impl SqliteStore {
             .foreign_keys(true);
         let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
         MIGRATOR.run(&writer).await?;
+        let ledger = LedgerWriter::start(options.get_filename())?;
         let reader =
             SqlitePoolOptions::new().max_connections(4).connect_with(options.read_only(true)).await?;
-        Ok(SqliteStore { writer, reader })
+        Ok(SqliteStore { writer, reader, ledger })
     }
 
     async fn begin_write(&self) -> Result<Transaction<'_, Sqlite>, sqlx::Error> {
         self.writer.begin_with("BEGIN IMMEDIATE").await
     }
 
-    /// Nothing to do: `BEGIN IMMEDIATE` already holds the database's only
-    /// write lock.
-    async fn lock_periods(
-        &self,
-        _tx: &mut Transaction<'_, Sqlite>,
-        _project_id: &str,
-        _starts: [i64; 3],
-    ) -> Result<(), sqlx::Error> {
-        Ok(())
+    async fn ledger_reserve(&self, reservation: &NewReservation) -> StoreResult<ReserveOutcome> {
+        self.ledger.reserve(reservation).await
+    }
+
+    async fn ledger_settle(&self, request_id: &str, completion: &Completion) -> StoreResult<bool> {
+        self.ledger.settle(request_id, completion).await
+    }
+
+    async fn ledger_record(&self, entry: &LedgerEntry) -> StoreResult<()> {
+        self.ledger.record(entry).await
     }
 }
 
