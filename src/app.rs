@@ -19,8 +19,20 @@ use crate::workers::cli::{ClaudeCli, CliSettings};
 use crate::workers::warm::{WarmPool, WarmSettings};
 use crate::workers::{PoolStats, Worker, WorkerPool};
 
+/// Cloned for every request and by every middleware: one `Arc`, so a
+/// clone is one atomic increment rather than one per handle.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub settings: Arc<Settings>,
     pub prices: Arc<PriceTable>,
     pub budget: Budget,
@@ -66,9 +78,9 @@ impl AppState {
         check_model_names(&settings, &prices)?;
         let api_pool = direct_pool(&settings, &prices)?;
         if !settings.warm_pool {
-            let mut state = AppState::with_worker(settings, store, clock, prices, cli, stats);
+            let mut state = Shared::with_worker(settings, store, clock, prices, cli, stats);
             state.api_pool = api_pool;
-            return Ok(state);
+            return Ok(AppState(Arc::new(state)));
         }
         // Prestarted processes are fixed to a model's CLI name, as jobs are.
         let prestart = settings
@@ -88,17 +100,11 @@ impl AppState {
                 prestart,
             },
         );
-        let mut state = AppState::with_worker(
-            settings,
-            store,
-            clock,
-            prices,
-            Arc::clone(&warm) as Arc<dyn Worker>,
-            stats,
-        );
+        let mut state =
+            Shared::with_worker(settings, store, clock, prices, Arc::clone(&warm) as Arc<dyn Worker>, stats);
         state.warm = Some(warm);
         state.api_pool = api_pool;
-        Ok(state)
+        Ok(AppState(Arc::new(state)))
     }
 
     /// The pool whose backend serves `model`. A model configured for `api`
@@ -123,6 +129,23 @@ impl AppState {
         worker: Arc<dyn Worker>,
         stats: Arc<PoolStats>,
     ) -> AppState {
+        AppState(Arc::new(Shared::with_worker(settings, store, clock, prices, worker, stats)))
+    }
+
+    pub fn system_clock() -> Arc<dyn Clock> {
+        Arc::new(SystemClock)
+    }
+}
+
+impl Shared {
+    fn with_worker(
+        settings: Settings,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        prices: PriceTable,
+        worker: Arc<dyn Worker>,
+        stats: Arc<PoolStats>,
+    ) -> Shared {
         let instance_id = format!("gw-{}", uuid::Uuid::new_v4().simple());
         // A reservation outlives its request only if its owner died; give
         // the request its whole deadline plus time to settle.
@@ -141,7 +164,7 @@ impl AppState {
             WorkerPool::new(worker, settings.pool_size, settings.queue_limit, stats)
                 .with_batch_slots(fair::share_slots(settings.pool_size, settings.batch_pool_share)),
         );
-        AppState {
+        Shared {
             settings: Arc::new(settings),
             prices: Arc::new(prices),
             budget,
@@ -154,10 +177,6 @@ impl AppState {
             task_control: Arc::new(crate::tasks::TaskControl::default()),
             warm: None,
         }
-    }
-
-    pub fn system_clock() -> Arc<dyn Clock> {
-        Arc::new(SystemClock)
     }
 }
 

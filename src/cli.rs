@@ -120,7 +120,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = Settings::load(args.config.as_deref(), std::env::vars(), args.overrides())?;
-    init_logging(settings.log_format);
+    let _logging = init_logging(settings.log_format);
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
@@ -128,14 +128,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     crate::server::run(state, listener, crate::server::shutdown_signal()).await
 }
 
-pub fn init_logging(format: LogFormat) {
+/// Logs go to stderr from a thread of their own, written in batches: a
+/// request's log line never waits for the pipe. Nothing is dropped (a full
+/// buffer makes the logging thread wait instead); the guard flushes what
+/// is left when it is dropped.
+pub fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CCGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder =
-        tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("ccgate-log")
+        .finish(std::io::BufWriter::new(std::io::stderr()));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(writer);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
+    guard
 }

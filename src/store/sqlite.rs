@@ -37,7 +37,9 @@ impl SqliteStore {
             // lose the last commits, and never corrupts the file.
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // The ledger writer's checkpointer thread does them all.
+            .pragma("wal_autocheckpoint", "0");
         let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
         MIGRATOR.run(&writer).await?;
         let ledger = LedgerWriter::start(options.get_filename())?;

@@ -33,8 +33,13 @@ use crate::money::Micros;
 /// The most writes one commit takes; more wait for the next.
 const MAX_GROUP: usize = 256;
 
+/// How often the WAL is copied back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
 pub(super) struct LedgerWriter {
     ops: mpsc::Sender<Op>,
+    /// Dropped with the writer, which stops the checkpointer.
+    _checkpoints: mpsc::Sender<()>,
 }
 
 /// One write and the caller waiting for its answer.
@@ -65,17 +70,14 @@ impl LedgerWriter {
                 path.display()
             )));
         }
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(10))?;
-        // NORMAL in WAL mode survives a process crash, as for the other
-        // connections; the journal mode itself is the file's, set at start.
-        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
+        let conn = open(path)?;
+        conn.set_prepared_statement_cache_capacity(32);
         let (ops, queue) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("ccgate-ledger".into())
-            .spawn(move || run(conn, queue))
-            .map_err(|e| StoreError::Ledger(format!("cannot start the ledger writer: {e}")))?;
-        Ok(LedgerWriter { ops })
+        spawn("ccgate-ledger", move || run(conn, queue))?;
+        let checkpointer = open(path)?;
+        let (checkpoints, stop) = mpsc::channel();
+        spawn("ccgate-checkpoint", move || checkpoint(checkpointer, stop))?;
+        Ok(LedgerWriter { ops, _checkpoints: checkpoints })
     }
 
     pub(super) async fn reserve(&self, reservation: &NewReservation) -> StoreResult<ReserveOutcome> {
@@ -103,6 +105,43 @@ impl LedgerWriter {
         let (reply, answer) = oneshot::channel();
         self.ops.send(Op { write, reply }).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
+    }
+}
+
+fn open(path: &Path) -> StoreResult<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    // NORMAL in WAL mode survives a process crash, as for the other
+    // connections (the journal mode is the file's, set when it was opened);
+    // no commit checkpoints, which would put a checkpoint's fsync on the
+    // path of whichever request committed last.
+    conn.execute_batch(
+        "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0;",
+    )?;
+    Ok(conn)
+}
+
+fn spawn(name: &str, work: impl FnOnce() + Send + 'static) -> StoreResult<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(work)
+        .map(drop)
+        .map_err(|e| StoreError::Ledger(format!("cannot start the {name} thread: {e}")))
+}
+
+/// Copies the WAL back into the database file every `CHECKPOINT_EVERY`, on
+/// its own connection: writers go on appending meanwhile (a passive
+/// checkpoint never waits for them), so the fsync a checkpoint makes is on
+/// no request's path. Once more when the store closes.
+fn checkpoint(conn: Connection, stop: mpsc::Receiver<()>) {
+    loop {
+        let stopping = !matches!(stop.recv_timeout(CHECKPOINT_EVERY), Err(mpsc::RecvTimeoutError::Timeout));
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "SQLite checkpoint failed");
+        }
+        if stopping {
+            return;
+        }
     }
 }
 
@@ -135,13 +174,13 @@ fn commit_group(conn: &Connection, group: Vec<Op>) {
             let _ = reply.send(Err(StoreError::Ledger(message.clone())));
         }
     };
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+    if let Err(e) = control(conn, "BEGIN IMMEDIATE") {
         fail(group.into_iter().map(|op| op.reply).collect(), format!("cannot begin a ledger write: {e}"));
         return;
     }
     let answered: Vec<_> = group.into_iter().map(|op| (in_savepoint(conn, &op.write), op.reply)).collect();
-    if let Err(e) = conn.execute_batch("COMMIT") {
-        let _ = conn.execute_batch("ROLLBACK");
+    if let Err(e) = control(conn, "COMMIT") {
+        let _ = control(conn, "ROLLBACK");
         fail(
             answered.into_iter().map(|(_, reply)| reply).collect(),
             format!("the ledger commit failed: {e}"),
@@ -156,7 +195,7 @@ fn commit_group(conn: &Connection, group: Vec<Op>) {
 /// Applies one write inside a savepoint, rolled back if the write failed
 /// or was refused, so the rest of its group is unaffected.
 fn in_savepoint(conn: &Connection, write: &Write) -> StoreResult<Answer> {
-    conn.execute_batch("SAVEPOINT op")?;
+    control(conn, "SAVEPOINT op")?;
     let answer = match write {
         Write::Reserve(r) => reserve(conn, r).map(Answer::Reserve),
         Write::Settle(id, c) => settle(conn, id, c).map(Answer::Settle),
@@ -164,8 +203,16 @@ fn in_savepoint(conn: &Connection, write: &Write) -> StoreResult<Answer> {
     };
     let keep =
         matches!(answer, Ok(Answer::Reserve(ReserveOutcome::Reserved) | Answer::Settle(_) | Answer::Record));
-    conn.execute_batch(if keep { "RELEASE op" } else { "ROLLBACK TO op; RELEASE op" })?;
+    if !keep {
+        control(conn, "ROLLBACK TO op")?;
+    }
+    control(conn, "RELEASE op")?;
     answer
+}
+
+/// Runs a transaction-control statement, parsed once per connection.
+fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
 }
 
 fn reserve(conn: &Connection, r: &NewReservation) -> StoreResult<ReserveOutcome> {
