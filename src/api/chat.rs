@@ -109,6 +109,7 @@ fn parse(
     request.messages = body.domain_messages(state.settings.max_messages)?;
     request.agent = body.agent_options();
     request.tools = body.client_tools()?;
+    request.stream = body.stream;
     Ok(body)
 }
 

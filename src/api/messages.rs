@@ -100,6 +100,7 @@ fn parse(
     request.model = body.model.clone();
     request.max_tokens = body.max_tokens;
     request.messages = body.domain_messages(state.settings.max_messages)?;
+    request.stream = body.stream;
     Ok(body)
 }
 

@@ -101,6 +101,7 @@ fn fill(state: &AppState, body: &Value, request: &mut ChatRequest) -> Result<(),
     if body.stream {
         return Err(ApiError::bad_request("stream is not supported in a batch", "stream"));
     }
+    request.stream = false;
     if body.agent_options().is_some() {
         return Err(ApiError::bad_request(
             "agent fields (working_directory, allowed_tools, max_turns, session_id, max_budget_usd) are not \

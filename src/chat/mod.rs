@@ -44,6 +44,10 @@ pub struct ChatRequest {
     pub agent: Option<AgentOptions>,
     /// The client's own tools (OpenAI `tools`), which the model may call.
     pub tools: Option<ClientTools>,
+    /// Whether the caller takes text as it comes. When not, only tool
+    /// activity and the outcome (whose report holds the whole text) are
+    /// passed on: one wake-up per answer instead of one per piece of text.
+    pub stream: bool,
 }
 
 impl ChatRequest {
@@ -68,6 +72,7 @@ impl ChatRequest {
             class: JobClass::Interactive,
             agent: None,
             tools: None,
+            stream: true,
         }
     }
 }
@@ -411,6 +416,8 @@ struct Flow {
     may_fall_back: bool,
     /// An agentic run's working directory, stored with its session.
     agent_dir: Option<String>,
+    /// Whether text and tool-call pieces go to the client as they come.
+    stream: bool,
 }
 
 /// Runs one attempt, passing text to the client, and the outcome as soon as
@@ -434,7 +441,8 @@ async fn run_attempt(
     let cancel = pool.run_token();
     let run = pool.run(admission, job, worker_tx, cancel.clone());
     tokio::pin!(run);
-    let mut flow = Flow { books: Some(books), text_sent: false, may_fall_back, agent_dir };
+    let stream = books.request.stream;
+    let mut flow = Flow { books: Some(books), text_sent: false, may_fall_back, agent_dir, stream };
     let report = loop {
         tokio::select! {
             report = &mut run => break report,
@@ -471,12 +479,12 @@ async fn deliver(
         Event::Started { .. } => true,
         Event::Text(text) => {
             flow.text_sent = true;
-            client.send(ChatEvent::Text(text)).await.is_ok()
+            !flow.stream || client.send(ChatEvent::Text(text)).await.is_ok()
         }
         Event::ToolCall(delta) => {
             // A tool call is an answer: no fallback once it went out.
             flow.text_sent = true;
-            client.send(ChatEvent::ToolCall(delta)).await.is_ok()
+            !flow.stream || client.send(ChatEvent::ToolCall(delta)).await.is_ok()
         }
         Event::Tool(activity) => {
             // A tool has acted: retrying elsewhere would act twice.
