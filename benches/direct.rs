@@ -33,6 +33,9 @@ struct Args {
     concurrency: usize,
     streams: usize,
     log: String,
+    /// The gateway's runtime worker threads (`TOKIO_WORKER_THREADS`);
+    /// unset, tokio's default: one per core.
+    gateway_threads: Option<usize>,
 }
 
 fn args() -> Args {
@@ -42,6 +45,7 @@ fn args() -> Args {
         concurrency: 32,
         streams: 1000,
         log: "info,sqlx=warn".into(),
+        gateway_threads: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -52,6 +56,7 @@ fn args() -> Args {
             "--concurrency" => args.concurrency = value().parse().expect("concurrency"),
             "--streams" => args.streams = value().parse().expect("streams"),
             "--log" => args.log = value(),
+            "--gateway-threads" => args.gateway_threads = Some(value().parse().expect("gateway threads")),
             "--bench" => {}
             other => panic!("unknown flag {other}"),
         }
@@ -400,6 +405,9 @@ fn main() {
         .env("MALLOC_ARENA_MAX", std::env::var("BENCH_ARENAS").unwrap_or("8".into()))
         .env("CCGATE_WORK_DIR", dir.path().join("work"))
         .env("CCGATE_LOG", format!("{},ccgate::server=info", args.log));
+    if let Some(threads) = args.gateway_threads {
+        gw_cmd.env("TOKIO_WORKER_THREADS", threads.to_string());
+    }
     let gateway = start(gw_cmd, true, "addr=");
     let gateway_pid = gateway.child.id();
 

@@ -138,6 +138,9 @@ pub fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::Worker
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
+        // The default (128,000 lines) is a preallocated 5 MB; bursts of this
+        // size only ever wait a moment for the writer thread.
+        .buffered_lines_limit(8_192)
         .thread_name("ccgate-log")
         .finish(std::io::BufWriter::new(std::io::stderr()));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(writer);
