@@ -7,6 +7,7 @@ use ccgate_router::{Policy, RouteError, RouteRequest, Tier};
 
 use crate::app::AppState;
 use crate::chat::Message;
+use crate::config::Backend;
 use crate::error::ApiError;
 use crate::money::Micros;
 use crate::pricing::PriceTable;
@@ -38,13 +39,32 @@ pub fn output_allowance(state: &AppState, max_output: u64) -> u64 {
     state.settings.routing.default_output_tokens.min(max_output)
 }
 
-/// Picks a model for the project's request.
+/// Picks a model for the project's request. A request that uses the
+/// client's own tools can only run on the direct backend, so only the
+/// models it serves are candidates.
 pub async fn decide(
     state: &AppState,
     project_id: &str,
     messages: &[Message],
     max_tokens: Option<u64>,
+    client_tools: bool,
 ) -> Result<Decision, ApiError> {
+    let mut tiers = tiers(&state.prices);
+    if client_tools {
+        tiers.retain(|tier| {
+            state
+                .prices
+                .resolve(&tier.model)
+                .is_some_and(|m| state.settings.backend_for(&m.id, &m.aliases) == Backend::Api)
+        });
+        if tiers.is_empty() {
+            return Err(ApiError::bad_request(
+                "client-side tool calling (`tools`, `tool_calls`, `tool` messages) needs a model served by the \
+                 direct backend, and none is (set backends = { haiku = \"api\", … } or default_backend = \"api\")",
+                "tools",
+            ));
+        }
+    }
     let headroom = state.budget.headroom(project_id).await?;
     let wire: Vec<ccgate_router::Message<'_>> = messages
         .iter()
@@ -65,7 +85,7 @@ pub async fn decide(
         budget_limit_micro_usd: headroom.map(|(_, limit)| to_u64(limit)),
     };
     let policy = state.settings.routing_policies.get(project_id).cloned().unwrap_or_else(Policy::default);
-    ccgate_router::route(&request, &tiers(&state.prices), &policy, &state.settings.routing).map_err(|e| match e {
+    ccgate_router::route(&request, &tiers, &policy, &state.settings.routing).map_err(|e| match e {
         RouteError::ContextLengthExceeded { needed, largest } => ApiError::BadRequest {
             message: format!(
                 "this request needs about {needed} tokens, more than the largest context window ({largest})"

@@ -237,3 +237,31 @@ async fn malformed_tools_are_refused() {
     assert_eq!(status, 400, "{body}");
     assert!(app.sim.sim.requests().is_empty());
 }
+
+#[tokio::test]
+async fn auto_routing_with_client_tools_picks_only_direct_models() {
+    // Only sonnet is served by the direct backend; a short question would
+    // otherwise go to haiku, which the CLI serves and which cannot carry tools.
+    let (_db, app) = spawn(|s| {
+        s.backends.insert("sonnet".into(), "api".into());
+    })
+    .await;
+    let mut request = chat_body("auto", r#"Weather? [sim:tool=get_weather {"city":"Oslo"}]"#);
+    request["tools"] = weather_tools();
+    let (status, body) = post(&app, &request).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["model"], "claude-sonnet-5", "{body}");
+    assert_eq!(body["choices"][0]["message"]["tool_calls"][0]["function"]["name"], "get_weather");
+
+    // The same question without tools keeps the router's own choice.
+    let (status, body) = post(&app, &chat_body("auto", "Weather?")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["model"], "claude-haiku-4-5-20251001", "{body}");
+
+    // With no direct model at all, the refusal says what to configure.
+    let (_db, cli_only) = spawn(|_| {}).await;
+    let (status, body) = post(&cli_only, &request).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "tools", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("direct backend"), "{body}");
+}

@@ -70,11 +70,13 @@ pub async fn route(
     }
     let messages =
         body.messages.iter().enumerate().map(|(i, m)| m.to_domain(i)).collect::<Result<Vec<_>, _>>()?;
+    let uses_client_tools = messages.iter().any(crate::chat::Message::has_tool_use);
     let mut periods = Vec::new();
     for kind in PeriodKind::ALL {
         periods.push(state.budget.usage(&project_id, kind).await?);
     }
-    let decision = crate::routing::decide(&state, &project_id, &messages, body.max_tokens).await?;
+    let decision =
+        crate::routing::decide(&state, &project_id, &messages, body.max_tokens, uses_client_tools).await?;
     let model = crate::chat::resolve_model(&state, &decision.model)?;
     let remaining = periods.iter().filter_map(|p| p.remaining()).min();
     Ok(Json(RouteAnswer {

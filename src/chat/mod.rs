@@ -185,8 +185,15 @@ async fn choose(state: &AppState, request: &ChatRequest) -> Result<Choice, ApiEr
     if !is_auto(&request.model) {
         return Ok(Choice { model: request.model.clone(), max_tokens: request.max_tokens, route: None });
     }
-    let decision =
-        crate::routing::decide(state, &request.project_id, &request.messages, request.max_tokens).await?;
+    let client_tools = request.tools.is_some() || request.messages.iter().any(Message::has_tool_use);
+    let decision = crate::routing::decide(
+        state,
+        &request.project_id,
+        &request.messages,
+        request.max_tokens,
+        client_tools,
+    )
+    .await?;
     let model = resolve_model(state, &decision.model)?;
     // The router checked the budget against this output allowance; the
     // run is held to it so the reservation matches.
