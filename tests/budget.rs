@@ -322,3 +322,48 @@ async fn two_gateway_processes_share_one_postgres_budget_exactly() {
     .is_ok());
     db.cleanup().await;
 }
+
+/// Under steady writes a passive checkpoint never reaches the last frame,
+/// so without a truncating checkpoint the WAL would grow for as long as the
+/// writes go on (hundreds of MB in this test); it is emptied instead once it
+/// passes 4,096 pages.
+#[tokio::test]
+async fn the_sqlite_wal_stays_bounded_under_steady_writes() {
+    let db = TestDb::sqlite();
+    let store = store::connect(&db.url).await.unwrap();
+    project(&store, "steady", Limits::default()).await;
+    let budget = Budget::new(
+        Arc::clone(&store),
+        Arc::new(ccgate::clock::SystemClock),
+        "test-instance".into(),
+        Duration::from_secs(600),
+    );
+    let wal = std::path::PathBuf::from(format!("{}-wal", db.url.trim_start_matches("sqlite://")));
+    let wal_size = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    // One write after another (no shared commits), for well over a
+    // checkpoint period: far more than 16 MiB of WAL frames in all.
+    let started = std::time::Instant::now();
+    let mut written = 0;
+    let mut largest = 0;
+    while started.elapsed() < Duration::from_millis(1500) {
+        let held = budget.reserve(reservation(format!("r{written}"), "steady", 1_000)).await.unwrap();
+        let completion = Completion { status: "succeeded".into(), cost: Micros(500), ..Completion::default() };
+        assert!(budget.settle(held, completion).await.unwrap());
+        written += 1;
+        largest = largest.max(wal_size());
+    }
+    let limit = 16 * 1024 * 1024 + 4 * 1024 * 1024;
+    let mut size = wal_size();
+    for _ in 0..40 {
+        if size <= limit {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        size = wal_size();
+    }
+    assert!(size <= limit, "the WAL is {size} bytes after {written} reserve+settle pairs (at most {largest})");
+    let day = ccgate::budget::period::bounds(PeriodKind::Day, Utc::now()).0.timestamp();
+    let totals = store.period_totals("steady", PeriodKind::Day, day).await.unwrap();
+    assert_eq!(totals.spent, Micros(500 * written), "every settlement is in the totals");
+    assert_eq!(totals.reserved, Micros(0));
+}

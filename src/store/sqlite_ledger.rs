@@ -36,10 +36,17 @@ const MAX_GROUP: usize = 256;
 /// How often the WAL is copied back into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
+/// WAL frames (pages) past which a checkpoint also starts the WAL over.
+const RESTART_FRAMES: i64 = 4096;
+
+/// Commits after which the writer asks for a checkpoint before its time
+/// (a commit writes a handful of pages).
+const NUDGE_EVERY: u64 = 256;
+
 pub(super) struct LedgerWriter {
+    /// Dropped with the store, which ends the writer thread, and with it
+    /// the checkpointer.
     ops: mpsc::Sender<Op>,
-    /// Dropped with the writer, which stops the checkpointer.
-    _checkpoints: mpsc::Sender<()>,
 }
 
 /// One write and the caller waiting for its answer.
@@ -72,12 +79,12 @@ impl LedgerWriter {
         }
         let conn = open(path)?;
         conn.set_prepared_statement_cache_capacity(32);
-        let (ops, queue) = mpsc::channel();
-        spawn("ccgate-ledger", move || run(conn, queue))?;
         let checkpointer = open(path)?;
-        let (checkpoints, stop) = mpsc::channel();
-        spawn("ccgate-checkpoint", move || checkpoint(checkpointer, stop))?;
-        Ok(LedgerWriter { ops, _checkpoints: checkpoints })
+        let (nudge, nudges) = mpsc::sync_channel(1);
+        spawn("ccgate-checkpoint", move || checkpoint(checkpointer, nudges))?;
+        let (ops, queue) = mpsc::channel();
+        spawn("ccgate-ledger", move || run(conn, queue, nudge))?;
+        Ok(LedgerWriter { ops })
     }
 
     pub(super) async fn reserve(&self, reservation: &NewReservation) -> StoreResult<ReserveOutcome> {
@@ -129,14 +136,31 @@ fn spawn(name: &str, work: impl FnOnce() + Send + 'static) -> StoreResult<()> {
         .map_err(|e| StoreError::Ledger(format!("cannot start the {name} thread: {e}")))
 }
 
-/// Copies the WAL back into the database file every `CHECKPOINT_EVERY`, on
-/// its own connection: writers go on appending meanwhile (a passive
-/// checkpoint never waits for them), so the fsync a checkpoint makes is on
-/// no request's path. Once more when the store closes.
-fn checkpoint(conn: Connection, stop: mpsc::Receiver<()>) {
+/// Copies the WAL back into the database file every `CHECKPOINT_EVERY`, or
+/// sooner when the writer has committed `NUDGE_EVERY` times, on its own
+/// connection: writers go on appending meanwhile (a passive checkpoint never
+/// waits for them), so the fsync a checkpoint makes is on no request's path.
+/// Once more when the writer stops.
+///
+/// Under steady writes a passive checkpoint never catches up with the last
+/// frame, and SQLite only starts the WAL over from its beginning once one
+/// has; so when the WAL has grown past `RESTART_FRAMES`, a truncating
+/// checkpoint follows the passive one. It holds writers back while it copies
+/// what the passive pass left (little), syncs and empties the file: about a
+/// millisecond, and only after thousands of pages, instead of a WAL that
+/// grows without bound.
+fn checkpoint(conn: Connection, nudges: mpsc::Receiver<()>) {
     loop {
-        let stopping = !matches!(stop.recv_timeout(CHECKPOINT_EVERY), Err(mpsc::RecvTimeoutError::Timeout));
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        let stopping =
+            matches!(nudges.recv_timeout(CHECKPOINT_EVERY), Err(mpsc::RecvTimeoutError::Disconnected));
+        let frames = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get::<_, i64>(1));
+        let result = match frames {
+            Ok(frames) if frames > RESTART_FRAMES => {
+                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            }
+            other => other.map(drop),
+        };
+        if let Err(e) = result {
             tracing::warn!(error = %e, "SQLite checkpoint failed");
         }
         if stopping {
@@ -153,7 +177,8 @@ fn mismatch() -> StoreError {
     StoreError::Ledger("the ledger writer answered another kind of write".into())
 }
 
-fn run(conn: Connection, queue: mpsc::Receiver<Op>) {
+fn run(conn: Connection, queue: mpsc::Receiver<Op>, checkpoint: mpsc::SyncSender<()>) {
+    let mut commits = 0u64;
     while let Ok(first) = queue.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -163,6 +188,11 @@ fn run(conn: Connection, queue: mpsc::Receiver<Op>) {
             }
         }
         commit_group(&conn, group);
+        commits += 1;
+        if commits % NUDGE_EVERY == 0 {
+            // A checkpoint already asked for is enough.
+            let _ = checkpoint.try_send(());
+        }
     }
 }
 
