@@ -324,9 +324,9 @@ async fn two_gateway_processes_share_one_postgres_budget_exactly() {
 }
 
 /// Under steady writes a passive checkpoint never reaches the last frame,
-/// so without a truncating checkpoint the WAL would grow for as long as the
-/// writes go on (hundreds of MB in this test); it is emptied instead once it
-/// passes 4,096 pages.
+/// so without a restarting checkpoint the WAL would grow for as long as the
+/// writes go on (hundreds of MB in this test); it is started over instead
+/// once it passes 4,096 pages (16 MiB).
 #[tokio::test]
 async fn the_sqlite_wal_stays_bounded_under_steady_writes() {
     let db = TestDb::sqlite();
@@ -347,21 +347,16 @@ async fn the_sqlite_wal_stays_bounded_under_steady_writes() {
     let mut largest = 0;
     while started.elapsed() < Duration::from_millis(1500) {
         let held = budget.reserve(reservation(format!("r{written}"), "steady", 1_000)).await.unwrap();
-        let completion = Completion { status: "succeeded".into(), cost: Micros(500), ..Completion::default() };
+        let completion =
+            Completion { status: "succeeded".into(), cost: Micros(500), ..Completion::default() };
         assert!(budget.settle(held, completion).await.unwrap());
         written += 1;
         largest = largest.max(wal_size());
     }
-    let limit = 16 * 1024 * 1024 + 4 * 1024 * 1024;
-    let mut size = wal_size();
-    for _ in 0..40 {
-        if size <= limit {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        size = wal_size();
-    }
-    assert!(size <= limit, "the WAL is {size} bytes after {written} reserve+settle pairs (at most {largest})");
+    // The file keeps its largest size (a restart writes over it from the
+    // start): a few checkpoint passes' worth past 16 MiB at most.
+    let limit = 64 * 1024 * 1024;
+    assert!(largest <= limit, "the WAL reached {largest} bytes in {written} reserve+settle pairs");
     let day = ccgate::budget::period::bounds(PeriodKind::Day, Utc::now()).0.timestamp();
     let totals = store.period_totals("steady", PeriodKind::Day, day).await.unwrap();
     assert_eq!(totals.spent, Micros(500 * written), "every settlement is in the totals");

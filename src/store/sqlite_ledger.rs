@@ -144,11 +144,13 @@ fn spawn(name: &str, work: impl FnOnce() + Send + 'static) -> StoreResult<()> {
 ///
 /// Under steady writes a passive checkpoint never catches up with the last
 /// frame, and SQLite only starts the WAL over from its beginning once one
-/// has; so when the WAL has grown past `RESTART_FRAMES`, a truncating
+/// has; so when the WAL has grown past `RESTART_FRAMES`, a restarting
 /// checkpoint follows the passive one. It holds writers back while it copies
-/// what the passive pass left (little), syncs and empties the file: about a
-/// millisecond, and only after thousands of pages, instead of a WAL that
-/// grows without bound.
+/// what the passive pass left (little) and syncs, about a millisecond, and
+/// the next commit writes from the start of the file again: the WAL file
+/// stays about `RESTART_FRAMES` pages long instead of growing for as long as
+/// the writes go on. (A truncating checkpoint would also shrink the file,
+/// but freeing its blocks held writers back for tens of milliseconds.)
 fn checkpoint(conn: Connection, nudges: mpsc::Receiver<()>) {
     loop {
         let stopping =
@@ -156,7 +158,7 @@ fn checkpoint(conn: Connection, nudges: mpsc::Receiver<()>) {
         let frames = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get::<_, i64>(1));
         let result = match frames {
             Ok(frames) if frames > RESTART_FRAMES => {
-                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
             }
             other => other.map(drop),
         };
