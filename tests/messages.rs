@@ -679,9 +679,11 @@ async fn the_cli_backend_refuses_tools_and_tool_blocks_naming_the_direct_backend
     app.stop().await;
 }
 
-/// Claude Code with its tools on, pointed at the gateway: the model (the
-/// simulated upstream, through the direct backend) asks for `Read`, Claude
-/// Code reads the file itself and sends the result back through the gateway.
+/// Claude Code with its tools on, as users run it (not `--bare`), pointed at
+/// the gateway: the model (the simulated upstream, through the direct
+/// backend) asks for `Read`, Claude Code reads the file itself and sends the
+/// result back through the gateway. `--allowedTools Read` lets it read
+/// without asking.
 #[tokio::test]
 async fn claude_code_runs_its_own_tools_through_the_gateway() {
     let (_db, app) = direct_app(Some(ADMIN)).await;
@@ -693,7 +695,7 @@ async fn claude_code_runs_its_own_tools_through_the_gateway() {
     let prompt = format!("read it [sim:tool=Read {}]\n", json!({"file_path": notes.to_str().unwrap()}));
     let mut command = tokio::process::Command::new(claude_bin());
     command
-        .args(["-p", "--bare", "--allowedTools", "Read", "--model", "haiku", "--no-session-persistence"])
+        .args(["-p", "--allowedTools", "Read", "--model", "haiku", "--no-session-persistence"])
         .current_dir(project.path())
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -722,7 +724,13 @@ async fn claude_code_runs_its_own_tools_through_the_gateway() {
     // the answer to Claude Code's tool result holding the file's content.
     let seen = app.sim.sim.requests();
     assert_eq!(seen.len(), 2, "{:?}", seen.iter().map(|r| &r.body).collect::<Vec<_>>());
-    assert!(seen[0].body["tools"].as_array().is_some_and(|t| t.iter().any(|t| t["name"] == "Read")));
+    let offered: Vec<&str> = seen[0].body["tools"]
+        .as_array()
+        .map(|tools| tools.iter().filter_map(|t| t["name"].as_str()).collect())
+        .unwrap_or_default();
+    for tool in ["Read", "Edit", "Bash"] {
+        assert!(offered.contains(&tool), "Claude Code's own tools reach the upstream: {offered:?}");
+    }
     let messages = seen[1].body["messages"].as_array().expect("messages");
     let call = messages[messages.len() - 2]["content"]
         .as_array()
