@@ -284,24 +284,33 @@ async fn invalid_and_unsupported_requests_get_anthropic_400s_and_run_nothing() {
     let db = TestDb::sqlite();
     let app =
         TestApp::spawn(&db, Options { adjust: |s| s.max_body_bytes = 16 * 1024, ..Options::default() }).await;
-    let image =
-        json!([{"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}]);
+    let image = json!([{"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}]);
     let tool_result = json!([{"type": "tool_result", "tool_use_id": "toolu_1", "content": "42"}]);
     // (body, text the message must contain)
     let cases = [
         (json!({"model": "haiku", "messages": [{"role": "user", "content": "hi"}]}), "max_tokens"),
         (
             json!({"model": "haiku", "max_tokens": 10, "messages": [{"role": "user", "content": image}]}),
-            "\"image\"",
+            "fetches nothing",
         ),
         (
             json!({"model": "haiku", "max_tokens": 10, "messages": [{"role": "user", "content": tool_result}]}),
-            "\"tool_result\"",
+            "direct backend",
         ),
         (
             json!({"model": "haiku", "max_tokens": 10, "tools": [{"name": "calc", "input_schema": {"type": "object"}}],
                    "messages": [{"role": "user", "content": "hi"}]}),
-            "tools",
+            "direct backend",
+        ),
+        (
+            json!({"model": "haiku", "max_tokens": 10, "tools": [{"type": "web_search_20250305", "name": "web_search"}],
+                   "messages": [{"role": "user", "content": "hi"}]}),
+            "\"web_search\"",
+        ),
+        (
+            json!({"model": "haiku", "max_tokens": 10,
+                   "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "video"}]}]}),
+            "messages[0].content[1]",
         ),
         (
             json!({"model": "haiku", "max_tokens": 10, "messages": [{"role": "system", "content": "hi"}]}),
@@ -496,9 +505,253 @@ async fn claude_code_works_with_the_gateway_as_its_api() {
     assert_eq!(rows[0].endpoint, "/v1/messages");
     assert_eq!(rows[0].status, "succeeded");
     assert_eq!(rows[0].model_requested.as_deref(), Some("claude-haiku-4-5-20251001"));
-    // The simulator echoes the words of the last user text block unless the
-    // block starts with a system reminder; the client's reminder heads the
-    // prompt the gateway's worker sends, so the echo is empty.
-    assert_eq!(stdout.trim(), "Simulated reply:");
+    // The simulator echoes the user's words without the reminders heading
+    // them: the client's reminder travels in the prompt the gateway's worker
+    // sends, ahead of "say hi".
+    assert_eq!(stdout.trim(), "Simulated reply: say hi");
+    app.stop().await;
+}
+
+fn haiku_direct(settings: &mut ccgate::config::Settings) {
+    settings.backends.insert("haiku".into(), "api".into());
+}
+
+/// A gateway whose haiku is served by the direct backend.
+async fn direct_app(admin_key: Option<&str>) -> (TestDb, TestApp) {
+    let db = TestDb::sqlite();
+    let options =
+        Options { adjust: haiku_direct, admin_key: admin_key.map(String::from), ..Options::default() };
+    let app = TestApp::spawn(&db, options).await;
+    (db, app)
+}
+
+fn read_tool() -> Value {
+    json!({"name": "Read", "description": "Reads a file",
+           "input_schema": {"type": "object", "properties": {"file_path": {"type": "string"}}, "required": ["file_path"]}})
+}
+
+const READ_PROMPT: &str = r#"read it [sim:tool=Read {"file_path": "/srv/notes.txt"}]"#;
+
+#[tokio::test]
+async fn tool_calls_come_back_as_tool_use_blocks_and_their_results_reach_the_upstream() {
+    let (_db, app) = direct_app(None).await;
+    let mut body = messages_body("haiku", READ_PROMPT);
+    body["tools"] = json!([read_tool()]);
+    body["tool_choice"] = json!({"type": "auto", "disable_parallel_tool_use": true});
+    let response = post(&app, "/v1/messages", "sk-anything").json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let message: Value = response.json().await.unwrap();
+    assert_eq!(message["stop_reason"], "tool_use");
+    let content = message["content"].as_array().expect("content");
+    assert_eq!(content.len(), 1, "no empty text block before the call: {message}");
+    assert_eq!(content[0]["type"], "tool_use");
+    assert_eq!(content[0]["name"], "Read");
+    assert_eq!(content[0]["input"], json!({"file_path": "/srv/notes.txt"}));
+    let call_id = content[0]["id"].as_str().expect("tool_use id").to_string();
+    let first = &app.sim.sim.requests()[0].body;
+    assert_eq!(first["tools"], json!([read_tool()]), "the tools reach the upstream as sent");
+    assert_eq!(first["tool_choice"], json!({"type": "auto"}));
+
+    // The client ran the tool (and it failed): the result goes back with the call.
+    let mut follow_up = body.clone();
+    follow_up["messages"] = json!([
+        {"role": "user", "content": READ_PROMPT},
+        {"role": "assistant", "content": message["content"]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": call_id, "is_error": true,
+             "content": [{"type": "text", "text": "File does not exist."}]}
+        ]}
+    ]);
+    let response = post(&app, "/v1/messages", "sk-anything").json(&follow_up).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["stop_reason"], "end_turn");
+    assert_eq!(
+        answer["content"],
+        json!([{"type": "text", "text": "Simulated reply: tool result: File does not exist."}])
+    );
+    let second = &app.sim.sim.requests()[1].body;
+    assert_eq!(
+        second["messages"][1]["content"],
+        json!([{"type": "tool_use", "id": call_id, "name": "Read", "input": {"file_path": "/srv/notes.txt"}}])
+    );
+    assert_eq!(
+        second["messages"][2]["content"],
+        json!([{"type": "tool_result", "tool_use_id": call_id, "content": "File does not exist.", "is_error": true}])
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_streamed_tool_call_is_a_tool_use_block_with_input_json_deltas() {
+    let (_db, app) = direct_app(None).await;
+    let mut body = messages_body("haiku", READ_PROMPT);
+    body["tools"] = json!([read_tool()]);
+    body["tool_choice"] = json!({"type": "tool", "name": "Read"});
+    body["stream"] = json!(true);
+    let response = post(&app, "/v1/messages", "sk-anything").json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let events = sse_events(&response.text().await.unwrap());
+    let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
+    let deltas = names.iter().filter(|n| **n == "content_block_delta").count();
+    assert!(deltas >= 1, "{names:?}");
+    let mut expected = vec!["message_start", "content_block_start", "ping"];
+    expected.extend(std::iter::repeat_n("content_block_delta", deltas));
+    expected.extend(["content_block_stop", "message_delta", "message_stop"]);
+    assert_eq!(names, expected);
+    let start = &events[1].1;
+    assert_eq!(start["index"], 0);
+    assert_eq!(start["content_block"]["type"], "tool_use");
+    assert_eq!(start["content_block"]["name"], "Read");
+    assert_eq!(start["content_block"]["input"], json!({}));
+    assert!(start["content_block"]["id"].as_str().is_some_and(|id| !id.is_empty()), "{start}");
+    let input: String = events
+        .iter()
+        .filter(|(name, _)| name == "content_block_delta")
+        .map(|(_, data)| {
+            assert_eq!(data["index"], 0);
+            assert_eq!(data["delta"]["type"], "input_json_delta");
+            data["delta"]["partial_json"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(serde_json::from_str::<Value>(&input).unwrap(), json!({"file_path": "/srv/notes.txt"}));
+    assert_eq!(events[names.len() - 2].1["delta"]["stop_reason"], "tool_use");
+    assert_eq!(app.sim.sim.requests()[0].body["tool_choice"], json!({"type": "tool", "name": "Read"}));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn images_reach_the_upstream_and_count_toward_the_token_estimate() {
+    let (_db, app) = direct_app(None).await;
+    let png = "iVBORw0KGgo=";
+    let content = json!([
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": png}},
+        {"type": "text", "text": "what is this?"}
+    ]);
+    let body =
+        json!({"model": "haiku", "max_tokens": 100, "messages": [{"role": "user", "content": content}]});
+    let response = post(&app, "/v1/messages", "sk-anything").json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let upstream = &app.sim.sim.requests()[0].body;
+    assert_eq!(upstream["messages"][0]["content"], content, "the image goes upstream as sent");
+
+    let count = |body: Value| {
+        let request = post(&app, "/v1/messages/count_tokens", "sk-anything").json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<Value>().await.unwrap()["input_tokens"].as_u64().expect("input_tokens")
+        }
+    };
+    let text_only =
+        count(json!({"model": "haiku", "messages": [{"role": "user", "content": "what is this?"}]})).await;
+    let with_image = count(body.clone()).await;
+    let mut with_tools = body;
+    with_tools["tools"] = json!([read_tool()]);
+    let with_tools = count(with_tools).await;
+    assert!(with_image >= text_only + 1000, "an image counts: {with_image} vs {text_only}");
+    assert!(with_tools > with_image, "tool definitions count: {with_tools} vs {with_image}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_cli_backend_refuses_tools_and_tool_blocks_naming_the_direct_backend() {
+    let db = TestDb::sqlite();
+    let app = TestApp::spawn(&db, Options::default()).await;
+    let mut with_tools = messages_body("haiku", "hi");
+    with_tools["tools"] = json!([read_tool()]);
+    let mut with_call = messages_body("haiku", "hi");
+    with_call["messages"] = json!([
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "Read", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "x"}]}
+    ]);
+    for body in [with_tools, with_call] {
+        let response = post(&app, "/v1/messages", "sk-anything").json(&body).send().await.unwrap();
+        let request_id = response.headers()["x-request-id"].to_str().unwrap().to_string();
+        let (status, kind, message) = anthropic_error(response).await;
+        assert_eq!((status, kind.as_str()), (400, "invalid_request_error"), "{body}");
+        assert!(message.contains("CLI backend") && message.contains("direct backend"), "{message}");
+        let row = ledger_row(&app, &request_id).await;
+        assert_eq!((row.endpoint.as_str(), row.status.as_str()), ("/v1/messages", "invalid_request"));
+    }
+    assert_eq!(app.sim.sim.request_count(), 0, "nothing ran");
+    app.stop().await;
+}
+
+/// Claude Code with its tools on, as users run it (not `--bare`), pointed at
+/// the gateway: the model (the simulated upstream, through the direct
+/// backend) asks for `Read`, Claude Code reads the file itself and sends the
+/// result back through the gateway. `--allowedTools Read` lets it read
+/// without asking.
+#[tokio::test]
+async fn claude_code_runs_its_own_tools_through_the_gateway() {
+    let (_db, app) = direct_app(Some(ADMIN)).await;
+    let key = project_key(&app, "cli-tools", json!({"name": "cli"})).await;
+    let home = tempfile::tempdir().unwrap();
+    let project = tempfile::tempdir().unwrap();
+    let notes = project.path().join("notes.txt");
+    std::fs::write(&notes, "the launch code is 4711\n").unwrap();
+    let prompt = format!("read it [sim:tool=Read {}]\n", json!({"file_path": notes.to_str().unwrap()}));
+    let mut command = tokio::process::Command::new(claude_bin());
+    command
+        .args(["-p", "--allowedTools", "Read", "--model", "haiku", "--no-session-persistence"])
+        .current_dir(project.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .env("ANTHROPIC_BASE_URL", &app.url)
+        .env("ANTHROPIC_API_KEY", &key)
+        .env("DISABLE_TELEMETRY", "1")
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .env("DISABLE_AUTOUPDATER", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command.spawn().expect("start the Claude Code CLI");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(prompt.as_bytes()).await.unwrap();
+    drop(stdin);
+    let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("the CLI finished")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&output.stderr));
+
+    // Two upstream calls, both from the direct backend: the tool use, then
+    // the answer to Claude Code's tool result holding the file's content.
+    let seen = app.sim.sim.requests();
+    assert_eq!(seen.len(), 2, "{:?}", seen.iter().map(|r| &r.body).collect::<Vec<_>>());
+    let offered: Vec<&str> = seen[0].body["tools"]
+        .as_array()
+        .map(|tools| tools.iter().filter_map(|t| t["name"].as_str()).collect())
+        .unwrap_or_default();
+    for tool in ["Read", "Edit", "Bash"] {
+        assert!(offered.contains(&tool), "Claude Code's own tools reach the upstream: {offered:?}");
+    }
+    let messages = seen[1].body["messages"].as_array().expect("messages");
+    let call = messages[messages.len() - 2]["content"]
+        .as_array()
+        .and_then(|blocks| blocks.iter().find(|b| b["type"] == "tool_use"))
+        .expect("the assistant's tool_use went back upstream");
+    assert_eq!(call["name"], "Read");
+    let result = messages.last().unwrap()["content"]
+        .as_array()
+        .and_then(|blocks| blocks.iter().find(|b| b["type"] == "tool_result"))
+        .expect("a tool_result block");
+    assert_eq!(result["tool_use_id"], call["id"]);
+    assert!(result["content"].to_string().contains("the launch code is 4711"), "{result}");
+    assert!(stdout.contains("Simulated reply: tool result:") && stdout.contains("4711"), "{stdout}");
+    assert_eq!(app.worker_processes(), Vec::<u32>::new(), "no CLI worker of the gateway's ran");
+
+    app.wait_settled_as("cli-tools", ADMIN).await;
+    let rows = app.state.budget.store().ledger("cli-tools", 10).await.unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for row in &rows {
+        assert_eq!((row.endpoint.as_str(), row.status.as_str()), ("/v1/messages", "succeeded"));
+        assert_eq!(row.model_used.as_deref(), Some("claude-haiku-4-5-20251001"));
+    }
     app.stop().await;
 }

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::chat::{Message, Role};
+use super::anthropic_content::{self, Piece};
+use crate::chat::{ClientTools, Message, Role, ToolCall};
 use crate::error::{ApiError, ErrorObject};
 use crate::pricing::TokenUsage;
 use crate::workers::RunReport;
@@ -33,9 +34,13 @@ pub struct MessagesRequest {
     pub top_k: Option<u64>,
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
-    /// Only an empty list: the CLI backend runs no client-side tools.
+    /// Client tools (`name`, `description`, `input_schema`), which the client
+    /// runs itself; direct (`api`) backend only. Anthropic's server tools
+    /// (`web_search_20250305`, `bash_20250124`…) are refused.
     #[schema(value_type = Option<Vec<Object>>)]
     pub tools: Option<Vec<Value>>,
+    /// `auto`, `any`, `tool` (with `name`) or `none`;
+    /// `disable_parallel_tool_use` is accepted and ignored.
     #[schema(value_type = Option<Object>)]
     pub tool_choice: Option<Value>,
     /// Accepted and ignored: no thinking blocks are returned.
@@ -67,11 +72,30 @@ pub enum Content {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ContentBlock {
-    /// `text`; `thinking` blocks of earlier assistant turns are dropped;
-    /// `image`, `document`, `tool_use` and `tool_result` are refused.
+    /// `text`; `image` and `tool_result` in user turns; `tool_use` in
+    /// assistant turns (images and tools need the direct backend, except an
+    /// image in the last user turn); `thinking` blocks of earlier assistant
+    /// turns are dropped; `document` and other types are refused.
     #[serde(rename = "type")]
     pub kind: String,
     pub text: Option<String>,
+    /// `image`: `{"type": "base64", "media_type", "data"}` (the gateway fetches no URL).
+    #[schema(value_type = Option<Object>)]
+    pub source: Option<Value>,
+    /// `tool_use`: the call's id.
+    pub id: Option<String>,
+    /// `tool_use`: the tool called.
+    pub name: Option<String>,
+    /// `tool_use`: the call's arguments, an object.
+    #[schema(value_type = Option<Object>)]
+    pub input: Option<Value>,
+    /// `tool_result`: the call it answers.
+    pub tool_use_id: Option<String>,
+    /// `tool_result`: a string, or a list of text and image blocks.
+    #[schema(value_type = Option<Object>)]
+    pub content: Option<Value>,
+    /// `tool_result`: the tool failed (passed on to the model).
+    pub is_error: Option<bool>,
     /// `cache_control`, `citations` and the like: accepted and ignored.
     #[serde(flatten)]
     #[schema(value_type = Object)]
@@ -80,7 +104,7 @@ pub struct ContentBlock {
 
 impl MessagesRequest {
     /// Maps the wire request to domain messages (the system prompt first),
-    /// refusing what the CLI backend cannot honour rather than dropping it.
+    /// refusing what cannot be honoured rather than dropping it.
     pub fn domain_messages(&self, max_messages: usize) -> Result<Vec<Message>, ApiError> {
         if self.max_tokens.is_none() {
             return Err(ApiError::bad_request("max_tokens: Field required", "max_tokens"));
@@ -91,19 +115,6 @@ impl MessagesRequest {
     /// The domain messages without the `max_tokens` rule (`count_tokens`
     /// takes no `max_tokens`).
     pub fn conversation(&self, max_messages: usize) -> Result<Vec<Message>, ApiError> {
-        if self.tools.as_ref().is_some_and(|tools| !tools.is_empty()) {
-            return Err(ApiError::bad_request(
-                "client-side tools (`tools`) are not supported by the Claude Code CLI backend",
-                "tools",
-            ));
-        }
-        let forced = self.tool_choice.as_ref().and_then(|c| c.get("type")).and_then(Value::as_str);
-        if matches!(forced, Some("any" | "tool")) {
-            return Err(ApiError::bad_request(
-                "tool_choice cannot require a tool: the Claude Code CLI backend runs no client-side tools",
-                "tool_choice",
-            ));
-        }
         if self.messages.is_empty() {
             return Err(ApiError::bad_request("messages: at least one message is required", "messages"));
         }
@@ -124,6 +135,12 @@ impl MessagesRequest {
             messages.push(message.to_domain(index)?);
         }
         Ok(messages)
+    }
+
+    /// The client's tools, if the request offers any (an empty list is
+    /// none). Whether the model's backend can run them is checked later.
+    pub fn client_tools(&self) -> Result<Option<ClientTools>, ApiError> {
+        anthropic_content::client_tools(self.tools.as_deref(), self.tool_choice.as_ref())
     }
 }
 
@@ -168,41 +185,32 @@ impl InputMessage {
                 ))
             }
         };
-        let text = match &self.content {
-            Content::Text(text) => text.clone(),
+        let mut message = Message::new(role, String::new());
+        match &self.content {
+            Content::Text(text) => message.text = text.clone(),
             Content::Blocks(blocks) => {
-                let mut parts = Vec::with_capacity(blocks.len());
+                let mut texts = Vec::with_capacity(blocks.len());
                 for (i, block) in blocks.iter().enumerate() {
-                    let field = format!(".content[{i}]");
-                    match (block.kind.as_str(), &block.text) {
-                        ("text", Some(text)) => parts.push(text.as_str()),
-                        ("text", None) => {
-                            return Err(bad(
-                                field.clone(),
-                                format!("messages[{index}]{field}: a text block needs `text`"),
-                            ))
-                        }
-                        // Earlier turns' reasoning: the CLI backend gets a
-                        // transcript of what was said, not of how.
-                        ("thinking" | "redacted_thinking", _) if role == Role::Assistant => {}
-                        (kind, _) => {
-                            return Err(bad(
-                                field.clone(),
-                                format!(
-                                    "messages[{index}]{field}: {kind:?} blocks are not supported by the \
-                                     Claude Code CLI backend (only text)"
-                                ),
-                            ))
-                        }
+                    match anthropic_content::piece(block, role, &format!("messages[{index}].content[{i}]"))? {
+                        Piece::Text(text) => texts.push(text),
+                        Piece::Image(image) => message.images.push(image),
+                        Piece::Call(call) => message.tool_calls.push(call),
+                        Piece::Result(result) => message.tool_results.push(result),
+                        Piece::Dropped => {}
                     }
                 }
-                parts.join("\n")
+                message.text = texts.join("\n");
             }
-        };
-        if role == Role::User && text.trim().is_empty() {
-            return Err(bad(".content".into(), format!("messages[{index}] is a user message with no text")));
         }
-        Ok(Message::new(role, text))
+        let says_nothing =
+            message.text.trim().is_empty() && message.images.is_empty() && message.tool_results.is_empty();
+        if role == Role::User && says_nothing {
+            return Err(bad(
+                ".content".into(),
+                format!("messages[{index}] is a user message with no content"),
+            ));
+        }
+        Ok(message)
     }
 }
 
@@ -218,19 +226,30 @@ pub struct MessageObject {
     /// Always `assistant`.
     pub role: String,
     pub model: String,
-    pub content: Vec<TextBlock>,
-    /// `end_turn`, `max_tokens`, `stop_sequence` or `refusal` (null in `message_start`).
+    /// The text (when there is any, or nothing else), then the calls to
+    /// the client's tools.
+    pub content: Vec<OutputBlock>,
+    /// `end_turn`, `max_tokens`, `stop_sequence`, `tool_use` or `refusal`
+    /// (null in `message_start`).
     pub stop_reason: Option<String>,
     pub stop_sequence: Option<String>,
     pub usage: Usage,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct TextBlock {
-    /// Always `text`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub text: String,
+/// A block of the answer: text, or a call to one of the client's tools.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum OutputBlock {
+    Text {
+        text: String,
+    },
+    ToolUse {
+        id: String,
+        name: String,
+        /// The call's arguments (`{}` when a streamed block starts).
+        #[schema(value_type = Object)]
+        input: Value,
+    },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
@@ -256,8 +275,9 @@ pub fn message_id(request_id: &str) -> String {
     format!("msg_{request_id}")
 }
 
-pub fn text_block(text: String) -> TextBlock {
-    TextBlock { kind: "text".into(), text }
+/// A tool call as a `tool_use` block.
+pub fn tool_use_block(call: &ToolCall) -> OutputBlock {
+    OutputBlock::ToolUse { id: call.id.clone(), name: call.name.clone(), input: call.input() }
 }
 
 impl MessageObject {
@@ -279,21 +299,29 @@ impl MessageObject {
     /// (`fallback_model` if none).
     pub fn from_report(request_id: &str, fallback_model: &str, report: RunReport) -> MessageObject {
         let model = report.model.clone().unwrap_or_else(|| fallback_model.to_string());
+        let stop_reason = stop_reason(&report);
+        // Anthropic sends no empty text block before tool calls.
+        let text = (!report.text.is_empty() || report.tool_calls.is_empty())
+            .then_some(OutputBlock::Text { text: report.text });
+        let calls = report.tool_calls.iter().map(tool_use_block);
         MessageObject {
-            content: vec![text_block(report.text)],
-            stop_reason: Some(stop_reason(report.stop_reason.as_deref()).into()),
+            content: text.into_iter().chain(calls).collect(),
+            stop_reason: Some(stop_reason.into()),
             usage: Usage::from(report.usage),
             ..MessageObject::started(request_id, model)
         }
     }
 }
 
-/// The stop reason to report for the CLI's last upstream stop reason.
-pub fn stop_reason(reported: Option<&str>) -> &'static str {
-    match reported {
+/// The stop reason to report for the last upstream stop reason of a run.
+/// `tool_use` only with calls to hand the client: an agent run (the CLI
+/// backend) can end on a tool use of its own.
+pub fn stop_reason(report: &RunReport) -> &'static str {
+    match report.stop_reason.as_deref() {
         Some("max_tokens") => "max_tokens",
         Some("stop_sequence") => "stop_sequence",
         Some("refusal") => "refusal",
+        Some("tool_use") if !report.tool_calls.is_empty() => "tool_use",
         _ => "end_turn",
     }
 }
@@ -307,12 +335,12 @@ pub enum StreamEvent {
     },
     ContentBlockStart {
         index: u32,
-        content_block: TextBlock,
+        content_block: OutputBlock,
     },
     Ping,
     ContentBlockDelta {
         index: u32,
-        delta: TextDelta,
+        delta: BlockDelta,
     },
     ContentBlockStop {
         index: u32,
@@ -344,12 +372,12 @@ impl StreamEvent {
     }
 }
 
+/// More of a block: text, or a piece of a tool call's input as JSON text.
 #[derive(Debug, Serialize)]
-pub struct TextDelta {
-    /// Always `text_delta`.
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub text: String,
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum BlockDelta {
+    TextDelta { text: String },
+    InputJsonDelta { partial_json: String },
 }
 
 #[derive(Debug, Serialize)]
@@ -456,7 +484,7 @@ mod tests {
     type Change = fn(&mut Value);
 
     #[test]
-    fn what_the_backend_cannot_honour_is_refused_with_its_place() {
+    fn what_cannot_be_honoured_is_refused_with_its_place() {
         let base = |change: Change| {
             let mut body = json!({
                 "model": "haiku",
@@ -468,30 +496,127 @@ mod tests {
                 ]
             });
             change(&mut body);
-            parse(body).domain_messages(10).err().and_then(|e| match e {
+            let request = parse(body);
+            request.domain_messages(10).and(request.client_tools()).err().and_then(|e| match e {
                 ApiError::BadRequest { param, .. } => param,
                 _ => None,
             })
         };
         assert_eq!(base(|_| {}), None, "thinking in an earlier assistant turn is dropped");
-        let cases: [(Change, &str); 7] = [
+        let cases: [(Change, &str); 11] = [
             (|b| b["max_tokens"] = Value::Null, "max_tokens"),
-            (|b| b["tools"] = json!([{"name": "x", "input_schema": {}}]), "tools"),
+            (|b| b["tools"] = json!([{"type": "web_search_20250305", "name": "web_search"}]), "tools[0]"),
             (|b| b["tool_choice"] = json!({"type": "any"}), "tool_choice"),
             (
                 |b| b["messages"][2]["content"] = json!([{"type": "image", "source": {}}]),
+                "messages[2].content[0].source",
+            ),
+            (
+                |b| b["messages"][2]["content"] = json!([{"type": "text", "text": "x"}, {"type": "video"}]),
+                "messages[2].content[1]",
+            ),
+            (
+                |b| b["messages"][2]["content"] = json!([{"type": "tool_result", "content": "42"}]),
                 "messages[2].content[0]",
             ),
             (
-                |b| b["messages"][2]["content"] = json!([{"type": "tool_result", "tool_use_id": "t"}]),
+                |b| b["messages"][2]["content"] = json!([{"type": "document", "source": {}}]),
                 "messages[2].content[0]",
             ),
+            (
+                |b| b["messages"][0]["content"] = json!([{"type": "tool_use", "id": "t", "name": "x"}]),
+                "messages[0].content[0]",
+            ),
+            (|b| b["messages"][2]["content"] = json!([]), "messages[2].content"),
             (|b| b["messages"][0]["role"] = json!("system"), "messages[0].role"),
             (|b| b["system"] = json!([{"type": "image"}]), "system[0]"),
         ];
         for (change, param) in cases {
             assert_eq!(base(change).as_deref(), Some(param));
         }
+    }
+
+    #[test]
+    fn a_tool_round_trip_maps_to_calls_results_and_images() {
+        let png = "iVBORw0KGgo=";
+        let request = parse(json!({
+            "model": "haiku",
+            "max_tokens": 100,
+            "tools": [{"name": "Read", "description": "Reads a file", "input_schema": {"type": "object"}}],
+            "tool_choice": {"type": "auto", "disable_parallel_tool_use": true},
+            "messages": [
+                {"role": "user", "content": [
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": png}},
+                    {"type": "text", "text": "read /a"}
+                ]},
+                {"role": "assistant", "content": [
+                    {"type": "thinking", "thinking": "hm", "signature": "s"},
+                    {"type": "text", "text": "Reading."},
+                    {"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {"file_path": "/a"}}
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": "gone", "is_error": true},
+                    {"type": "text", "text": "<system-reminder>x</system-reminder>"}
+                ]}
+            ]
+        }));
+        let messages = request.domain_messages(10).expect("accepted");
+        assert_eq!(messages.len(), 3);
+        assert_eq!((messages[0].text.as_str(), messages[0].images.len()), ("read /a", 1));
+        assert_eq!(messages[1].text, "Reading.");
+        assert_eq!(
+            messages[1].tool_calls,
+            [ToolCall {
+                id: "toolu_1".into(),
+                name: "Read".into(),
+                arguments: r#"{"file_path":"/a"}"#.into()
+            }]
+        );
+        let result = &messages[2].tool_results[0];
+        assert_eq!(
+            (result.tool_call_id.as_str(), result.content.as_str(), result.is_error),
+            ("toolu_1", "gone", true)
+        );
+        assert_eq!(messages[2].text, "<system-reminder>x</system-reminder>");
+        let tools = request.client_tools().expect("accepted").expect("tools");
+        assert_eq!(tools.tools[0].name, "Read");
+        assert_eq!(tools.choice, Some(crate::chat::ToolChoice::Auto));
+    }
+
+    #[test]
+    fn tool_calls_come_back_as_tool_use_blocks_after_any_text() {
+        let report_with = |text: &str| {
+            let mut report = RunReport::new(crate::workers::RunEnd::Completed);
+            report.text = text.into();
+            report.stop_reason = Some("tool_use".into());
+            report.tool_calls = vec![
+                ToolCall {
+                    id: "toolu_1".into(),
+                    name: "Read".into(),
+                    arguments: r#"{"file_path":"/a"}"#.into(),
+                },
+                ToolCall { id: "toolu_2".into(), name: "Now".into(), arguments: "{}".into() },
+            ];
+            report
+        };
+        let calls = [
+            json!({"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {"file_path": "/a"}}),
+            json!({"type": "tool_use", "id": "toolu_2", "name": "Now", "input": {}}),
+        ];
+        let message =
+            serde_json::to_value(MessageObject::from_report("r", "m", report_with("Reading."))).unwrap();
+        assert_eq!(message["content"], json!([{"type": "text", "text": "Reading."}, calls[0], calls[1]]));
+        assert_eq!(message["stop_reason"], "tool_use");
+        let message = serde_json::to_value(MessageObject::from_report("r", "m", report_with(""))).unwrap();
+        assert_eq!(message["content"], json!(calls), "no empty text block before the calls");
+
+        // Without calls to hand over, a run that stopped on a tool use of
+        // its own (an agent's) ended its turn as far as the client knows.
+        let mut report = report_with("");
+        report.tool_calls.clear();
+        assert_eq!(stop_reason(&report), "end_turn");
+        let message = serde_json::to_value(MessageObject::from_report("r", "m", report)).unwrap();
+        assert_eq!(message["content"], json!([{"type": "text", "text": ""}]));
     }
 
     #[test]

@@ -13,10 +13,11 @@ use axum::response::{IntoResponse, Response};
 use futures::stream::{self, Stream, StreamExt};
 
 use super::anthropic::{
-    self, text_block, AnthropicErrorBody, MessageDelta, MessageObject, MessagesRequest, RunCost, StreamEvent,
-    TextDelta, TokenCount, Usage,
+    self, AnthropicErrorBody, MessageDelta, MessageObject, MessagesRequest, RunCost, StreamEvent, TokenCount,
+    Usage,
 };
 use super::extract::{Context, JsonBody};
+use super::message_blocks::BlockWriter;
 use super::stop_sequences::StopSequences;
 use crate::app::AppState;
 use crate::chat::{self, ChatEvent, ChatRequest, Outcome, Running};
@@ -100,13 +101,15 @@ fn parse(
     request.model = body.model.clone();
     request.max_tokens = body.max_tokens;
     request.messages = body.domain_messages(state.settings.max_messages)?;
+    request.tools = body.client_tools()?;
     request.stream = body.stream;
     Ok(body)
 }
 
 /// Counts a request's input tokens with the gateway's own estimate (no
-/// tokenizer): the system prompt and message text, and a few tokens of
-/// framing per message. A run's reported usage also includes the prompt
+/// tokenizer): the system prompt and message text, a few tokens of framing
+/// per message, and an upper bound for images, tool calls, tool results
+/// and tool definitions. A run's reported usage also includes the prompt
 /// the CLI adds of its own, which this does not count.
 #[utoipa::path(
     post,
@@ -124,12 +127,14 @@ pub async fn count_tokens(
     JsonBody(body): JsonBody<MessagesRequest>,
 ) -> Result<axum::Json<TokenCount>, ApiError> {
     let messages = body.conversation(state.settings.max_messages)?;
+    let tools = body.client_tools()?;
     if !chat::is_auto(&body.model) {
         chat::resolve_model(&state, &body.model)?;
     }
     let text: u64 = messages.iter().map(|m| ccgate_router::estimate_tokens(&m.text)).sum();
     let framing = messages.len() as u64 * ccgate_router::MESSAGE_FRAMING_TOKENS;
-    Ok(axum::Json(TokenCount { input_tokens: text + framing }))
+    let content = chat::content::token_upper_bound(&messages, tools.as_ref());
+    Ok(axum::Json(TokenCount { input_tokens: text + framing + content }))
 }
 
 /// Whether a path is served in Anthropic's format (its errors included).
@@ -170,10 +175,13 @@ async fn complete_response(
     if let Some(error) = outcome.error {
         return Err(error);
     }
-    let mut body = MessageObject::from_report(&request_id, &running.model.id, outcome.report);
-    if let Some(block) = body.content.first_mut() {
-        block.text = stop.cut(&block.text);
+    let mut report = outcome.report;
+    report.text = stop.cut(&report.text);
+    if stop.matched().is_some() {
+        // The answer ends at the stop sequence: no call comes after it.
+        report.tool_calls.clear();
     }
+    let mut body = MessageObject::from_report(&request_id, &running.model.id, report);
     if let Some(sequence) = stop.matched() {
         body.stop_reason = Some("stop_sequence".into());
         body.stop_sequence = Some(sequence.to_string());
@@ -185,54 +193,39 @@ async fn complete_response(
     Ok((headers, axum::Json(body)).into_response())
 }
 
-/// Streams Anthropic's event sequence as the worker produces text. As for
-/// chat completions, the HTTP status is decided when the first text
-/// arrives, so a run that fails before saying anything gets an error status.
+/// Streams Anthropic's event sequence as the worker produces text and
+/// tool calls. As for chat completions, the HTTP status is decided when the
+/// first of them arrives, so a run that fails before saying anything gets an
+/// error status.
 async fn stream_response(
     request_id: String,
     mut running: Running,
-    mut stop: StopSequences,
+    stop: StopSequences,
 ) -> Result<Response, ApiError> {
-    let model = running.model.id.clone();
-    let opening = move |request_id: &str| {
-        vec![
-            StreamEvent::MessageStart { message: MessageObject::started(request_id, model) },
-            StreamEvent::ContentBlockStart { index: 0, content_block: text_block(String::new()) },
-            StreamEvent::Ping,
-        ]
-    };
-    let first_text = match running.events.recv().await {
-        Some(ChatEvent::Text(text)) => text,
-        // Tool activity is not text (agentic runs render it themselves).
-        // This endpoint offers no client tools, so no tool call comes.
-        Some(ChatEvent::Tool(_) | ChatEvent::ToolCall(_)) => String::new(),
+    let mut blocks = BlockWriter::new(stop);
+    let mut head = vec![StreamEvent::MessageStart {
+        message: MessageObject::started(&request_id, running.model.id.clone()),
+    }];
+    match running.events.recv().await {
         Some(ChatEvent::Done(outcome)) => {
             if let Some(error) = outcome.error {
                 return Err(error);
             }
-            let mut events = opening(&request_id);
-            events.extend(closing_events(&request_id, *outcome, &mut stop));
-            return Ok(sse(stream::iter(events)));
+            head.extend(closing_events(&request_id, *outcome, &mut blocks));
+            return Ok(sse(stream::iter(head)));
         }
+        Some(event) => head.extend(content_events(&mut blocks, event)),
         None => return Err(ApiError::internal("the run ended without an outcome")),
-    };
-    let mut head = opening(&request_id);
-    head.extend(text_delta(stop.push(&first_text)));
-    let tail = stream::unfold(Some((running, stop)), move |state| {
+    }
+    let tail = stream::unfold(Some((running, blocks)), move |state| {
         let request_id = request_id.clone();
         async move {
-            let (mut running, mut stop) = state?;
+            let (mut running, mut blocks) = state?;
             match running.events.recv().await {
-                Some(ChatEvent::Text(text)) => {
-                    let events = text_delta(stop.push(&text)).into_iter().collect();
-                    Some((events, Some((running, stop))))
-                }
-                Some(ChatEvent::Tool(_) | ChatEvent::ToolCall(_)) => {
-                    Some((Vec::new(), Some((running, stop))))
-                }
                 Some(ChatEvent::Done(outcome)) => {
-                    Some((closing_events(&request_id, *outcome, &mut stop), None))
+                    Some((closing_events(&request_id, *outcome, &mut blocks), None))
                 }
+                Some(event) => Some((content_events(&mut blocks, event), Some((running, blocks)))),
                 None => {
                     Some((vec![error_event(&ApiError::internal("the run ended without an outcome"))], None))
                 }
@@ -243,6 +236,16 @@ async fn stream_response(
     Ok(sse(stream::iter(head).chain(tail)))
 }
 
+/// The events for text or a piece of a tool call (`Done` is the caller's).
+fn content_events(blocks: &mut BlockWriter, event: ChatEvent) -> Vec<StreamEvent> {
+    match event {
+        ChatEvent::Text(text) => blocks.text(&text),
+        ChatEvent::ToolCall(delta) => blocks.tool_call(delta),
+        // An agent's own tool activity: no agent runs on this endpoint.
+        ChatEvent::Tool(_) | ChatEvent::Done(_) => Vec::new(),
+    }
+}
+
 fn sse(events: impl Stream<Item = StreamEvent> + Send + 'static) -> Response {
     let frames = events.map(|event| {
         let data = serde_json::to_string(&event).unwrap_or_else(|_| "{}".into());
@@ -251,33 +254,26 @@ fn sse(events: impl Stream<Item = StreamEvent> + Send + 'static) -> Response {
     Sse::new(frames).into_response()
 }
 
-/// A delta for the text, if there is any to send.
-fn text_delta(text: String) -> Option<StreamEvent> {
-    (!text.is_empty())
-        .then_some(StreamEvent::ContentBlockDelta { index: 0, delta: TextDelta { kind: "text_delta", text } })
-}
-
 fn error_event(error: &ApiError) -> StreamEvent {
     let object = error.to_object();
     StreamEvent::Error { error: anthropic::error_object(error.status().as_u16(), object.message) }
 }
 
-fn closing_events(request_id: &str, outcome: Outcome, stop: &mut StopSequences) -> Vec<StreamEvent> {
+fn closing_events(request_id: &str, outcome: Outcome, blocks: &mut BlockWriter) -> Vec<StreamEvent> {
     if let Some(error) = &outcome.error {
         // The stream already said 200: Anthropic's clients raise on an
         // `error` event, and nothing follows it.
         return vec![error_event(error)];
     }
     let report = outcome.report;
-    let mut events: Vec<StreamEvent> = text_delta(stop.finish()).into_iter().collect();
-    let stop_reason = match stop.matched() {
+    let mut events = blocks.finish();
+    let stop_reason = match blocks.matched() {
         Some(_) => "stop_sequence",
-        None => anthropic::stop_reason(report.stop_reason.as_deref()),
+        None => anthropic::stop_reason(&report),
     };
     events.extend([
-        StreamEvent::ContentBlockStop { index: 0 },
         StreamEvent::MessageDelta {
-            delta: MessageDelta { stop_reason, stop_sequence: stop.matched().map(str::to_string) },
+            delta: MessageDelta { stop_reason, stop_sequence: blocks.matched().map(str::to_string) },
             usage: Usage::from(report.usage),
             x_ccgate: RunCost { request_id: request_id.to_string(), cost_usd: outcome.cost.as_usd() },
         },

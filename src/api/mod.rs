@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod agent_policy;
 pub mod anthropic;
+pub mod anthropic_content;
 pub mod batch;
 pub mod batches;
 pub mod chat;
@@ -11,6 +12,7 @@ pub mod extract;
 pub mod files;
 pub mod info;
 pub mod keys;
+pub mod message_blocks;
 pub mod messages;
 pub mod metrics;
 pub mod openai;

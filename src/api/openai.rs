@@ -346,7 +346,7 @@ impl ChatMessage {
                 ));
             };
             let mut message = Message::new(Role::User, String::new());
-            message.tool_results.push(ToolResult { tool_call_id: id, content: text });
+            message.tool_results.push(ToolResult::text(id, text));
             return Ok(message);
         }
         if role == Role::User && text.trim().is_empty() && images.is_empty() {
@@ -582,10 +582,7 @@ mod tests {
         assert_eq!(messages[2].role, Role::User);
         assert_eq!(
             messages[2].tool_results,
-            [
-                ToolResult { tool_call_id: "c1".into(), content: "sunny".into() },
-                ToolResult { tool_call_id: "c2".into(), content: "rain".into() },
-            ]
+            [ToolResult::text("c1", "sunny"), ToolResult::text("c2", "rain"),]
         );
         assert_eq!(messages[3], Message::new(Role::User, "thanks"));
     }

@@ -39,6 +39,12 @@ impl Image {
         let Some(rest) = url.strip_prefix("data:") else { return Err(ImageError::NotDataUrl) };
         let Some((header, data)) = rest.split_once(',') else { return Err(ImageError::BadBase64) };
         let Some(media_type) = header.strip_suffix(";base64") else { return Err(ImageError::BadBase64) };
+        Image::from_base64(media_type, data)
+    }
+
+    /// Reads an image given as its media type and base64 data (Anthropic's
+    /// `source` of type `base64`).
+    pub fn from_base64(media_type: &str, data: &str) -> Result<Image, ImageError> {
         let media_type = media_type.trim().to_ascii_lowercase();
         if !IMAGE_TYPES.contains(&media_type.as_str()) {
             return Err(ImageError::UnsupportedType(media_type));
@@ -62,11 +68,45 @@ pub struct ToolCall {
     pub arguments: String,
 }
 
+impl ToolCall {
+    /// The arguments as the JSON object Anthropic's `input` is. Arguments
+    /// that do not parse to an object are kept as a string under
+    /// `arguments`, so nothing is lost; none at all are `{}`.
+    pub fn input(&self) -> serde_json::Value {
+        serde_json::from_str::<serde_json::Value>(&self.arguments)
+            .ok()
+            .filter(serde_json::Value::is_object)
+            .unwrap_or_else(|| {
+                if self.arguments.trim().is_empty() {
+                    serde_json::json!({})
+                } else {
+                    serde_json::json!({"arguments": self.arguments})
+                }
+            })
+    }
+}
+
 /// A client's answer to a tool call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToolResult {
     pub tool_call_id: String,
     pub content: String,
+    /// Images the tool returned (Anthropic's `tool_result` may hold them).
+    pub images: Vec<Image>,
+    /// The tool failed, and `content` says how (Anthropic's `is_error`).
+    pub is_error: bool,
+}
+
+impl ToolResult {
+    /// A successful result of text alone.
+    pub fn text(tool_call_id: impl Into<String>, content: impl Into<String>) -> ToolResult {
+        ToolResult {
+            tool_call_id: tool_call_id.into(),
+            content: content.into(),
+            images: Vec::new(),
+            is_error: false,
+        }
+    }
 }
 
 /// A tool the client offers the model.
@@ -118,7 +158,10 @@ pub fn token_upper_bound(messages: &[super::Message], tools: Option<&ClientTools
                     .iter()
                     .map(|c| text_bound(&c.name) + text_bound(&c.arguments) + 16)
                     .sum::<u64>()
-                + m.tool_results.iter().map(|r| text_bound(&r.content) + 16).sum::<u64>()
+                + m.tool_results
+                    .iter()
+                    .map(|r| text_bound(&r.content) + r.images.len() as u64 * IMAGE_TOKENS + 16)
+                    .sum::<u64>()
         })
         .sum();
     // Tool use adds its own system prompt upstream (a few hundred tokens).

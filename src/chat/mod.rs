@@ -306,7 +306,12 @@ fn plan(state: &AppState, request: &ChatRequest, choice: &Choice) -> Result<Plan
 /// and images over the size limit, rather than dropping them.
 fn check_content(state: &AppState, request: &ChatRequest, model: &Model) -> Result<(), ApiError> {
     let max = state.settings.max_image_bytes;
-    if let Some(image) = request.messages.iter().flat_map(|m| &m.images).find(|i| i.size > max) {
+    // Images a tool returned count too.
+    let mut images = request
+        .messages
+        .iter()
+        .flat_map(|m| m.images.iter().chain(m.tool_results.iter().flat_map(|r| &r.images)));
+    if let Some(image) = images.find(|i| i.size > max) {
         return Err(ApiError::PayloadTooLarge(format!(
             "an image is {} bytes decoded, more than the {max} bytes allowed (max_image_bytes)",
             image.size
@@ -318,7 +323,8 @@ fn check_content(state: &AppState, request: &ChatRequest, model: &Model) -> Resu
     if request.tools.is_some() || request.messages.iter().any(Message::has_tool_use) {
         return Err(ApiError::bad_request(
             format!(
-                "client-side tool calling (`tools`, `tool_calls`, `tool` messages) is not supported by the \
+                "client-side tool calling (`tools`, tool calls and tool results: OpenAI's `tool_calls` and \
+                 `tool` messages, Anthropic's `tool_use` and `tool_result` blocks) is not supported by the \
                  Claude Code CLI backend that serves {}; serve the model on the direct backend \
                  (backends = {{ {} = \"api\" }}) to use it",
                 model.id,

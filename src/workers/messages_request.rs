@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use crate::chat::{ClientTools, Message, Role, ToolChoice};
+use crate::chat::{ClientTools, Image, Message, Role, ToolChoice, ToolResult};
 
 /// The `messages` of a request. A turn of text alone keeps the plain string
 /// form; anything else becomes content blocks.
@@ -24,37 +24,41 @@ fn content(message: &Message) -> Value {
     }
     // Tool results come first in a user turn, as the API requires; the
     // text goes after the images it talks about.
-    let mut blocks: Vec<Value> = message
-        .tool_results
-        .iter()
-        .map(|r| json!({"type": "tool_result", "tool_use_id": r.tool_call_id, "content": r.content}))
-        .collect();
-    blocks.extend(message.images.iter().map(|image| {
-        json!({"type": "image", "source": {
-            "type": "base64", "media_type": image.media_type, "data": image.data_base64,
-        }})
-    }));
+    let mut blocks: Vec<Value> = message.tool_results.iter().map(tool_result).collect();
+    blocks.extend(message.images.iter().map(image_block));
     // The API refuses empty text blocks.
     if !message.text.is_empty() {
         blocks.push(json!({"type": "text", "text": message.text}));
     }
-    blocks.extend(message.tool_calls.iter().map(|call| {
-        // OpenAI carries arguments as JSON text; a call whose arguments do
-        // not parse keeps them as a string under `arguments`, so nothing is
-        // lost.
-        let input = serde_json::from_str::<Value>(&call.arguments)
-            .ok()
-            .filter(Value::is_object)
-            .unwrap_or_else(|| {
-                if call.arguments.trim().is_empty() {
-                    json!({})
-                } else {
-                    json!({"arguments": call.arguments})
-                }
-            });
-        json!({"type": "tool_use", "id": call.id, "name": call.name, "input": input})
-    }));
+    blocks.extend(
+        message
+            .tool_calls
+            .iter()
+            .map(|call| json!({"type": "tool_use", "id": call.id, "name": call.name, "input": call.input()})),
+    );
     Value::Array(blocks)
+}
+
+/// A `tool_result` block: its text as a plain string unless the tool also
+/// returned images; `is_error` only when set, as the API's default is false.
+fn tool_result(result: &ToolResult) -> Value {
+    let content = if result.images.is_empty() {
+        json!(result.content)
+    } else {
+        let text = (!result.content.is_empty()).then(|| json!({"type": "text", "text": result.content}));
+        Value::Array(text.into_iter().chain(result.images.iter().map(image_block)).collect())
+    };
+    let mut block = json!({"type": "tool_result", "tool_use_id": result.tool_call_id, "content": content});
+    if result.is_error {
+        block["is_error"] = json!(true);
+    }
+    block
+}
+
+fn image_block(image: &Image) -> Value {
+    json!({"type": "image", "source": {
+        "type": "base64", "media_type": image.media_type, "data": image.data_base64,
+    }})
 }
 
 /// Adds the client's tools and tool choice to a request body.
@@ -83,7 +87,7 @@ pub fn add_tools(body: &mut Value, tools: &ClientTools) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chat::{Image, ToolCall, ToolResult, ToolSpec};
+    use crate::chat::{ToolCall, ToolSpec};
 
     #[test]
     fn turns_map_to_content_blocks() {
@@ -100,7 +104,10 @@ mod tests {
             arguments: r#"{"city":"Paris"}"#.into(),
         });
         let mut results = Message::new(Role::User, "");
-        results.tool_results.push(ToolResult { tool_call_id: "call_1".into(), content: "sunny".into() });
+        results.tool_results.push(ToolResult::text("call_1", "sunny"));
+        let mut failed = ToolResult::text("call_2", "no such city");
+        failed.is_error = true;
+        results.tool_results.push(failed);
         let mapped = messages(&[Message::new(Role::User, "hi"), question, call, results]);
         assert_eq!(
             Value::Array(mapped),
@@ -115,7 +122,27 @@ mod tests {
                 ]},
                 {"role": "user", "content": [
                     {"type": "tool_result", "tool_use_id": "call_1", "content": "sunny"},
+                    {"type": "tool_result", "tool_use_id": "call_2", "content": "no such city", "is_error": true},
                 ]},
+            ])
+        );
+    }
+
+    #[test]
+    fn images_a_tool_returned_follow_its_text() {
+        let mut turn = Message::new(Role::User, "");
+        let mut result = ToolResult::text("t1", "a chart");
+        result.images.push(Image { media_type: "image/gif".into(), data_base64: "R0lG".into(), size: 3 });
+        turn.tool_results.push(result);
+        turn.tool_results.push(ToolResult { content: String::new(), ..turn.tool_results[0].clone() });
+        let mapped = messages(&[turn]);
+        let image =
+            json!({"type": "image", "source": {"type": "base64", "media_type": "image/gif", "data": "R0lG"}});
+        assert_eq!(
+            mapped[0]["content"],
+            json!([
+                {"type": "tool_result", "tool_use_id": "t1", "content": [{"type": "text", "text": "a chart"}, image]},
+                {"type": "tool_result", "tool_use_id": "t1", "content": [image]},
             ])
         );
     }

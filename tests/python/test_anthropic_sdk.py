@@ -13,6 +13,11 @@ import anthropic
 import pytest
 
 HAIKU_ID = "claude-haiku-4-5-20251001"
+READ_TOOL = {
+    "name": "Read",
+    "description": "Reads a file",
+    "input_schema": {"type": "object", "properties": {"file_path": {"type": "string"}}, "required": ["file_path"]},
+}
 
 
 def words_reply(n: int) -> str:
@@ -113,9 +118,17 @@ def test_errors_are_the_sdks_typed_errors(claude: anthropic.Anthropic):
             model="haiku",
             max_tokens=10,
             messages=[{"role": "user", "content": [{"type": "image", "source": {
-                "type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}]}],
+                "type": "url", "url": "https://example.com/cat.png"}}]}],
         )
-    assert "image" in bad.value.message
+    assert "fetches nothing" in bad.value.message
+    with pytest.raises(anthropic.BadRequestError) as bad:
+        claude.messages.create(
+            model="haiku",
+            max_tokens=10,
+            tools=[READ_TOOL],
+            messages=[{"role": "user", "content": "hi"}],
+        )
+    assert "direct backend" in bad.value.message
     with pytest.raises(anthropic.RateLimitError):
         claude.messages.create(
             model="haiku", max_tokens=10, messages=[{"role": "user", "content": "slow down [sim:status=429]"}]
@@ -139,3 +152,31 @@ def test_stop_sequences_cut_the_answer(claude: anthropic.Anthropic):
     )
     assert message.content[0].text == words_reply(2)
     assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", " w3")
+
+
+def test_tool_round_trip_on_the_direct_backend(claude: anthropic.Anthropic):
+    # conftest serves sonnet on the direct backend, which carries client tools.
+    prompt = 'read it [sim:tool=Read {"file_path": "/srv/notes.txt"}]'
+    with claude.messages.stream(
+        model="sonnet", max_tokens=256, tools=[READ_TOOL], messages=[{"role": "user", "content": prompt}]
+    ) as stream:
+        asked = stream.get_final_message()
+    assert asked.stop_reason == "tool_use"
+    assert [block.type for block in asked.content] == ["tool_use"]
+    call = asked.content[0]
+    assert (call.name, call.input) == ("Read", {"file_path": "/srv/notes.txt"})
+
+    answer = claude.messages.create(
+        model="sonnet",
+        max_tokens=256,
+        tools=[READ_TOOL],
+        messages=[
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": asked.content},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": call.id, "content": "1\tthe launch code is 4711"}]},
+        ],
+    )
+    assert answer.stop_reason == "end_turn"
+    assert [block.type for block in answer.content] == ["text"]
+    assert answer.content[0].text == "Simulated reply: tool result: 1\tthe launch code is 4711"

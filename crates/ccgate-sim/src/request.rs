@@ -4,10 +4,11 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-/// Text blocks the CLI injects into user turns; they are not the user's prompt.
 /// Text blocks the CLI adds to a user turn besides the user's words: its
 /// reminders, and its notes about local commands such as `/clear`.
 const CLI_NOTES: [&str; 3] = ["<system-reminder>", "<local-command-", "<command-"];
+/// How a reminder ends.
+const REMINDER_END: &str = "</system-reminder>";
 
 /// A `POST /v1/messages` (or `/count_tokens`) body. Unknown fields are ignored,
 /// as the simulator only needs what shapes its reply and its token counts.
@@ -81,12 +82,27 @@ impl Content {
 
     /// The user's own words: text blocks minus the CLI's own notes.
     fn prompt_text(&self) -> String {
-        let is_prompt = |text: &&str| !CLI_NOTES.iter().any(|note| text.trim_start().starts_with(note));
         match self {
-            Content::Text(text) => joined(std::iter::once(text.as_str()).filter(is_prompt)),
-            Content::Blocks(blocks) => joined(blocks.iter().filter_map(Block::as_text).filter(is_prompt)),
+            Content::Text(text) => joined(own_words(text).into_iter()),
+            Content::Blocks(blocks) => joined(blocks.iter().filter_map(Block::as_text).filter_map(own_words)),
         }
     }
+}
+
+/// The user's words in one text: none if it is one of the CLI's notes, and
+/// without the reminders at its head, which a gateway that merges a turn's
+/// text blocks puts in the same text as the words.
+fn own_words(text: &str) -> Option<&str> {
+    let mut rest = text;
+    while let Some(reminder) = rest.trim_start().strip_prefix(CLI_NOTES[0]) {
+        let end = reminder.find(REMINDER_END)?;
+        rest = reminder[end + REMINDER_END.len()..].trim_start();
+        if rest.is_empty() {
+            return None;
+        }
+    }
+    let is_note = CLI_NOTES.iter().any(|note| rest.trim_start().starts_with(note));
+    (!is_note).then_some(rest)
 }
 
 impl Block {
@@ -195,6 +211,18 @@ mod tests {
         }));
         assert_eq!(req.last_user_text(), "What is 2+2?");
         assert_eq!(req.pending_tool_result(), None);
+    }
+
+    #[test]
+    fn reminders_merged_into_the_words_block_are_cut_off() {
+        let req = request(json!({
+            "model": "m",
+            "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "<system-reminder>\na\n</system-reminder>\n<system-reminder>b</system-reminder>\n\nread it [sim:words=2]"},
+                {"type": "text", "text": "<system-reminder>never closed"}
+            ]}]
+        }));
+        assert_eq!(req.last_user_text(), "read it [sim:words=2]");
     }
 
     #[test]

@@ -1,0 +1,219 @@
+//! The content blocks of a streamed message, in the order Anthropic's
+//! stream has them: each text or `tool_use` block is started, filled with
+//! deltas and stopped before the next one starts, indexes counting up from
+//! 0. Stop sequences cut the text only; once one has matched the answer is
+//! over, so later tool calls are not passed on (the API would not have
+//! made them).
+
+use serde_json::json;
+
+use super::anthropic::{BlockDelta, OutputBlock, StreamEvent};
+use super::stop_sequences::StopSequences;
+use crate::chat::ToolCallDelta;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Text,
+    ToolUse,
+}
+
+#[derive(Debug)]
+pub struct BlockWriter {
+    stop: StopSequences,
+    /// The block being filled, and its index.
+    open: Option<(Kind, u32)>,
+    /// How many blocks have been started.
+    started: u32,
+}
+
+impl BlockWriter {
+    pub fn new(stop: StopSequences) -> BlockWriter {
+        BlockWriter { stop, open: None, started: 0 }
+    }
+
+    /// The events for the next piece of text (none while a possible stop
+    /// sequence is held back, or after one matched).
+    pub fn text(&mut self, text: &str) -> Vec<StreamEvent> {
+        let mut events = Vec::new();
+        let text = self.stop.push(text);
+        self.send_text(text, &mut events);
+        events
+    }
+
+    /// The events for a piece of a tool call: its first piece (with id and
+    /// name) ends the block before it and starts a `tool_use` block; later
+    /// pieces add to its input.
+    pub fn tool_call(&mut self, delta: ToolCallDelta) -> Vec<StreamEvent> {
+        let mut events = Vec::new();
+        if self.stop.matched().is_some() {
+            return events;
+        }
+        if let (Some(id), Some(name)) = (delta.id, delta.name) {
+            let held = self.stop.finish();
+            self.send_text(held, &mut events);
+            self.close(&mut events);
+            self.start(Kind::ToolUse, OutputBlock::ToolUse { id, name, input: json!({}) }, &mut events);
+        }
+        if let Some((Kind::ToolUse, index)) = self.open.filter(|_| !delta.arguments.is_empty()) {
+            events.push(StreamEvent::ContentBlockDelta {
+                index,
+                delta: BlockDelta::InputJsonDelta { partial_json: delta.arguments },
+            });
+        }
+        events
+    }
+
+    /// The events that end the content: text still held back, and the
+    /// open block's stop. An answer with no content at all gets one empty
+    /// text block, as the API sends.
+    pub fn finish(&mut self) -> Vec<StreamEvent> {
+        let mut events = Vec::new();
+        let held = self.stop.finish();
+        self.send_text(held, &mut events);
+        if self.started == 0 {
+            self.start(Kind::Text, OutputBlock::Text { text: String::new() }, &mut events);
+        }
+        self.close(&mut events);
+        events
+    }
+
+    /// The stop sequence the text was cut at, if any.
+    pub fn matched(&self) -> Option<&str> {
+        self.stop.matched()
+    }
+
+    fn send_text(&mut self, text: String, events: &mut Vec<StreamEvent>) {
+        if text.is_empty() {
+            return;
+        }
+        let index = match self.open {
+            Some((Kind::Text, index)) => index,
+            _ => {
+                self.close(events);
+                self.start(Kind::Text, OutputBlock::Text { text: String::new() }, events)
+            }
+        };
+        events.push(StreamEvent::ContentBlockDelta { index, delta: BlockDelta::TextDelta { text } });
+    }
+
+    /// Starts a block; the first one is followed by a `ping`, where the API
+    /// sends it.
+    fn start(&mut self, kind: Kind, block: OutputBlock, events: &mut Vec<StreamEvent>) -> u32 {
+        let index = self.started;
+        self.started += 1;
+        self.open = Some((kind, index));
+        events.push(StreamEvent::ContentBlockStart { index, content_block: block });
+        if index == 0 {
+            events.push(StreamEvent::Ping);
+        }
+        index
+    }
+
+    fn close(&mut self, events: &mut Vec<StreamEvent>) {
+        if let Some((_, index)) = self.open.take() {
+            events.push(StreamEvent::ContentBlockStop { index });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn call(index: usize, id: Option<&str>, arguments: &str) -> ToolCallDelta {
+        ToolCallDelta {
+            index,
+            id: id.map(String::from),
+            name: id.map(|_| "Read".to_string()),
+            arguments: arguments.into(),
+        }
+    }
+
+    /// The events as compact JSON, to compare whole sequences.
+    fn wire(events: Vec<StreamEvent>) -> Vec<Value> {
+        events.iter().map(|e| serde_json::to_value(e).unwrap()).collect()
+    }
+
+    fn stop_sequences(sequences: &[&str]) -> StopSequences {
+        StopSequences::new(&sequences.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn text_then_tool_calls_get_blocks_in_order() {
+        let mut writer = BlockWriter::new(StopSequences::default());
+        let mut events = writer.text("Reading");
+        events.extend(writer.text(" it."));
+        events.extend(writer.tool_call(call(0, Some("t1"), "")));
+        events.extend(writer.tool_call(call(0, None, "{\"file_path\":")));
+        events.extend(writer.tool_call(call(0, None, "\"/a\"}")));
+        events.extend(writer.tool_call(call(1, Some("t2"), "{}")));
+        events.extend(writer.finish());
+        let text = |index: u32, text: &str| json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": text}});
+        let json_piece = |index: u32, piece: &str| json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": piece}});
+        let tool = |index: u32, id: &str| {
+            json!({"type": "content_block_start", "index": index,
+                   "content_block": {"type": "tool_use", "id": id, "name": "Read", "input": {}}})
+        };
+        let stop = |index: u32| json!({"type": "content_block_stop", "index": index});
+        assert_eq!(
+            wire(events),
+            [
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+                json!({"type": "ping"}),
+                text(0, "Reading"),
+                text(0, " it."),
+                stop(0),
+                tool(1, "t1"),
+                json_piece(1, "{\"file_path\":"),
+                json_piece(1, "\"/a\"}"),
+                stop(1),
+                tool(2, "t2"),
+                json_piece(2, "{}"),
+                stop(2),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_call_without_text_is_block_zero_and_an_empty_answer_one_empty_text_block() {
+        let mut writer = BlockWriter::new(StopSequences::default());
+        let mut events = writer.tool_call(call(0, Some("t1"), ""));
+        events.extend(writer.finish());
+        let names: Vec<Value> = wire(events).into_iter().map(|e| e["type"].clone()).collect();
+        assert_eq!(names, ["content_block_start", "ping", "content_block_stop"]);
+
+        let mut writer = BlockWriter::new(StopSequences::default());
+        assert_eq!(
+            wire(writer.finish()),
+            [
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+                json!({"type": "ping"}),
+                json!({"type": "content_block_stop", "index": 0}),
+            ]
+        );
+    }
+
+    #[test]
+    fn held_text_goes_out_before_a_call_and_a_matched_stop_ends_the_answer() {
+        // "Let me" might start the stop sequence: held until the call shows it did not.
+        let mut writer = BlockWriter::new(stop_sequences(&["Let me stop"]));
+        let mut events = writer.text("Sure. Let me");
+        events.extend(writer.tool_call(call(0, Some("t1"), "{}")));
+        let deltas: Vec<Value> =
+            wire(events).into_iter().filter(|e| e["type"] == "content_block_delta").collect();
+        assert_eq!(deltas[0]["delta"]["text"], "Sure. ");
+        assert_eq!(deltas[1]["delta"]["text"], "Let me");
+        assert_eq!(deltas[2]["delta"]["partial_json"], "{}");
+
+        let mut writer = BlockWriter::new(stop_sequences(&["STOP"]));
+        let mut events = writer.text("done STOP and more");
+        events.extend(writer.tool_call(call(0, Some("t1"), "{}")));
+        events.extend(writer.finish());
+        assert_eq!(writer.matched(), Some("STOP"));
+        let wire = wire(events);
+        assert!(wire.iter().all(|e| e["content_block"]["type"] != "tool_use"), "{wire:?}");
+        assert_eq!(wire[2]["delta"]["text"], "done ");
+        assert_eq!(wire.len(), 4, "start, ping, the cut text, stop: {wire:?}");
+    }
+}
