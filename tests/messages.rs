@@ -464,33 +464,15 @@ async fn claude_code_works_with_the_gateway_as_its_api() {
     let db = TestDb::sqlite();
     let app = TestApp::spawn(&db, Options { admin_key: Some(ADMIN.into()), ..Options::default() }).await;
     let key = project_key(&app, "cli-users", json!({"name": "cli"})).await;
-    let home = tempfile::tempdir().unwrap();
-    let mut command = tokio::process::Command::new(claude_bin());
-    command
-        .args(["-p", "--bare", "--tools", "", "--model", "haiku", "--no-session-persistence"])
-        .current_dir(app.work_dir.path())
-        // Only this client talks to the gateway; the gateway's workers get
-        // their upstream from `worker_env`, never from the client.
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", home.path())
-        .env("ANTHROPIC_BASE_URL", &app.url)
-        .env("ANTHROPIC_API_KEY", &key)
-        .env("DISABLE_TELEMETRY", "1")
-        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
-        .env("DISABLE_AUTOUPDATER", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = command.spawn().expect("start the Claude Code CLI");
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(b"say hi\n").await.unwrap();
-    drop(stdin);
-    let output = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
-        .await
-        .expect("the CLI finished")
-        .unwrap();
+    let output = run_claude_code(
+        &app,
+        &key,
+        &["--bare", "--tools", ""],
+        app.work_dir.path(),
+        "say hi\n",
+        Duration::from_secs(90),
+    )
+    .await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&output.stderr));
 
@@ -688,35 +670,19 @@ async fn the_cli_backend_refuses_tools_and_tool_blocks_naming_the_direct_backend
 async fn claude_code_runs_its_own_tools_through_the_gateway() {
     let (_db, app) = direct_app(Some(ADMIN)).await;
     let key = project_key(&app, "cli-tools", json!({"name": "cli"})).await;
-    let home = tempfile::tempdir().unwrap();
     let project = tempfile::tempdir().unwrap();
     let notes = project.path().join("notes.txt");
     std::fs::write(&notes, "the launch code is 4711\n").unwrap();
     let prompt = format!("read it [sim:tool=Read {}]\n", json!({"file_path": notes.to_str().unwrap()}));
-    let mut command = tokio::process::Command::new(claude_bin());
-    command
-        .args(["-p", "--allowedTools", "Read", "--model", "haiku", "--no-session-persistence"])
-        .current_dir(project.path())
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", home.path())
-        .env("ANTHROPIC_BASE_URL", &app.url)
-        .env("ANTHROPIC_API_KEY", &key)
-        .env("DISABLE_TELEMETRY", "1")
-        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
-        .env("DISABLE_AUTOUPDATER", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = command.spawn().expect("start the Claude Code CLI");
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(prompt.as_bytes()).await.unwrap();
-    drop(stdin);
-    let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
-        .await
-        .expect("the CLI finished")
-        .unwrap();
+    let output = run_claude_code(
+        &app,
+        &key,
+        &["--allowedTools", "Read"],
+        project.path(),
+        &prompt,
+        Duration::from_secs(120),
+    )
+    .await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&output.stderr));
 
@@ -754,4 +720,41 @@ async fn claude_code_runs_its_own_tools_through_the_gateway() {
         assert_eq!(row.model_used.as_deref(), Some("claude-haiku-4-5-20251001"));
     }
     app.stop().await;
+}
+
+/// Runs the real Claude Code CLI with ccgate as its API (`-p`, haiku, the
+/// prompt on stdin) and waits for it. Only this client talks to the
+/// gateway: the gateway's own workers get their upstream from
+/// `worker_env`, never from the client.
+async fn run_claude_code(
+    app: &TestApp,
+    key: &str,
+    flags: &[&str],
+    cwd: &std::path::Path,
+    prompt: &str,
+    timeout: Duration,
+) -> std::process::Output {
+    let home = tempfile::tempdir().unwrap();
+    let mut command = tokio::process::Command::new(claude_bin());
+    command
+        .args(["-p", "--model", "haiku", "--no-session-persistence"])
+        .args(flags)
+        .current_dir(cwd)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .env("ANTHROPIC_BASE_URL", &app.url)
+        .env("ANTHROPIC_API_KEY", key)
+        .env("DISABLE_TELEMETRY", "1")
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .env("DISABLE_AUTOUPDATER", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command.spawn().expect("start the Claude Code CLI");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(prompt.as_bytes()).await.unwrap();
+    drop(stdin);
+    tokio::time::timeout(timeout, child.wait_with_output()).await.expect("the CLI finished").unwrap()
 }
