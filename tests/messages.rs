@@ -514,6 +514,47 @@ fn read_tool() -> Value {
 
 const READ_PROMPT: &str = r#"read it [sim:tool=Read {"file_path": "/srv/notes.txt"}]"#;
 
+/// Prompt caching is what makes long agent sessions affordable: the
+/// client's `cache_control` breakpoints reach the upstream on the system
+/// prompt, on the tool they follow and at the end of their turn.
+#[tokio::test]
+async fn cache_breakpoints_reach_the_upstream() {
+    let (_db, app) = direct_app(None).await;
+    let ephemeral = json!({"type": "ephemeral"});
+    let mut tool = read_tool();
+    tool["cache_control"] = ephemeral.clone();
+    let body = json!({
+        "model": "haiku", "max_tokens": 50,
+        "system": [{"type": "text", "text": "You read files."},
+                   {"type": "text", "text": "Be brief.", "cache_control": ephemeral}],
+        "tools": [tool],
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "a long document"},
+                                         {"type": "text", "text": "[sim:words=2] sum it up",
+                                          "cache_control": {"type": "ephemeral", "ttl": "1h"}}]},
+        ],
+    });
+    let response = post(&app, "/v1/messages", "sk-anything").json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap_or_default());
+    let upstream = &app.sim.sim.requests()[0].body;
+    assert_eq!(
+        upstream["system"],
+        json!([{"type": "text", "text": "You read files.\nBe brief.", "cache_control": ephemeral}])
+    );
+    assert_eq!(upstream["tools"][0]["cache_control"], ephemeral);
+    assert_eq!(
+        upstream["messages"],
+        json!([{"role": "user", "content": [{"type": "text", "text": "a long document\n[sim:words=2] sum it up",
+                                             "cache_control": {"type": "ephemeral", "ttl": "1h"}}]}])
+    );
+
+    // Without breakpoints, nothing is added.
+    let plain = messages_body("haiku", "[sim:words=2] hi");
+    let response = post(&app, "/v1/messages", "sk-anything").json(&plain).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(!app.sim.sim.requests()[1].body.to_string().contains("cache_control"));
+}
+
 #[tokio::test]
 async fn tool_calls_come_back_as_tool_use_blocks_and_their_results_reach_the_upstream() {
     let (_db, app) = direct_app(None).await;
@@ -690,6 +731,15 @@ async fn claude_code_runs_its_own_tools_through_the_gateway() {
     // the answer to Claude Code's tool result holding the file's content.
     let seen = app.sim.sim.requests();
     assert_eq!(seen.len(), 2, "{:?}", seen.iter().map(|r| &r.body).collect::<Vec<_>>());
+    // Claude Code's prompt-cache breakpoints reach the upstream too.
+    for request in &seen {
+        assert!(request.body["system"][0]["cache_control"].is_object(), "{}", request.body["system"]);
+        assert!(
+            request.body["messages"].to_string().contains("cache_control"),
+            "{}",
+            request.body["messages"]
+        );
+    }
     let offered: Vec<&str> = seen[0].body["tools"]
         .as_array()
         .map(|tools| tools.iter().filter_map(|t| t["name"].as_str()).collect())

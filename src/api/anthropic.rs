@@ -18,7 +18,8 @@ pub struct MessagesRequest {
     /// A Claude alias (`haiku`, `sonnet`, `opus`, `fable`, `sonnet[1m]`), a full model id, or `auto`.
     pub model: String,
     pub messages: Vec<InputMessage>,
-    /// A string or an array of text blocks (`cache_control` is accepted and ignored).
+    /// A string or an array of text blocks (their last `cache_control` goes to
+    /// the direct backend at the end of the system prompt).
     pub system: Option<Content>,
     /// Required, as in Anthropic's API.
     pub max_tokens: Option<u64>,
@@ -96,7 +97,9 @@ pub struct ContentBlock {
     pub content: Option<Value>,
     /// `tool_result`: the tool failed (passed on to the model).
     pub is_error: Option<bool>,
-    /// `cache_control`, `citations` and the like: accepted and ignored.
+    /// `cache_control`: the turn's last one becomes a prompt-cache breakpoint
+    /// at the end of the turn on the direct backend (text blocks are joined).
+    /// `citations` and the like: accepted and ignored.
     #[serde(flatten)]
     #[schema(value_type = Object)]
     pub other: serde_json::Map<String, Value>,
@@ -128,7 +131,9 @@ impl MessagesRequest {
         if let Some(system) = &self.system {
             let text = system_text(system)?;
             if !text.trim().is_empty() {
-                messages.push(Message::new(Role::System, text));
+                let mut message = Message::new(Role::System, text);
+                message.cache = last_cache_control(system);
+                messages.push(message);
             }
         }
         for (index, message) in self.messages.iter().enumerate() {
@@ -141,6 +146,16 @@ impl MessagesRequest {
     /// none). Whether the model's backend can run them is checked later.
     pub fn client_tools(&self) -> Result<Option<ClientTools>, ApiError> {
         anthropic_content::client_tools(self.tools.as_deref(), self.tool_choice.as_ref())
+    }
+}
+
+/// The `cache_control` of the last block that has one: a prompt-cache
+/// breakpoint, kept for the end of the joined text (the direct backend
+/// sends it there; the prefix before it is the same).
+fn last_cache_control(content: &Content) -> Option<Value> {
+    match content {
+        Content::Text(_) => None,
+        Content::Blocks(blocks) => blocks.iter().rev().find_map(|b| b.other.get("cache_control").cloned()),
     }
 }
 
@@ -202,6 +217,7 @@ impl InputMessage {
                 message.text = texts.join("\n");
             }
         }
+        message.cache = last_cache_control(&self.content);
         let says_nothing =
             message.text.trim().is_empty() && message.images.is_empty() && message.tool_results.is_empty();
         if role == Role::User && says_nothing {

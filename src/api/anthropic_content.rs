@@ -193,6 +193,7 @@ fn tool_spec(index: usize, tool: &Value) -> Result<ToolSpec, ApiError> {
         }
     };
     Ok(ToolSpec {
+        cache: tool.get("cache_control").cloned(),
         name: name.to_string(),
         description: tool.get("description").and_then(Value::as_str).map(String::from),
         parameters,
@@ -391,11 +392,13 @@ mod tests {
                         name: "get_weather".into(),
                         description: Some("By city".into()),
                         parameters: json!({"type": "object"}),
+                        cache: Some(json!({"type": "ephemeral"})),
                     },
                     ToolSpec {
                         name: "Read".into(),
                         description: None,
                         parameters: json!({"type": "object", "properties": {}}),
+                        cache: None,
                     },
                 ]
             );

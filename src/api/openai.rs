@@ -228,6 +228,7 @@ fn tool_spec(index: usize, tool: &Value) -> Result<ToolSpec, ApiError> {
         Some(_) => return Err(bad("`parameters` must be a JSON schema object")),
     };
     Ok(ToolSpec {
+        cache: None,
         name: name.to_string(),
         description: function.get("description").and_then(Value::as_str).map(String::from),
         parameters,

@@ -71,6 +71,7 @@ mod tests {
             model: "haiku".into(),
             model_id: "claude-haiku-4-5-20251001".into(),
             system_prompt: None,
+            system_cache: None,
             prompt: "hi".into(),
             messages: Vec::new(),
             max_output_tokens: None,

@@ -116,6 +116,9 @@ pub struct ToolSpec {
     pub description: Option<String>,
     /// A JSON schema of the arguments.
     pub parameters: serde_json::Value,
+    /// Anthropic's `cache_control` on this tool (a prompt-cache breakpoint
+    /// after the tool definitions up to it), when the client set one.
+    pub cache: Option<serde_json::Value>,
 }
 
 /// Whether and which tool the model must call.

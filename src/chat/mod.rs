@@ -238,6 +238,12 @@ async fn prepare(
         model: model.cli_name().to_string(),
         model_id: model.id.clone(),
         system_prompt: prompt.system,
+        system_cache: request
+            .messages
+            .iter()
+            .rev()
+            .filter(|m| m.role == Role::System)
+            .find_map(|m| m.cache.clone()),
         prompt: prompt.prompt,
         messages: request.messages.iter().filter(|m| m.role != Role::System).cloned().collect(),
         max_output_tokens: choice.max_tokens,

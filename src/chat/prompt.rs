@@ -23,6 +23,10 @@ pub struct Message {
     pub tool_calls: Vec<ToolCall>,
     /// The client's answers to tool calls, carried by a user turn.
     pub tool_results: Vec<ToolResult>,
+    /// Anthropic's `cache_control` for the end of this turn (a prompt-cache
+    /// breakpoint), when the client set one; the direct backend puts it on
+    /// the turn's last block. The CLI caches on its own.
+    pub cache: Option<serde_json::Value>,
 }
 
 impl Message {
@@ -34,6 +38,7 @@ impl Message {
             images: Vec::new(),
             tool_calls: Vec::new(),
             tool_results: Vec::new(),
+            cache: None,
         }
     }
 

@@ -104,8 +104,12 @@ impl AnthropicApi {
             "stream": true,
             "messages": messages,
         });
-        if let Some(system) = &job.system_prompt {
-            body["system"] = json!(system);
+        match (&job.system_prompt, &job.system_cache) {
+            (Some(system), Some(cache)) => {
+                body["system"] = json!([{"type": "text", "text": system, "cache_control": cache}]);
+            }
+            (Some(system), None) => body["system"] = json!(system),
+            (None, _) => {}
         }
         if let Some(tools) = &job.tools {
             messages_request::add_tools(&mut body, tools);

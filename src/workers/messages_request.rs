@@ -19,7 +19,7 @@ pub fn messages(turns: &[Message]) -> Vec<Value> {
 }
 
 fn content(message: &Message) -> Value {
-    if message.images.is_empty() && !message.has_tool_use() {
+    if message.images.is_empty() && !message.has_tool_use() && message.cache.is_none() {
         return json!(message.text);
     }
     // Tool results come first in a user turn, as the API requires; the
@@ -36,6 +36,10 @@ fn content(message: &Message) -> Value {
             .iter()
             .map(|call| json!({"type": "tool_use", "id": call.id, "name": call.name, "input": call.input()})),
     );
+    // A cache breakpoint marks the end of the turn: its last block.
+    if let (Some(cache), Some(last)) = (&message.cache, blocks.last_mut()) {
+        last["cache_control"] = cache.clone();
+    }
     Value::Array(blocks)
 }
 
@@ -70,6 +74,9 @@ pub fn add_tools(body: &mut Value, tools: &ClientTools) {
             let mut tool = json!({"name": t.name, "input_schema": t.parameters});
             if let Some(description) = &t.description {
                 tool["description"] = json!(description);
+            }
+            if let Some(cache) = &t.cache {
+                tool["cache_control"] = cache.clone();
             }
             tool
         })
@@ -164,6 +171,7 @@ mod tests {
             name: "get_weather".into(),
             description: Some("Weather by city".into()),
             parameters: json!({"type": "object", "properties": {"city": {"type": "string"}}}),
+            cache: None,
         };
         let cases = [
             (None, None),
@@ -184,5 +192,42 @@ mod tests {
             );
             assert_eq!(body.get("tool_choice").cloned(), expected, "{choice:?}");
         }
+    }
+
+    #[test]
+    fn cache_breakpoints_go_on_the_last_block_of_their_turn_and_on_their_tool() {
+        let ephemeral = json!({"type": "ephemeral"});
+        let mut cached = Message::new(Role::User, "the long document");
+        cached.cache = Some(ephemeral.clone());
+        let mut results = Message::new(Role::User, "");
+        results.tool_results.push(ToolResult::text("toolu_1", "42"));
+        results.cache = Some(json!({"type": "ephemeral", "ttl": "1h"}));
+        let mapped = messages(&[cached, Message::new(Role::Assistant, "ok"), results]);
+        assert_eq!(
+            Value::Array(mapped),
+            json!([
+                {"role": "user", "content": [
+                    {"type": "text", "text": "the long document", "cache_control": ephemeral},
+                ]},
+                {"role": "assistant", "content": "ok"},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": "42",
+                     "cache_control": {"type": "ephemeral", "ttl": "1h"}},
+                ]},
+            ])
+        );
+        let tool = |name: &str, cache: Option<Value>| ToolSpec {
+            name: name.into(),
+            description: None,
+            parameters: json!({"type": "object"}),
+            cache,
+        };
+        let mut body = json!({});
+        add_tools(
+            &mut body,
+            &ClientTools { tools: vec![tool("a", None), tool("b", Some(ephemeral.clone()))], choice: None },
+        );
+        assert_eq!(body["tools"][0].get("cache_control"), None);
+        assert_eq!(body["tools"][1]["cache_control"], ephemeral);
     }
 }

@@ -30,6 +30,9 @@ pub struct Job {
     /// The model's full id, as the Anthropic API names it.
     pub model_id: String,
     pub system_prompt: Option<String>,
+    /// Anthropic's `cache_control` for the end of the system prompt, when
+    /// the client set one (the direct backend only).
+    pub system_cache: Option<serde_json::Value>,
     /// The whole prompt as one text (earlier turns as a transcript): what
     /// the CLI reads on stdin.
     pub prompt: String,
