@@ -362,3 +362,44 @@ async fn the_sqlite_wal_stays_bounded_under_steady_writes() {
     assert_eq!(totals.spent, Micros(500 * written), "every settlement is in the totals");
     assert_eq!(totals.reserved, Micros(0));
 }
+
+/// Writes that arrive together share a commit on SQLite; one refused for a
+/// reason of its own (an id already recorded, an unknown project) changes
+/// nothing and does not take the others down with it.
+#[tokio::test]
+async fn a_refused_write_among_concurrent_ones_is_refused_alone() {
+    let db = TestDb::sqlite();
+    let store = store::connect(&db.url).await.unwrap();
+    project(&store, "shared", Limits::default()).await;
+    let budget = Budget::new(
+        Arc::clone(&store),
+        Arc::new(ccgate::clock::SystemClock),
+        "test-instance".into(),
+        Duration::from_secs(600),
+    );
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let budget = budget.clone();
+            // Two requests share an id; two name a project that does not exist.
+            let id = if i < 2 { "twice".to_string() } else { format!("r{i}") };
+            let project = if (2..4).contains(&i) { "nowhere" } else { "shared" };
+            tokio::spawn(async move { budget.reserve(reservation(id, project, 1_000)).await })
+        })
+        .collect();
+    let mut reserved = 0;
+    let mut refused = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => reserved += 1,
+            Err(BudgetError::Store(e)) => refused.push(e.to_string()),
+            Err(e) => panic!("unexpected refusal: {e}"),
+        }
+    }
+    assert_eq!(reserved, 37, "{refused:?}");
+    assert_eq!(refused.iter().filter(|e| e.contains("already recorded")).count(), 1, "{refused:?}");
+    assert_eq!(refused.iter().filter(|e| e.contains("not found")).count(), 2, "{refused:?}");
+    let day = ccgate::budget::period::bounds(PeriodKind::Day, Utc::now()).0.timestamp();
+    let totals = store.period_totals("shared", PeriodKind::Day, day).await.unwrap();
+    assert_eq!(totals.reserved, Micros(37 * 1_000), "exactly the reservations that were granted");
+    assert_eq!(store.ledger("shared", 100).await.unwrap().len(), 37);
+}

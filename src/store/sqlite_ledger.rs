@@ -6,12 +6,17 @@
 //! round trip to the connection's worker thread, so one reservation cost a
 //! handful of thread switches and the single writer connection capped the
 //! gateway near 2,600 of them a second. Here a whole reservation is one
-//! message to this thread; the writes that arrive while a commit is being
-//! written share the next one, each inside its own savepoint, so one that
-//! is refused or fails rolls back alone. A caller hears back only after the
+//! message to this thread, and the writes that arrive while a commit is
+//! being written share the next one. A caller hears back only after the
 //! commit that holds its write: "reserved" still means "in the database",
 //! and the limit check still runs inside the transaction that writes the
 //! reservation, so concurrent requests cannot overspend.
+//!
+//! A write refused for a reason of its own (no such project, no room in the
+//! budget, an id already recorded) has changed nothing when it is refused:
+//! each checks before it writes, and a constraint violation undoes only its
+//! statement. Any other failure (the disk, say) rolls the whole group back
+//! and every caller in it gets the error.
 //!
 //! Other writers (sqlx's, for everything else) take the same database lock
 //! with `BEGIN IMMEDIATE`; both wait for each other through the busy timeout.
@@ -210,13 +215,24 @@ fn commit_group(conn: &Connection, group: Vec<Op>) {
         fail(group.into_iter().map(|op| op.reply).collect(), format!("cannot begin a ledger write: {e}"));
         return;
     }
-    let answered: Vec<_> = group.into_iter().map(|op| (in_savepoint(conn, &op.write), op.reply)).collect();
-    if let Err(e) = control(conn, "COMMIT") {
+    let mut answered = Vec::with_capacity(group.len());
+    let mut broken = None;
+    for op in group {
+        let answer = apply(conn, &op.write);
+        if let Err(e) = &answer {
+            if !refused_alone(e) {
+                broken.get_or_insert_with(|| e.to_string());
+            }
+        }
+        answered.push((answer, op.reply));
+    }
+    let committed = match broken {
+        Some(error) => Err(format!("a ledger write failed: {error}")),
+        None => control(conn, "COMMIT").map_err(|e| format!("the ledger commit failed: {e}")),
+    };
+    if let Err(message) = committed {
         let _ = control(conn, "ROLLBACK");
-        fail(
-            answered.into_iter().map(|(_, reply)| reply).collect(),
-            format!("the ledger commit failed: {e}"),
-        );
+        fail(answered.into_iter().map(|(_, reply)| reply).collect(), message);
         return;
     }
     for (answer, reply) in answered {
@@ -224,22 +240,18 @@ fn commit_group(conn: &Connection, group: Vec<Op>) {
     }
 }
 
-/// Applies one write inside a savepoint, rolled back if the write failed
-/// or was refused, so the rest of its group is unaffected.
-fn in_savepoint(conn: &Connection, write: &Write) -> StoreResult<Answer> {
-    control(conn, "SAVEPOINT op")?;
-    let answer = match write {
+fn apply(conn: &Connection, write: &Write) -> StoreResult<Answer> {
+    match write {
         Write::Reserve(r) => reserve(conn, r).map(Answer::Reserve),
         Write::Settle(id, c) => settle(conn, id, c).map(Answer::Settle),
         Write::Record(e) => record(conn, e).map(|()| Answer::Record),
-    };
-    let keep =
-        matches!(answer, Ok(Answer::Reserve(ReserveOutcome::Reserved) | Answer::Settle(_) | Answer::Record));
-    if !keep {
-        control(conn, "ROLLBACK TO op")?;
     }
-    control(conn, "RELEASE op")?;
-    answer
+}
+
+/// Whether a write's error left the transaction as it was (see the module
+/// comment), so the rest of its group may still commit.
+fn refused_alone(error: &StoreError) -> bool {
+    matches!(error, StoreError::NotFound(_) | StoreError::Conflict(_))
 }
 
 /// Runs a transaction-control statement, parsed once per connection.
@@ -274,14 +286,9 @@ fn reserve(conn: &Connection, r: &NewReservation) -> StoreResult<ReserveOutcome>
             });
         }
     }
-    let mut add = conn.prepare_cached(
-        "INSERT INTO period_totals (project_id, kind, period_start, spent_micros, reserved_micros) \
-         VALUES (?1, ?2, ?3, 0, ?4) ON CONFLICT (project_id, kind, period_start) \
-         DO UPDATE SET reserved_micros = reserved_micros + excluded.reserved_micros",
-    )?;
-    for slot in &r.periods {
-        add.execute(params![r.project_id, slot.kind.as_str(), slot.start, r.amount.0])?;
-    }
+    // The ledger row first: a request id already recorded is refused by
+    // this statement alone (SQLite undoes just the statement), before the
+    // totals change.
     conn.prepare_cached(
         "INSERT INTO requests (request_id, created_at_ms, project_id, key_id, endpoint, model_requested, \
          model_used, status, reserved_micros, day_start, week_start, month_start, owner, expires_at_ms) \
@@ -303,6 +310,14 @@ fn reserve(conn: &Connection, r: &NewReservation) -> StoreResult<ReserveOutcome>
         r.expires_at_ms,
     ])
     .map_err(|e| conflict_or(e, || format!("request {:?} already recorded", r.request_id)))?;
+    let mut add = conn.prepare_cached(
+        "INSERT INTO period_totals (project_id, kind, period_start, spent_micros, reserved_micros) \
+         VALUES (?1, ?2, ?3, 0, ?4) ON CONFLICT (project_id, kind, period_start) \
+         DO UPDATE SET reserved_micros = reserved_micros + excluded.reserved_micros",
+    )?;
+    for slot in &r.periods {
+        add.execute(params![r.project_id, slot.kind.as_str(), slot.start, r.amount.0])?;
+    }
     Ok(ReserveOutcome::Reserved)
 }
 
