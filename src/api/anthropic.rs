@@ -491,9 +491,12 @@ mod tests {
         }));
         let messages = request.domain_messages(10).expect("accepted");
         assert_eq!(messages.len(), 2);
-        assert_eq!(messages[0], Message::new(Role::System, "header\nYou are an agent."));
+        let mut system = Message::new(Role::System, "header\nYou are an agent.");
+        system.cache = Some(json!({"type": "ephemeral"}));
+        assert_eq!(messages[0], system, "the cache breakpoint is kept for the end of the system prompt");
         assert_eq!(messages[1].role, Role::User);
         assert!(messages[1].text.ends_with("</system-reminder>\n\nsay hi\n"), "{}", messages[1].text);
+        assert_eq!(messages[1].cache, Some(json!({"type": "ephemeral"})));
     }
 
     /// An edit to a valid request body.
