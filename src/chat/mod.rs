@@ -75,6 +75,12 @@ impl ChatRequest {
             stream: true,
         }
     }
+
+    /// Whether the request uses the client's own tools (offers them, or
+    /// carries calls or results), which only the direct backend can carry.
+    pub fn uses_client_tools(&self) -> bool {
+        self.tools.is_some() || self.messages.iter().any(Message::has_tool_use)
+    }
 }
 
 /// What an agentic request asks for: the extension fields of chat
@@ -185,13 +191,12 @@ async fn choose(state: &AppState, request: &ChatRequest) -> Result<Choice, ApiEr
     if !is_auto(&request.model) {
         return Ok(Choice { model: request.model.clone(), max_tokens: request.max_tokens, route: None });
     }
-    let client_tools = request.tools.is_some() || request.messages.iter().any(Message::has_tool_use);
     let decision = crate::routing::decide(
         state,
         &request.project_id,
         &request.messages,
         request.max_tokens,
-        client_tools,
+        request.uses_client_tools(),
     )
     .await?;
     let model = resolve_model(state, &decision.model)?;
@@ -326,7 +331,7 @@ fn check_content(state: &AppState, request: &ChatRequest, model: &Model) -> Resu
     if state.settings.backend_for(&model.id, &model.aliases) == Backend::Api {
         return Ok(());
     }
-    if request.tools.is_some() || request.messages.iter().any(Message::has_tool_use) {
+    if request.uses_client_tools() {
         return Err(ApiError::bad_request(
             format!(
                 "client-side tool calling (`tools`, tool calls and tool results: OpenAI's `tool_calls` and \
