@@ -116,6 +116,26 @@ impl AppState {
         }
     }
 
+    /// The pool a request naming `model` runs on, known before the request
+    /// is resolved: `auto` (which the router settles later), and a name the
+    /// price table does not know (which will be refused), take the default
+    /// backend's.
+    pub fn pool_for_name(&self, model: &str) -> &Arc<WorkerPool> {
+        match self.prices.resolve(model) {
+            Some(model) => self.pool_for(model),
+            None => match (Backend::parse(&self.settings.default_backend), &self.api_pool) {
+                (Some(Backend::Api), Some(pool)) => pool,
+                _ => &self.pool,
+            },
+        }
+    }
+
+    /// The most batch slots any pool has: how many of a batch's requests
+    /// may be under way at once.
+    pub fn most_batch_slots(&self) -> usize {
+        self.pools().map(|pool| pool.state().batch_slots).max().unwrap_or(1).max(1)
+    }
+
     /// Every pool, for shutdown.
     pub fn pools(&self) -> impl Iterator<Item = &Arc<WorkerPool>> {
         std::iter::once(&self.pool).chain(self.api_pool.as_ref())

@@ -436,3 +436,54 @@ async fn a_hung_upstream_is_cut_at_the_deadline_and_its_connection_closed() {
     app.wait_settled("default").await;
     app.stop().await;
 }
+
+/// The CLI pool at its smallest (one batch slot), haiku on the direct
+/// backend (256 batch slots of its 512).
+fn haiku_direct_small_cli_pool(settings: &mut Settings) {
+    haiku_direct(settings);
+    settings.pool_size = 1;
+}
+
+/// Waits until the simulated upstream has `n` replies open at once.
+async fn wait_open_streams(app: &TestApp, n: usize) -> Result<(), usize> {
+    wait_for(Duration::from_secs(20), || match app.sim.sim.open_streams() {
+        open if open >= n => Ok(()),
+        open => Err(open),
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_batch_on_the_direct_backend_runs_on_its_slots_not_the_cli_pools() {
+    let (_db, app) = spawn(haiku_direct_small_cli_pool).await;
+    let requests: Vec<Value> = (0..4)
+        .map(|i| json!({"custom_id": format!("h{i}"), "model": "haiku",
+                        "messages": [{"role": "user", "content": format!("wait {i} [sim:first_token_ms=3000]")}]}))
+        .collect();
+    let url = format!("{}/v1/batch", app.url);
+    let batch = tokio::spawn(async move {
+        client().post(url).json(&json!({"requests": requests, "max_concurrency": 4})).send().await
+    });
+    // With the CLI pool's one batch slot, one would run at a time.
+    assert_eq!(wait_open_streams(&app, 4).await, Ok(()), "the batch's requests did not run at once");
+    assert_eq!(app.worker_processes(), Vec::<u32>::new(), "no CLI process was started");
+    let report: Value = batch.await.unwrap().unwrap().json().await.unwrap();
+    assert_eq!(report["stats"]["succeeded"], 4, "{report}");
+
+    // The OpenAI Batch API's runner takes its slots the same way.
+    let api = common::batch_api::Api::new(&app.url, "default");
+    let lines: Vec<Value> = (0..4)
+        .map(|i| {
+            common::batch_api::line(
+                &format!("b{i}"),
+                common::batch_api::ask("haiku", &format!("hold {i} [sim:first_token_ms=3000]")),
+            )
+        })
+        .collect();
+    let file_id = api.upload(&lines).await;
+    let id = api.create_ok(&file_id).await["id"].as_str().unwrap().to_string();
+    assert_eq!(wait_open_streams(&app, 4).await, Ok(()), "the batch's requests did not run at once");
+    let done = api.wait_done(&id, Duration::from_secs(30)).await;
+    assert_eq!(done["request_counts"]["completed"], 4, "{done}");
+    app.stop().await;
+}

@@ -7,7 +7,7 @@
 //! - `in_progress`: requests left `running` by a process that died never
 //!   completed, so they go back to `pending`; then each pending request is
 //!   claimed (`pending → running` under a fresh request id) once a batch slot
-//!   is free, and run. Its result and its end state are one statement, so a
+//!   of the pool serving its model is free, and run. Its result and its end state are one statement, so a
 //!   request that completed is never run again and its result is never lost.
 //! - `finalizing` / `cancelling`: write the output and error files and end
 //!   the batch, in one transaction.
@@ -220,11 +220,15 @@ async fn start_pending(
             tracing::warn!(batch_id = %batch.id, expired, "batch expired");
             return Ok(());
         }
+        // A slot of the pool that serves the request's model: a batch on
+        // the direct backend is bounded by that backend's share, not the
+        // CLI pool's.
+        let pool = state.pool_for_name(&model_of(store.request_body(&batch.id, line).await?.as_deref()));
         let slot = tokio::select! {
             biased;
             _ = cancel.cancelled() => return Ok(()),
             _ = stop.cancelled() => return Ok(()),
-            slot = state.pool.batch_slot() => slot,
+            slot = pool.batch_slot() => slot,
         };
         let request_id = format!("{}-{line}-{}", batch.id, &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let Some(claimed) = store.claim_request(&batch.id, line, &request_id, now_ms(state)).await? else {
@@ -239,6 +243,19 @@ async fn start_pending(
         in_flight.spawn(run_request(state.clone(), Arc::clone(facts), claimed, request_id, slot));
     }
     Ok(())
+}
+
+/// The model a request's body names (`auto` when it names none, or when it
+/// is not the JSON object validation let through: parsing refuses it later).
+fn model_of(body: Option<&str>) -> String {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        model: Option<Value>,
+    }
+    body.and_then(|body| serde_json::from_str::<Named>(body).ok())
+        .and_then(|named| named.model)
+        .and_then(|model| model.as_str().map(str::to_string))
+        .unwrap_or_else(|| "auto".into())
 }
 
 async fn run_request(

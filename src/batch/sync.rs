@@ -132,11 +132,11 @@ pub async fn run(state: &AppState, batch: SyncBatch) -> Result<SyncReport, ApiEr
     }
 
     let runnable = fit_budget(state, project, checked, &mut ends).await?;
-    let concurrency =
-        batch.max_concurrency.unwrap_or(usize::MAX).clamp(1, state.pool.state().batch_slots.max(1));
+    // Each request waits for a slot of the pool that serves its model.
+    let concurrency = batch.max_concurrency.unwrap_or(usize::MAX).clamp(1, state.most_batch_slots());
     let finished: Vec<(usize, TaskEnd)> = stream::iter(runnable)
         .map(|(index, request)| async move {
-            let slot = state.pool.batch_slot().await;
+            let slot = state.pool_for_name(&request.model).batch_slot().await;
             (index, task::run(state, request, slot).await)
         })
         .buffer_unordered(concurrency)

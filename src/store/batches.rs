@@ -284,6 +284,8 @@ pub trait BatchStore: Send + Sync {
     async fn requeue_running(&self, batch_id: &str) -> StoreResult<u64>;
     /// Line numbers of the pending requests, in order.
     async fn pending_requests(&self, batch_id: &str) -> StoreResult<Vec<i64>>;
+    /// The body of one of a batch's requests, whatever its state.
+    async fn request_body(&self, batch_id: &str, line_no: i64) -> StoreResult<Option<String>>;
     /// `pending → running` under `request_id`; `None` when it was not pending.
     async fn claim_request(
         &self,
@@ -732,6 +734,19 @@ macro_rules! impl_batch_store {
                 .fetch_all(&self.reader)
                 .await?;
                 Ok(rows.iter().map(|r| sqlx::Row::try_get(r, 0)).collect::<Result<_, _>>()?)
+            }
+
+            async fn request_body(
+                &self,
+                batch_id: &str,
+                line_no: i64,
+            ) -> $crate::store::StoreResult<Option<String>> {
+                let row = sqlx::query("SELECT body FROM batch_requests WHERE batch_id = $1 AND line_no = $2")
+                    .bind(batch_id)
+                    .bind(line_no)
+                    .fetch_optional(&self.reader)
+                    .await?;
+                Ok(row.map(|r| sqlx::Row::try_get(&r, 0)).transpose()?)
             }
 
             async fn claim_request(
