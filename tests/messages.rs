@@ -808,3 +808,46 @@ async fn run_claude_code(
     drop(stdin);
     tokio::time::timeout(timeout, child.wait_with_output()).await.expect("the CLI finished").unwrap()
 }
+
+#[tokio::test]
+async fn sampling_and_stop_sequences_reach_the_direct_backend_which_stops_there() {
+    let (_db, app) = direct_app(None).await;
+    let mut body = messages_body("haiku", "[sim:words=12]");
+    body["stop_sequences"] = json!(["never", " w5 w6"]);
+    body["temperature"] = json!(0.25);
+    body["top_p"] = json!(0.8);
+    body["top_k"] = json!(20);
+    let message: Value =
+        post(&app, "/v1/messages", "sk-anything").json(&body).send().await.unwrap().json().await.unwrap();
+    assert_eq!(message["content"][0]["text"], "Simulated reply: w1 w2 w3 w4");
+    assert_eq!(
+        (&message["stop_reason"], &message["stop_sequence"]),
+        (&json!("stop_sequence"), &json!(" w5 w6"))
+    );
+    let upstream = &app.sim.sim.requests()[0].body;
+    assert_eq!(upstream["stop_sequences"], json!(["never", " w5 w6"]));
+    assert_eq!(
+        (&upstream["temperature"], &upstream["top_p"], &upstream["top_k"]),
+        (&json!(0.25), &json!(0.8), &json!(20))
+    );
+    // Stopped by the model, so billed for the shorter answer.
+    assert!(message["usage"]["output_tokens"].as_u64() < Some(10), "{message}");
+
+    body["stream"] = json!(true);
+    let text =
+        post(&app, "/v1/messages", "sk-anything").json(&body).send().await.unwrap().text().await.unwrap();
+    let events = sse_events(&text);
+    let (name, delta) = &events[events.len() - 2];
+    assert_eq!(name, "message_delta");
+    assert_eq!(delta["delta"], json!({"stop_reason": "stop_sequence", "stop_sequence": " w5 w6"}));
+
+    for (field, value) in [("temperature", json!(1.5)), ("top_p", json!(0)), ("top_k", json!(0))] {
+        let mut bad = messages_body("haiku", "hi");
+        bad[field] = value;
+        let (status, kind, message) =
+            anthropic_error(post(&app, "/v1/messages", "sk-anything").json(&bad).send().await.unwrap()).await;
+        assert_eq!((status, kind.as_str()), (400, "invalid_request_error"), "{field}: {message}");
+        assert!(message.contains(field), "{message}");
+    }
+    app.stop().await;
+}

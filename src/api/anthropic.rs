@@ -8,7 +8,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::anthropic_content::{self, Piece};
-use crate::chat::{ClientTools, Message, Role, ToolCall};
+use crate::chat::{ClientTools, Message, Role, Sampling, ToolCall};
 use crate::error::{ApiError, ErrorObject};
 use crate::pricing::TokenUsage;
 use crate::workers::RunReport;
@@ -25,11 +25,13 @@ pub struct MessagesRequest {
     pub max_tokens: Option<u64>,
     #[serde(default)]
     pub stream: bool,
-    /// The answer is cut at the first of these (by the gateway: the run
-    /// itself goes on to its end and is billed in full).
+    /// The answer ends before the first of these. The direct backend passes
+    /// them to the API; on the CLI backend the gateway cuts the answer (the
+    /// run itself goes on to its end and is billed in full).
     #[serde(default)]
     pub stop_sequences: Vec<String>,
-    /// Accepted and ignored (the CLI chooses its own sampling).
+    /// Sampling (0 to 1), passed to the direct backend; the CLI backend
+    /// chooses its own sampling and ignores these.
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
     pub top_k: Option<u64>,
@@ -146,6 +148,18 @@ impl MessagesRequest {
     /// none). Whether the model's backend can run them is checked later.
     pub fn client_tools(&self) -> Result<Option<ClientTools>, ApiError> {
         anthropic_content::client_tools(self.tools.as_deref(), self.tool_choice.as_ref())
+    }
+
+    /// Sampling and stop sequences, checked against the API's ranges.
+    pub fn sampling(&self) -> Result<Sampling, ApiError> {
+        let sampling = Sampling {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            stop: self.stop_sequences.clone(),
+        };
+        sampling.check().map_err(|(field, message)| ApiError::bad_request(message, field))?;
+        Ok(sampling)
     }
 }
 
@@ -323,6 +337,7 @@ impl MessageObject {
         MessageObject {
             content: text.into_iter().chain(calls).collect(),
             stop_reason: Some(stop_reason.into()),
+            stop_sequence: report.stop_sequence.clone(),
             usage: Usage::from(report.usage),
             ..MessageObject::started(request_id, model)
         }

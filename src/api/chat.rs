@@ -110,6 +110,7 @@ fn parse(
     request.agent = body.agent_options();
     request.tools = body.client_tools()?;
     request.stream = body.stream;
+    request.sampling = body.sampling()?;
     Ok(body)
 }
 

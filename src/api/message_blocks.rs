@@ -1,14 +1,11 @@
 //! The content blocks of a streamed message, in the order Anthropic's
 //! stream has them: each text or `tool_use` block is started, filled with
 //! deltas and stopped before the next one starts, indexes counting up from
-//! 0. Stop sequences cut the text only; once one has matched the answer is
-//! over, so later tool calls are not passed on (the API would not have
-//! made them).
+//! 0. (Stop sequences were applied before: `chat::stop`.)
 
 use serde_json::json;
 
 use super::anthropic::{BlockDelta, OutputBlock, StreamEvent};
-use super::stop_sequences::StopSequences;
 use crate::chat::ToolCallDelta;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,9 +14,8 @@ enum Kind {
     ToolUse,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct BlockWriter {
-    stop: StopSequences,
     /// The block being filled, and its index.
     open: Option<(Kind, u32)>,
     /// How many blocks have been started.
@@ -27,15 +23,13 @@ pub struct BlockWriter {
 }
 
 impl BlockWriter {
-    pub fn new(stop: StopSequences) -> BlockWriter {
-        BlockWriter { stop, open: None, started: 0 }
+    pub fn new() -> BlockWriter {
+        BlockWriter { open: None, started: 0 }
     }
 
-    /// The events for the next piece of text (none while a possible stop
-    /// sequence is held back, or after one matched).
-    pub fn text(&mut self, text: &str) -> Vec<StreamEvent> {
+    /// The events for the next piece of text.
+    pub fn text(&mut self, text: String) -> Vec<StreamEvent> {
         let mut events = Vec::new();
-        let text = self.stop.push(text);
         self.send_text(text, &mut events);
         events
     }
@@ -45,12 +39,7 @@ impl BlockWriter {
     /// pieces add to its input.
     pub fn tool_call(&mut self, delta: ToolCallDelta) -> Vec<StreamEvent> {
         let mut events = Vec::new();
-        if self.stop.matched().is_some() {
-            return events;
-        }
         if let (Some(id), Some(name)) = (delta.id, delta.name) {
-            let held = self.stop.finish();
-            self.send_text(held, &mut events);
             self.close(&mut events);
             self.start(Kind::ToolUse, OutputBlock::ToolUse { id, name, input: json!({}) }, &mut events);
         }
@@ -63,23 +52,15 @@ impl BlockWriter {
         events
     }
 
-    /// The events that end the content: text still held back, and the
-    /// open block's stop. An answer with no content at all gets one empty
-    /// text block, as the API sends.
+    /// The events that end the content: the open block's stop. An answer
+    /// with no content at all gets one empty text block, as the API sends.
     pub fn finish(&mut self) -> Vec<StreamEvent> {
         let mut events = Vec::new();
-        let held = self.stop.finish();
-        self.send_text(held, &mut events);
         if self.started == 0 {
             self.start(Kind::Text, OutputBlock::Text { text: String::new() }, &mut events);
         }
         self.close(&mut events);
         events
-    }
-
-    /// The stop sequence the text was cut at, if any.
-    pub fn matched(&self) -> Option<&str> {
-        self.stop.matched()
     }
 
     fn send_text(&mut self, text: String, events: &mut Vec<StreamEvent>) {
@@ -135,15 +116,11 @@ mod tests {
         events.iter().map(|e| serde_json::to_value(e).unwrap()).collect()
     }
 
-    fn stop_sequences(sequences: &[&str]) -> StopSequences {
-        StopSequences::new(&sequences.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-    }
-
     #[test]
     fn text_then_tool_calls_get_blocks_in_order() {
-        let mut writer = BlockWriter::new(StopSequences::default());
-        let mut events = writer.text("Reading");
-        events.extend(writer.text(" it."));
+        let mut writer = BlockWriter::new();
+        let mut events = writer.text("Reading".into());
+        events.extend(writer.text(" it.".into()));
         events.extend(writer.tool_call(call(0, Some("t1"), "")));
         events.extend(writer.tool_call(call(0, None, "{\"file_path\":")));
         events.extend(writer.tool_call(call(0, None, "\"/a\"}")));
@@ -177,13 +154,13 @@ mod tests {
 
     #[test]
     fn a_call_without_text_is_block_zero_and_an_empty_answer_one_empty_text_block() {
-        let mut writer = BlockWriter::new(StopSequences::default());
+        let mut writer = BlockWriter::new();
         let mut events = writer.tool_call(call(0, Some("t1"), ""));
         events.extend(writer.finish());
         let names: Vec<Value> = wire(events).into_iter().map(|e| e["type"].clone()).collect();
         assert_eq!(names, ["content_block_start", "ping", "content_block_stop"]);
 
-        let mut writer = BlockWriter::new(StopSequences::default());
+        let mut writer = BlockWriter::new();
         assert_eq!(
             wire(writer.finish()),
             [
@@ -192,28 +169,5 @@ mod tests {
                 json!({"type": "content_block_stop", "index": 0}),
             ]
         );
-    }
-
-    #[test]
-    fn held_text_goes_out_before_a_call_and_a_matched_stop_ends_the_answer() {
-        // "Let me" might start the stop sequence: held until the call shows it did not.
-        let mut writer = BlockWriter::new(stop_sequences(&["Let me stop"]));
-        let mut events = writer.text("Sure. Let me");
-        events.extend(writer.tool_call(call(0, Some("t1"), "{}")));
-        let deltas: Vec<Value> =
-            wire(events).into_iter().filter(|e| e["type"] == "content_block_delta").collect();
-        assert_eq!(deltas[0]["delta"]["text"], "Sure. ");
-        assert_eq!(deltas[1]["delta"]["text"], "Let me");
-        assert_eq!(deltas[2]["delta"]["partial_json"], "{}");
-
-        let mut writer = BlockWriter::new(stop_sequences(&["STOP"]));
-        let mut events = writer.text("done STOP and more");
-        events.extend(writer.tool_call(call(0, Some("t1"), "{}")));
-        events.extend(writer.finish());
-        assert_eq!(writer.matched(), Some("STOP"));
-        let wire = wire(events);
-        assert!(wire.iter().all(|e| e["content_block"]["type"] != "tool_use"), "{wire:?}");
-        assert_eq!(wire[2]["delta"]["text"], "done ");
-        assert_eq!(wire.len(), 4, "start, ping, the cut text, stop: {wire:?}");
     }
 }

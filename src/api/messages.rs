@@ -18,7 +18,6 @@ use super::anthropic::{
 };
 use super::extract::{Context, JsonBody};
 use super::message_blocks::BlockWriter;
-use super::stop_sequences::StopSequences;
 use crate::app::AppState;
 use crate::chat::{self, ChatEvent, ChatRequest, Outcome, Running};
 use crate::error::{ApiError, ErrorObject};
@@ -77,11 +76,10 @@ pub async fn create_message(
         HeaderValue::from_str(&format!("tier={}; score={:.3}; model={}", r.tier, r.score, running.model.id))
             .ok()
     });
-    let stop = StopSequences::new(&body.stop_sequences);
     let mut response = if body.stream {
-        stream_response(ctx.request_id, running, stop).await
+        stream_response(ctx.request_id, running).await
     } else {
-        complete_response(ctx.request_id, running, stop).await
+        complete_response(ctx.request_id, running).await
     }?;
     response.extensions_mut().insert(model);
     if let Some(route) = route {
@@ -103,6 +101,7 @@ fn parse(
     request.messages = body.domain_messages(state.settings.max_messages)?;
     request.tools = body.client_tools()?;
     request.stream = body.stream;
+    request.sampling = body.sampling()?;
     Ok(body)
 }
 
@@ -159,11 +158,7 @@ pub async fn anthropic_errors(request: Request, next: Next) -> Response {
     Response::from_parts(parts, Body::from(bytes))
 }
 
-async fn complete_response(
-    request_id: String,
-    mut running: Running,
-    mut stop: StopSequences,
-) -> Result<Response, ApiError> {
+async fn complete_response(request_id: String, mut running: Running) -> Result<Response, ApiError> {
     let outcome = loop {
         match running.events.recv().await {
             // Text is also collected in the report.
@@ -175,17 +170,7 @@ async fn complete_response(
     if let Some(error) = outcome.error {
         return Err(error);
     }
-    let mut report = outcome.report;
-    report.text = stop.cut(&report.text);
-    if stop.matched().is_some() {
-        // The answer ends at the stop sequence: no call comes after it.
-        report.tool_calls.clear();
-    }
-    let mut body = MessageObject::from_report(&request_id, &running.model.id, report);
-    if let Some(sequence) = stop.matched() {
-        body.stop_reason = Some("stop_sequence".into());
-        body.stop_sequence = Some(sequence.to_string());
-    }
+    let body = MessageObject::from_report(&request_id, &running.model.id, outcome.report);
     let mut headers = HeaderMap::new();
     if let Ok(cost) = HeaderValue::from_str(&format!("{:.6}", outcome.cost.as_usd())) {
         headers.insert("x-ccgate-cost-usd", cost);
@@ -197,12 +182,8 @@ async fn complete_response(
 /// tool calls. As for chat completions, the HTTP status is decided when the
 /// first of them arrives, so a run that fails before saying anything gets an
 /// error status.
-async fn stream_response(
-    request_id: String,
-    mut running: Running,
-    stop: StopSequences,
-) -> Result<Response, ApiError> {
-    let mut blocks = BlockWriter::new(stop);
+async fn stream_response(request_id: String, mut running: Running) -> Result<Response, ApiError> {
+    let mut blocks = BlockWriter::new();
     let mut head = vec![StreamEvent::MessageStart {
         message: MessageObject::started(&request_id, running.model.id.clone()),
     }];
@@ -239,7 +220,7 @@ async fn stream_response(
 /// The events for text or a piece of a tool call (`Done` is the caller's).
 fn content_events(blocks: &mut BlockWriter, event: ChatEvent) -> Vec<StreamEvent> {
     match event {
-        ChatEvent::Text(text) => blocks.text(&text),
+        ChatEvent::Text(text) => blocks.text(text),
         ChatEvent::ToolCall(delta) => blocks.tool_call(delta),
         // An agent's own tool activity: no agent runs on this endpoint.
         ChatEvent::Tool(_) | ChatEvent::Done(_) => Vec::new(),
@@ -267,13 +248,10 @@ fn closing_events(request_id: &str, outcome: Outcome, blocks: &mut BlockWriter) 
     }
     let report = outcome.report;
     let mut events = blocks.finish();
-    let stop_reason = match blocks.matched() {
-        Some(_) => "stop_sequence",
-        None => anthropic::stop_reason(&report),
-    };
+    let stop_reason = anthropic::stop_reason(&report);
     events.extend([
         StreamEvent::MessageDelta {
-            delta: MessageDelta { stop_reason, stop_sequence: blocks.matched().map(str::to_string) },
+            delta: MessageDelta { stop_reason, stop_sequence: report.stop_sequence.clone() },
             usage: Usage::from(report.usage),
             x_ccgate: RunCost { request_id: request_id.to_string(), cost_usd: outcome.cost.as_usd() },
         },

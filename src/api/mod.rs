@@ -17,7 +17,6 @@ pub mod messages;
 pub mod metrics;
 pub mod openai;
 pub mod route;
-pub mod stop_sequences;
 pub mod tasks;
 pub mod usage;
 

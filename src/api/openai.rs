@@ -5,8 +5,8 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::chat::{
-    AgentOptions, ClientTools, Image, Message, Role, ToolActivity, ToolCall, ToolCallDelta, ToolChoice,
-    ToolResult, ToolSpec,
+    AgentOptions, ClientTools, Image, Message, Role, Sampling, ToolActivity, ToolCall, ToolCallDelta,
+    ToolChoice, ToolResult, ToolSpec,
 };
 use crate::error::ApiError;
 use crate::pricing::TokenUsage;
@@ -46,7 +46,18 @@ pub struct ChatCompletionRequest {
     /// Agent extension: the most the run may cost, in USD (at most the
     /// policy's `max_task_usd`).
     pub max_budget_usd: Option<f64>,
-    /// Other OpenAI fields (temperature, top_p, stop, user…) are accepted and ignored.
+    /// Sampling temperature, 0 to 2 as in OpenAI's API; the direct backend
+    /// sends it to Claude capped at 1 (Anthropic's range). The CLI backend
+    /// chooses its own sampling.
+    pub temperature: Option<f64>,
+    /// Nucleus sampling (direct backend only).
+    pub top_p: Option<f64>,
+    /// Up to 4 sequences (or one string) the answer ends before: the direct
+    /// backend stops the model there; on the CLI backend the gateway cuts
+    /// the answer (the run is billed in full).
+    #[schema(value_type = Option<Object>)]
+    pub stop: Option<Value>,
+    /// Other OpenAI fields (`user`, `seed`, `presence_penalty`…) are accepted and ignored.
     #[serde(flatten)]
     #[schema(value_type = Object)]
     pub other: serde_json::Map<String, Value>,
@@ -125,6 +136,9 @@ pub struct ImageUrl {
     pub detail: Option<String>,
 }
 
+/// The most stop sequences OpenAI's API takes.
+const MAX_STOP: usize = 4;
+
 impl ChatCompletionRequest {
     /// The agent options, when any agent field is present.
     pub fn agent_options(&self) -> Option<AgentOptions> {
@@ -140,6 +154,41 @@ impl ChatCompletionRequest {
 
     pub fn max_tokens(&self) -> Option<u64> {
         self.max_completion_tokens.or(self.max_tokens)
+    }
+
+    /// Sampling and stop sequences in Anthropic's terms, checked.
+    pub fn sampling(&self) -> Result<Sampling, ApiError> {
+        if let Some(t) = self.temperature.filter(|t| !(0.0..=2.0).contains(t)) {
+            return Err(ApiError::bad_request(
+                format!("temperature must be between 0 and 2, not {t}"),
+                "temperature",
+            ));
+        }
+        let stop = match &self.stop {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::String(one)) => vec![one.clone()],
+            Some(Value::Array(list)) if list.len() <= MAX_STOP => {
+                list.iter().map(|s| s.as_str().map(str::to_string)).collect::<Option<Vec<_>>>().ok_or_else(
+                    || ApiError::bad_request("stop must be a string or a list of strings", "stop"),
+                )?
+            }
+            Some(Value::Array(_)) => {
+                return Err(ApiError::bad_request(format!("stop takes at most {MAX_STOP} sequences"), "stop"))
+            }
+            Some(_) => {
+                return Err(ApiError::bad_request("stop must be a string or a list of strings", "stop"))
+            }
+        };
+        let sampling = Sampling {
+            temperature: self.temperature.map(|t| t.min(1.0)),
+            top_p: self.top_p,
+            top_k: None,
+            stop,
+        };
+        sampling.check().map_err(|(field, message)| {
+            ApiError::bad_request(message, if field == "stop_sequences" { "stop" } else { field })
+        })?;
+        Ok(sampling)
     }
 
     /// Maps the wire messages to domain messages, refusing what cannot be
@@ -562,6 +611,33 @@ mod tests {
 
     fn request(body: Value) -> ChatCompletionRequest {
         serde_json::from_value(body).expect("a valid request")
+    }
+
+    #[test]
+    fn sampling_takes_openai_ranges_and_a_stop_string_or_list() {
+        let sampling = |extra: Value| {
+            let mut body =
+                serde_json::json!({"model": "haiku", "messages": [{"role": "user", "content": "hi"}]});
+            body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            request(body).sampling().map_err(|e| e.to_object().param)
+        };
+        assert_eq!(sampling(serde_json::json!({})), Ok(Sampling::default()));
+        let got = sampling(serde_json::json!({"temperature": 1.6, "top_p": 0.9, "stop": "END"})).unwrap();
+        assert_eq!(got.temperature, Some(1.0), "OpenAI's 0-2 is capped at Claude's 1");
+        assert_eq!((got.top_p, got.stop), (Some(0.9), vec!["END".to_string()]));
+        assert_eq!(sampling(serde_json::json!({"stop": ["a", "b"]})).unwrap().stop, ["a", "b"]);
+        assert_eq!(sampling(serde_json::json!({"stop": null})).unwrap().stop, Vec::<String>::new());
+        for (bad, field) in [
+            (serde_json::json!({"temperature": 2.5}), "temperature"),
+            (serde_json::json!({"temperature": -1}), "temperature"),
+            (serde_json::json!({"top_p": 1.5}), "top_p"),
+            (serde_json::json!({"stop": ["a", "b", "c", "d", "e"]}), "stop"),
+            (serde_json::json!({"stop": [1]}), "stop"),
+            (serde_json::json!({"stop": {"x": 1}}), "stop"),
+            (serde_json::json!({"stop": [""]}), "stop"),
+        ] {
+            assert_eq!(sampling(bad.clone()), Err(Some(field.to_string())), "{bad}");
+        }
     }
 
     #[test]

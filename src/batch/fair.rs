@@ -76,6 +76,7 @@ mod tests {
             messages: Vec::new(),
             max_output_tokens: None,
             tools: None,
+            sampling: Default::default(),
             max_budget: Micros(1),
             deadline: tokio::time::Instant::now() + Duration::from_secs(30),
             agent: None,

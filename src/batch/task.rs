@@ -112,6 +112,7 @@ fn fill(state: &AppState, body: &Value, request: &mut ChatRequest) -> Result<(),
     request.max_tokens = body.max_tokens();
     request.messages = body.domain_messages(state.settings.max_messages)?;
     request.tools = body.client_tools()?;
+    request.sampling = body.sampling()?;
     Ok(())
 }
 

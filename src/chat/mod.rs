@@ -6,6 +6,8 @@
 pub mod content;
 mod fallback;
 pub mod prompt;
+pub mod sampling;
+pub mod stop;
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +26,7 @@ use crate::workers::{Admission, Event, Job, JobClass, RunEnd, RunReport};
 pub use content::{ClientTools, Image, ToolCall, ToolCallDelta, ToolChoice, ToolResult, ToolSpec};
 pub use fallback::FAILED_OVER;
 pub use prompt::{Message, Role};
+pub use sampling::Sampling;
 
 use fallback::{fallback_of, overloaded_upstream, supervise, Attempt};
 
@@ -48,6 +51,8 @@ pub struct ChatRequest {
     /// activity and the outcome (whose report holds the whole text) are
     /// passed on: one wake-up per answer instead of one per piece of text.
     pub stream: bool,
+    /// Temperature, top-p/k and stop sequences.
+    pub sampling: Sampling,
 }
 
 impl ChatRequest {
@@ -73,6 +78,7 @@ impl ChatRequest {
             agent: None,
             tools: None,
             stream: true,
+            sampling: Sampling::default(),
         }
     }
 
@@ -253,6 +259,7 @@ async fn prepare(
         messages: request.messages.iter().filter(|m| m.role != Role::System).cloned().collect(),
         max_output_tokens: choice.max_tokens,
         tools: request.tools.clone(),
+        sampling: request.sampling.clone(),
         max_budget: amount,
         deadline,
         agent: agent.as_ref().map(crate::agent::job),
@@ -442,6 +449,8 @@ struct Flow {
     agent_dir: Option<String>,
     /// Whether text and tool-call pieces go to the client as they come.
     stream: bool,
+    /// The request's stop sequences over the answer.
+    cut: stop::AnswerCut,
 }
 
 /// Runs one attempt, passing text to the client, and the outcome as soon as
@@ -466,7 +475,8 @@ async fn run_attempt(
     let run = pool.run(admission, job, worker_tx, cancel.clone());
     tokio::pin!(run);
     let stream = books.request.stream;
-    let mut flow = Flow { books: Some(books), text_sent: false, may_fall_back, agent_dir, stream };
+    let cut = stop::AnswerCut::new(&books.request.sampling.stop);
+    let mut flow = Flow { books: Some(books), text_sent: false, may_fall_back, agent_dir, stream, cut };
     let report = loop {
         tokio::select! {
             report = &mut run => break report,
@@ -503,12 +513,20 @@ async fn deliver(
         Event::Started { .. } => true,
         Event::Text(text) => {
             flow.text_sent = true;
-            !flow.stream || client.send(ChatEvent::Text(text)).await.is_ok()
+            let text = flow.cut.text(&text);
+            !flow.stream || text.is_empty() || client.send(ChatEvent::Text(text)).await.is_ok()
         }
         Event::ToolCall(delta) => {
             // A tool call is an answer: no fallback once it went out.
             flow.text_sent = true;
-            !flow.stream || client.send(ChatEvent::ToolCall(delta)).await.is_ok()
+            let Some(held) = flow.cut.tool_call(&delta) else { return true };
+            if !flow.stream {
+                return true;
+            }
+            if !held.is_empty() && client.send(ChatEvent::Text(held)).await.is_err() {
+                return false;
+            }
+            client.send(ChatEvent::ToolCall(delta)).await.is_ok()
         }
         Event::Tool(activity) => {
             // A tool has acted: retrying elsewhere would act twice.
@@ -522,7 +540,12 @@ async fn deliver(
             true
         }
         Event::Finished(report) => {
-            let report = *report;
+            let mut report = *report;
+            let held = flow.cut.finish(&mut report);
+            if flow.stream && !held.is_empty() {
+                // A client gone by now misses only this; the books are settled below.
+                let _ = client.send(ChatEvent::Text(held)).await;
+            }
             if let (Some(dir), Some(session), Some(books)) =
                 (&flow.agent_dir, &report.session_id, &flow.books)
             {

@@ -114,6 +114,19 @@ impl AnthropicApi {
         if let Some(tools) = &job.tools {
             messages_request::add_tools(&mut body, tools);
         }
+        let sampling = &job.sampling;
+        if let Some(temperature) = sampling.temperature {
+            body["temperature"] = json!(temperature);
+        }
+        if let Some(top_p) = sampling.top_p {
+            body["top_p"] = json!(top_p);
+        }
+        if let Some(top_k) = sampling.top_k {
+            body["top_k"] = json!(top_k);
+        }
+        if !sampling.stop.is_empty() {
+            body["stop_sequences"] = json!(sampling.stop);
+        }
         Bytes::from(body.to_string())
     }
 }
@@ -333,6 +346,9 @@ async fn apply_other(
         StreamEvent::MessageDelta { delta, usage } => {
             if delta.stop_reason.is_some() {
                 report.stop_reason = delta.stop_reason;
+            }
+            if delta.stop_sequence.is_some() {
+                report.stop_sequence = delta.stop_sequence;
             }
             if let Some(usage) = usage {
                 usage.apply_to(&mut report.usage);

@@ -107,6 +107,8 @@ pub enum ContentBlock {
 pub struct MessageDeltaBody {
     #[serde(default)]
     pub stop_reason: Option<String>,
+    #[serde(default)]
+    pub stop_sequence: Option<String>,
 }
 
 /// Usage as the API reports it. `message_delta` carries cumulative counts,

@@ -42,6 +42,8 @@ pub struct Job {
     pub max_output_tokens: Option<u64>,
     /// The client's own tools, for backends that can offer them.
     pub tools: Option<crate::chat::ClientTools>,
+    /// Sampling and stop sequences, for backends that take them.
+    pub sampling: crate::chat::Sampling,
     /// The CLI's own spending cap for the run (`--max-budget-usd`).
     pub max_budget: Micros,
     /// The run is killed at this instant, queueing included.
@@ -138,6 +140,8 @@ pub struct RunReport {
     /// The cost the CLI reported, if it got as far as a result.
     pub reported_cost: Option<Micros>,
     pub stop_reason: Option<String>,
+    /// The stop sequence the upstream stopped at (direct backend).
+    pub stop_sequence: Option<String>,
     pub num_turns: u64,
     pub started_at: Instant,
     pub first_token_at: Option<Instant>,
@@ -156,6 +160,7 @@ impl RunReport {
             usage: TokenUsage::default(),
             reported_cost: None,
             stop_reason: None,
+            stop_sequence: None,
             num_turns: 0,
             started_at: Instant::now(),
             first_token_at: None,

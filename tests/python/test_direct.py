@@ -56,3 +56,38 @@ def test_an_overloaded_cli_model_falls_back_to_the_direct_one(client: openai.Ope
     completion = raw.parse()
     assert completion.model == SONNET_ID
     assert completion.choices[0].message.content == words_reply(3)
+
+
+def test_stop_and_sampling_reach_the_direct_backend(client: openai.OpenAI):
+    # The upstream stops the model before "w5": a shorter answer, billed as such.
+    stopped = client.chat.completions.create(
+        model="sonnet",
+        messages=[{"role": "user", "content": "[sim:words=12]"}],
+        stop=["w5", "never"],
+        temperature=0.2,
+        top_p=0.9,
+    )
+    full = client.chat.completions.create(
+        model="sonnet", messages=[{"role": "user", "content": "[sim:words=12]"}]
+    )
+    assert stopped.choices[0].message.content == "Simulated reply: w1 w2 w3 w4 "
+    assert stopped.choices[0].finish_reason == "stop"
+    assert stopped.usage.completion_tokens < full.usage.completion_tokens
+
+
+def test_stop_on_the_cli_backend_cuts_the_answer_streamed_or_not(client: openai.OpenAI):
+    answer = client.chat.completions.create(
+        model="haiku", messages=[{"role": "user", "content": "[sim:words=12]"}], stop="w7"
+    )
+    assert answer.choices[0].message.content == "Simulated reply: w1 w2 w3 w4 w5 w6 "
+    assert answer.choices[0].finish_reason == "stop"
+    stream = client.chat.completions.create(
+        model="haiku",
+        messages=[{"role": "user", "content": "[sim:words=12]"}],
+        stop=["w7"],
+        stream=True,
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Simulated reply: w1 w2 w3 w4 w5 w6 "
+    assert chunks[-1].choices[0].finish_reason == "stop"

@@ -63,6 +63,8 @@ pub enum Outcome {
 pub struct Reply {
     pub content: ReplyContent,
     pub stop_reason: StopReason,
+    /// Which of the request's `stop_sequences` ended the reply.
+    pub stop_sequence: Option<String>,
     pub output_tokens: u64,
 }
 
@@ -76,6 +78,7 @@ pub enum ReplyContent {
 pub enum StopReason {
     EndTurn,
     MaxTokens,
+    StopSequence,
     ToolUse,
 }
 
@@ -84,6 +87,7 @@ impl StopReason {
         match self {
             StopReason::EndTurn => "end_turn",
             StopReason::MaxTokens => "max_tokens",
+            StopReason::StopSequence => "stop_sequence",
             StopReason::ToolUse => "tool_use",
         }
     }
@@ -131,7 +135,7 @@ fn reply(request: &MessagesRequest, parsed: &Parsed) -> Reply {
     let next_tool = parsed.directives.tools.get(request.tool_results_in_exchange());
     if let (Some(result), None) = (request.pending_tool_result(), next_tool) {
         let quoted: String = result.chars().take(TOOL_RESULT_CHARS).collect();
-        return text_reply(format!("{PREFIX} tool result: {quoted}"), request.max_tokens);
+        return text_reply(format!("{PREFIX} tool result: {quoted}"), request);
     }
     if let Some(tool) = next_tool {
         let output_tokens =
@@ -145,6 +149,7 @@ fn reply(request: &MessagesRequest, parsed: &Parsed) -> Reply {
                 input: tool.input.clone(),
             },
             stop_reason: StopReason::ToolUse,
+            stop_sequence: None,
             output_tokens: output_tokens.max(1),
         };
     }
@@ -153,27 +158,35 @@ fn reply(request: &MessagesRequest, parsed: &Parsed) -> Reply {
         None => parsed.text.split_whitespace().take(ECHO_WORDS).map(str::to_owned).collect(),
     };
     let text = if words.is_empty() { PREFIX.to_owned() } else { format!("{PREFIX} {}", words.join(" ")) };
-    text_reply(text, request.max_tokens)
+    text_reply(text, request)
 }
 
-/// A text reply cut to `max_tokens` when it would be longer.
-fn text_reply(text: String, max_tokens: Option<u64>) -> Reply {
-    let tokens = tokens::for_text(&text);
-    match max_tokens {
-        Some(max) if tokens > max => {
-            let keep = usize::try_from(max.saturating_mul(4)).unwrap_or(usize::MAX);
-            let text: String = text.chars().take(keep).collect();
-            Reply {
-                output_tokens: tokens::for_text(&text),
-                content: ReplyContent::Text(text),
-                stop_reason: StopReason::MaxTokens,
-            }
+/// A text reply, ended as the model would be: before the first of the
+/// request's stop sequences, or at `max_tokens`, whichever comes first.
+fn text_reply(text: String, request: &MessagesRequest) -> Reply {
+    let keep = request
+        .max_tokens
+        .filter(|max| tokens::for_text(&text) > *max)
+        .map(|max| usize::try_from(max.saturating_mul(4)).unwrap_or(usize::MAX));
+    let stop = request
+        .stop_sequences
+        .iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| text.find(s.as_str()).map(|at| (text[..at].chars().count(), s)))
+        .min_by_key(|(at, _)| *at)
+        .filter(|(at, s)| keep.is_none_or(|keep| at + s.chars().count() <= keep));
+    let (text, stop_reason, stop_sequence) = match (stop, keep) {
+        (Some((at, sequence)), _) => {
+            (text.chars().take(at).collect(), StopReason::StopSequence, Some(sequence.clone()))
         }
-        _ => Reply {
-            content: ReplyContent::Text(text),
-            stop_reason: StopReason::EndTurn,
-            output_tokens: tokens,
-        },
+        (None, Some(keep)) => (text.chars().take(keep).collect(), StopReason::MaxTokens, None),
+        (None, None) => (text, StopReason::EndTurn, None),
+    };
+    Reply {
+        output_tokens: tokens::for_text(&text),
+        content: ReplyContent::Text(text),
+        stop_reason,
+        stop_sequence,
     }
 }
 
@@ -195,9 +208,9 @@ mod tests {
 
     fn text_of(plan: &Plan) -> (&str, StopReason, u64) {
         match &plan.outcome {
-            Outcome::Reply(Reply { content: ReplyContent::Text(text), stop_reason, output_tokens }) => {
-                (text, *stop_reason, *output_tokens)
-            }
+            Outcome::Reply(Reply {
+                content: ReplyContent::Text(text), stop_reason, output_tokens, ..
+            }) => (text, *stop_reason, *output_tokens),
             other => panic!("expected a text reply, got {other:?}"),
         }
     }
@@ -222,6 +235,27 @@ mod tests {
     fn words_directive_sets_the_length() {
         let plan = plan_for(user("[sim:words=5] ignored"), &SimConfig::default());
         assert_eq!(text_of(&plan).0, "Simulated reply: w1 w2 w3 w4 w5");
+    }
+
+    #[test]
+    fn a_stop_sequence_ends_the_reply_before_it() {
+        let mut body = user("[sim:words=12]");
+        body["stop_sequences"] = json!(["never", "w9", " w5"]);
+        let plan = plan_for(body, &SimConfig::default());
+        let Outcome::Reply(reply) = &plan.outcome else { panic!("{plan:?}") };
+        assert_eq!(reply.content, ReplyContent::Text("Simulated reply: w1 w2 w3 w4".into()));
+        assert_eq!(
+            (reply.stop_reason, reply.stop_sequence.as_deref()),
+            (StopReason::StopSequence, Some(" w5"))
+        );
+        assert_eq!(reply.output_tokens, tokens::for_text("Simulated reply: w1 w2 w3 w4"));
+
+        // A stop sequence past the output cap: the cap ends it first.
+        let mut body = user("[sim:words=100]");
+        body["max_tokens"] = json!(10);
+        body["stop_sequences"] = json!(["w90"]);
+        let (_, stop, tokens) = text_of(&plan_for(body, &SimConfig::default()));
+        assert_eq!((stop, tokens), (StopReason::MaxTokens, 10));
     }
 
     #[test]

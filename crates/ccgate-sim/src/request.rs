@@ -24,6 +24,9 @@ pub struct MessagesRequest {
     pub system: Option<Content>,
     #[serde(default)]
     pub tools: Option<Vec<Value>>,
+    /// The reply stops before the first of these it would contain.
+    #[serde(default)]
+    pub stop_sequences: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

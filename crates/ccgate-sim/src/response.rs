@@ -32,7 +32,7 @@ pub fn message_json(id: &str, model: &str, input_tokens: InputTokens, reply: &Re
         "model": model,
         "content": [content],
         "stop_reason": reply.stop_reason.as_str(),
-        "stop_sequence": null,
+        "stop_sequence": reply.stop_sequence,
         "usage": usage(input_tokens, reply.output_tokens),
     })
 }
@@ -124,7 +124,7 @@ pub fn reply_steps(
         "message_delta",
         json!({
             "type": "message_delta",
-            "delta": {"stop_reason": reply.stop_reason.as_str(), "stop_sequence": null},
+            "delta": {"stop_reason": reply.stop_reason.as_str(), "stop_sequence": reply.stop_sequence},
             "usage": {"output_tokens": reply.output_tokens},
         }),
     ));
@@ -182,6 +182,7 @@ mod tests {
         let reply = Reply {
             content: ReplyContent::Text("Simulated reply: one two three four".into()),
             stop_reason: StopReason::EndTurn,
+            stop_sequence: None,
             output_tokens: 9,
         };
         let timing =
