@@ -8,10 +8,10 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, watch};
 
-use super::{
-    completion_for, conclude_as, outcome_of, plan, record_refusal, reservation_for, run_attempt,
-    settle_later, Books, ChatEvent, ChatRequest, Choice,
-};
+use super::books::{completion_for, conclude_as, record_refusal, settle_later};
+use super::plan::{plan, Choice};
+use super::run::{outcome_of, run_attempt, Books};
+use super::{reservation_for, ChatEvent, ChatRequest};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::money::Micros;
