@@ -363,3 +363,33 @@ async fn a_client_that_trickles_its_body_gets_408_and_oversized_bodies_get_413()
     assert_eq!(error["error"]["code"], "payload_too_large");
     app.stop().await;
 }
+
+/// The CLI thinks with a budget of its output cap less one, and the API
+/// refuses budgets under 1,024 tokens (as the simulated upstream does): a
+/// small cap must turn thinking off, or every such request would fail.
+#[tokio::test]
+async fn a_small_output_cap_runs_without_thinking_and_a_large_one_with_a_valid_budget() {
+    let db = TestDb::sqlite();
+    let app = TestApp::spawn(&db, Options::default()).await;
+    for max_tokens in [100, 1024, 2000] {
+        let mut body = chat_body("haiku", &format!("cap {max_tokens} [sim:words=3]"));
+        body["max_tokens"] = json!(max_tokens);
+        let response = app.chat(body).await;
+        assert_eq!(response.status(), 200, "max_tokens {max_tokens}: {}", response.text().await.unwrap());
+        let seen = app.sim.sim.requests();
+        let upstream = &seen
+            .iter()
+            .rev()
+            .find(|r| r.last_user_text.contains(&format!("cap {max_tokens}")))
+            .unwrap()
+            .body;
+        assert_eq!(upstream["max_tokens"], max_tokens);
+        let thinking = &upstream["thinking"];
+        if max_tokens <= 1024 {
+            assert_eq!(thinking["type"], "disabled", "{thinking}");
+        } else if thinking["type"] == "enabled" {
+            assert!(thinking["budget_tokens"].as_u64() >= Some(1024), "{thinking}");
+        }
+    }
+    app.stop().await;
+}

@@ -189,9 +189,10 @@ async fn retries_give_up_with_the_upstream_error_and_honour_retry_after() {
     assert!(error["error"]["message"].as_str().unwrap().contains("529"), "{error}");
     assert_eq!(app.sim.sim.requests().len(), 4);
 
-    // A client error is final: no retry.
+    // A client error is final: no retry. The request was the client's, as
+    // sent, so the API's refusal is a 400 for the client.
     let response = app.chat(chat_body("haiku", "bad [sim:status=400]")).await;
-    assert_eq!(response.status(), 502);
+    assert_eq!(response.status(), 400);
     assert_eq!(app.sim.sim.requests().len(), 5);
     app.wait_settled("default").await;
     app.stop().await;

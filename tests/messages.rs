@@ -82,7 +82,7 @@ async fn a_message_has_text_usage_cost_and_a_ledger_row() {
         ]
     });
     let response = post(&app, "/v1/messages?beta=true", "sk-anything").json(&body).send().await.unwrap();
-    assert_eq!(response.status(), 200);
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
     let cost: f64 = response.headers()["x-ccgate-cost-usd"].to_str().unwrap().parse().unwrap();
     let request_id = response.headers()["x-request-id"].to_str().unwrap().to_string();
     let message: Value = response.json().await.unwrap();
@@ -849,5 +849,90 @@ async fn sampling_and_stop_sequences_reach_the_direct_backend_which_stops_there(
         assert_eq!((status, kind.as_str()), (400, "invalid_request_error"), "{field}: {message}");
         assert!(message.contains(field), "{message}");
     }
+    app.stop().await;
+}
+
+/// Extended thinking on the direct backend: the upstream's signed thinking
+/// block comes back first, streamed or not, and a client that continues a
+/// tool call hands it back unchanged; the simulated upstream, like the
+/// API, refuses the continuation otherwise and checks the signature.
+#[tokio::test]
+async fn extended_thinking_comes_back_signed_and_goes_back_with_the_tool_result() {
+    let (_db, app) = direct_app(None).await;
+    let mut body = messages_body("haiku", READ_PROMPT);
+    body["max_tokens"] = json!(2048);
+    body["thinking"] = json!({"type": "enabled", "budget_tokens": 1024});
+    body["tools"] = json!([read_tool()]);
+    let response = post(&app, "/v1/messages", "sk-anything").json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let message: Value = response.json().await.unwrap();
+    let kinds: Vec<&str> =
+        message["content"].as_array().unwrap().iter().map(|b| b["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["thinking", "tool_use"], "{message}");
+    let thinking = &message["content"][0];
+    assert!(thinking["thinking"].as_str().is_some_and(|t| t.starts_with("Simulated thinking")), "{thinking}");
+    assert!(thinking["signature"].as_str().is_some_and(|s| s.starts_with("sim_sig_")), "{thinking}");
+    assert_eq!(app.sim.sim.requests()[0].body["thinking"], json!({"type": "enabled", "budget_tokens": 1024}));
+
+    let call_id = message["content"][1]["id"].as_str().unwrap().to_string();
+    let mut follow_up = body.clone();
+    follow_up["messages"] = json!([
+        {"role": "user", "content": READ_PROMPT},
+        {"role": "assistant", "content": message["content"]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call_id, "content": "42"}]}
+    ]);
+    let response = post(&app, "/v1/messages", "sk-anything").json(&follow_up).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap_or_default());
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["content"][1], json!({"type": "text", "text": "Simulated reply: tool result: 42"}));
+    let handed_back = &app.sim.sim.requests()[1].body["messages"][1]["content"][0];
+    assert_eq!(handed_back, thinking, "the thinking block goes back first, unchanged");
+
+    // Streamed: the thinking block first, with its text and signature as deltas.
+    follow_up["stream"] = json!(true);
+    let text = post(&app, "/v1/messages", "sk-anything")
+        .json(&follow_up)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let events = sse_events(&text);
+    let shape: Vec<String> = events
+        .iter()
+        .map(|(name, data)| {
+            let kind = data["content_block"]["type"].as_str().or(data["delta"]["type"].as_str());
+            format!("{name}{}", kind.map(|k| format!(":{k}")).unwrap_or_default())
+        })
+        .filter(|s| !s.starts_with("content_block_delta:text_delta"))
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            "message_start",
+            "content_block_start:thinking",
+            "ping",
+            "content_block_delta:thinking_delta",
+            "content_block_delta:signature_delta",
+            "content_block_stop",
+            "content_block_start:text",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ]
+    );
+    let signature = events.iter().find_map(|(_, d)| d["delta"]["signature"].as_str()).unwrap();
+    assert!(signature.starts_with("sim_sig_"));
+    assert_eq!(events[6].1["index"], 1, "the text is block 1");
+
+    // Without its thinking block the continuation is refused upstream.
+    let mut bare = follow_up.clone();
+    bare["stream"] = json!(false);
+    bare["messages"][1]["content"] = json!([message["content"][1]]);
+    let (status, kind, error) =
+        anthropic_error(post(&app, "/v1/messages", "sk-anything").json(&bare).send().await.unwrap()).await;
+    assert_eq!((status, kind.as_str()), (400, "invalid_request_error"), "{error}");
+    assert!(error.contains("must start with a thinking block"), "{error}");
     app.stop().await;
 }

@@ -8,7 +8,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::anthropic_content::{self, Piece};
-use crate::chat::{ClientTools, Message, Role, Sampling, ToolCall};
+use crate::chat::{ClientTools, Message, Role, Sampling, Thinking, ToolCall};
 use crate::error::{ApiError, ErrorObject};
 use crate::pricing::TokenUsage;
 use crate::workers::RunReport;
@@ -46,7 +46,9 @@ pub struct MessagesRequest {
     /// `disable_parallel_tool_use` is accepted and ignored.
     #[schema(value_type = Option<Object>)]
     pub tool_choice: Option<Value>,
-    /// Accepted and ignored: no thinking blocks are returned.
+    /// Extended thinking (`{"type": "enabled", "budget_tokens": N}`,
+    /// `adaptive` or `disabled`), passed to the direct backend, whose
+    /// `thinking` blocks come back; the CLI backend ignores it.
     #[schema(value_type = Option<Object>)]
     pub thinking: Option<Value>,
     /// The project to charge (ccgate extension; the `X-Project-Id` header does the same).
@@ -99,6 +101,11 @@ pub struct ContentBlock {
     pub content: Option<Value>,
     /// `tool_result`: the tool failed (passed on to the model).
     pub is_error: Option<bool>,
+    /// `thinking`: the reasoning, and the signature the API gave it.
+    pub thinking: Option<String>,
+    pub signature: Option<String>,
+    /// `redacted_thinking`: its opaque data.
+    pub data: Option<String>,
     /// `cache_control`: the turn's last one becomes a prompt-cache breakpoint
     /// at the end of the turn on the direct backend (text blocks are joined).
     /// `citations` and the like: accepted and ignored.
@@ -148,6 +155,19 @@ impl MessagesRequest {
     /// none). Whether the model's backend can run them is checked later.
     pub fn client_tools(&self) -> Result<Option<ClientTools>, ApiError> {
         anthropic_content::client_tools(self.tools.as_deref(), self.tool_choice.as_ref())
+    }
+
+    /// The `thinking` setting, an object with a `type` (its other fields are
+    /// the API's to check).
+    pub fn thinking(&self) -> Result<Option<Value>, ApiError> {
+        match &self.thinking {
+            None | Some(Value::Null) => Ok(None),
+            Some(value) if value.get("type").is_some_and(Value::is_string) => Ok(Some(value.clone())),
+            Some(_) => Err(ApiError::bad_request(
+                "thinking must be an object with a `type` (\"enabled\", \"adaptive\" or \"disabled\")",
+                "thinking",
+            )),
+        }
     }
 
     /// Sampling and stop sequences, checked against the API's ranges.
@@ -225,6 +245,7 @@ impl InputMessage {
                         Piece::Image(image) => message.images.push(image),
                         Piece::Call(call) => message.tool_calls.push(call),
                         Piece::Result(result) => message.tool_results.push(result),
+                        Piece::Thinking(thinking) => message.thinking.push(thinking),
                         Piece::Dropped => {}
                     }
                 }
@@ -270,6 +291,15 @@ pub struct MessageObject {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum OutputBlock {
+    /// Extended thinking (direct backend), with the signature the API
+    /// checks when it is handed back.
+    Thinking {
+        thinking: String,
+        signature: String,
+    },
+    RedactedThinking {
+        data: String,
+    },
     Text {
         text: String,
     },
@@ -334,8 +364,14 @@ impl MessageObject {
         let text = (!report.text.is_empty() || report.tool_calls.is_empty())
             .then_some(OutputBlock::Text { text: report.text });
         let calls = report.tool_calls.iter().map(tool_use_block);
+        let thinking = report.thinking.iter().map(|t| match t {
+            Thinking::Text { thinking, signature } => {
+                OutputBlock::Thinking { thinking: thinking.clone(), signature: signature.clone() }
+            }
+            Thinking::Redacted { data } => OutputBlock::RedactedThinking { data: data.clone() },
+        });
         MessageObject {
-            content: text.into_iter().chain(calls).collect(),
+            content: thinking.chain(text).chain(calls).collect(),
             stop_reason: Some(stop_reason.into()),
             stop_sequence: report.stop_sequence.clone(),
             usage: Usage::from(report.usage),
@@ -409,6 +445,8 @@ impl StreamEvent {
 pub enum BlockDelta {
     TextDelta { text: String },
     InputJsonDelta { partial_json: String },
+    ThinkingDelta { thinking: String },
+    SignatureDelta { signature: String },
 }
 
 #[derive(Debug, Serialize)]
@@ -536,7 +574,7 @@ mod tests {
                 _ => None,
             })
         };
-        assert_eq!(base(|_| {}), None, "thinking in an earlier assistant turn is dropped");
+        assert_eq!(base(|_| {}), None, "unsigned thinking in an earlier assistant turn is dropped");
         let cases: [(Change, &str); 11] = [
             (|b| b["max_tokens"] = Value::Null, "max_tokens"),
             (|b| b["tools"] = json!([{"type": "web_search_20250305", "name": "web_search"}]), "tools[0]"),

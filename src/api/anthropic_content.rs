@@ -7,7 +7,7 @@
 use serde_json::Value;
 
 use super::anthropic::ContentBlock;
-use crate::chat::{ClientTools, Image, Role, ToolCall, ToolChoice, ToolResult, ToolSpec};
+use crate::chat::{ClientTools, Image, Role, Thinking, ToolCall, ToolChoice, ToolResult, ToolSpec};
 use crate::error::ApiError;
 
 /// A 400 naming the field at `place` (such as `messages[3].content[1]`).
@@ -26,7 +26,10 @@ pub enum Piece<'a> {
     Image(Image),
     Call(ToolCall),
     Result(ToolResult),
-    /// Earlier turns' reasoning: the model gets what was said, not how.
+    /// An assistant turn's reasoning, handed back to the direct backend.
+    Thinking(Thinking),
+    /// Thinking without a signature: the API would refuse it back, and the
+    /// model needs what was said, not how.
     Dropped,
 }
 
@@ -38,7 +41,17 @@ pub fn piece<'a>(block: &'a ContentBlock, role: Role, place: &str) -> Result<Pie
             Some(text) => Ok(Piece::Text(text)),
             None => Err(bad(place, "a text block needs `text`")),
         },
-        ("thinking" | "redacted_thinking", Role::Assistant) => Ok(Piece::Dropped),
+        ("thinking", Role::Assistant) => match (&block.thinking, &block.signature) {
+            (Some(thinking), Some(signature)) => Ok(Piece::Thinking(Thinking::Text {
+                thinking: thinking.clone(),
+                signature: signature.clone(),
+            })),
+            _ => Ok(Piece::Dropped),
+        },
+        ("redacted_thinking", Role::Assistant) => match &block.data {
+            Some(data) => Ok(Piece::Thinking(Thinking::Redacted { data: data.clone() })),
+            None => Err(bad(place, "a redacted_thinking block needs `data`")),
+        },
         ("image", Role::User) => image(block.source.as_ref(), place).map(Piece::Image),
         ("tool_result", Role::User) => tool_result(block, place).map(Piece::Result),
         ("tool_use", Role::Assistant) => tool_call(block, place).map(Piece::Call),
@@ -48,8 +61,8 @@ pub fn piece<'a>(block: &'a ContentBlock, role: Role, place: &str) -> Result<Pie
         (kind, _) => Err(bad(
             place,
             format!(
-                "{kind:?} blocks are not supported here (text, image, tool_use and tool_result are; \
-                 thinking blocks of assistant turns are dropped)"
+                "{kind:?} blocks are not supported here (text, image, tool_use, tool_result, and \
+                 thinking in assistant turns are)"
             ),
         )),
     }
@@ -245,9 +258,13 @@ mod tests {
             (
                 json!({"type": "thinking", "thinking": "hm", "signature": "s"}),
                 Role::Assistant,
-                Piece::Dropped,
+                Piece::Thinking(Thinking::Text { thinking: "hm".into(), signature: "s".into() }),
             ),
-            (json!({"type": "redacted_thinking", "data": "x"}), Role::Assistant, Piece::Dropped),
+            (
+                json!({"type": "redacted_thinking", "data": "x"}),
+                Role::Assistant,
+                Piece::Thinking(Thinking::Redacted { data: "x".into() }),
+            ),
             (
                 image.clone(),
                 Role::User,

@@ -122,8 +122,9 @@ async fn complete_response(
     let mut tools = Vec::new();
     let outcome = loop {
         match running.events.recv().await {
-            // Text is also collected in the report.
-            Some(ChatEvent::Text(_) | ChatEvent::ToolCall(_)) => continue,
+            // Text is also collected in the report; OpenAI's format has
+            // no place for extended thinking (never asked for here).
+            Some(ChatEvent::Text(_) | ChatEvent::ToolCall(_) | ChatEvent::Thinking(_)) => continue,
             Some(ChatEvent::Tool(activity)) => tools.push(tool_json(&activity)),
             Some(ChatEvent::Done(outcome)) => break *outcome,
             None => return Err(ApiError::internal("the run ended without an outcome")),
@@ -177,9 +178,10 @@ async fn stream_response(
     let first = running.events.recv().await;
     let meta = ChunkMeta::new(&request_id, running.answering_model().id, agentic);
     let first_frame = match first {
-        Some(ChatEvent::Text(text)) => text_frame(&meta, text),
-        Some(ChatEvent::Tool(activity)) => tool_frame(&meta, activity),
-        Some(ChatEvent::ToolCall(delta)) => tool_call_frame(&meta, delta),
+        Some(ChatEvent::Text(text)) => Some(text_frame(&meta, text)),
+        Some(ChatEvent::Tool(activity)) => Some(tool_frame(&meta, activity)),
+        Some(ChatEvent::ToolCall(delta)) => Some(tool_call_frame(&meta, delta)),
+        Some(ChatEvent::Thinking(_)) => None,
         Some(ChatEvent::Done(outcome)) => {
             if let Some(error) = outcome.error {
                 return Err(error);
@@ -189,7 +191,7 @@ async fn stream_response(
         }
         None => return Err(ApiError::internal("the run ended without an outcome")),
     };
-    let head = stream::iter([role_frame(&meta), first_frame]);
+    let head = stream::iter(std::iter::once(role_frame(&meta)).chain(first_frame));
     let tail = stream::unfold(Some((running, meta)), move |state| async move {
         let (mut running, meta) = state?;
         match running.events.recv().await {
@@ -200,6 +202,7 @@ async fn stream_response(
             Some(ChatEvent::ToolCall(delta)) => {
                 Some((vec![tool_call_frame(&meta, delta)], Some((running, meta))))
             }
+            Some(ChatEvent::Thinking(_)) => Some((Vec::new(), Some((running, meta)))),
             Some(ChatEvent::Done(outcome)) => Some((closing_frames(&meta, *outcome, include_usage), None)),
             None => Some((
                 vec![error_frame(&ApiError::internal("the run ended without an outcome")), done_frame()],

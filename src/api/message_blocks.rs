@@ -6,10 +6,11 @@
 use serde_json::json;
 
 use super::anthropic::{BlockDelta, OutputBlock, StreamEvent};
-use crate::chat::ToolCallDelta;
+use crate::chat::{ThinkingPiece, ToolCallDelta};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
+    Thinking,
     Text,
     ToolUse,
 }
@@ -48,6 +49,30 @@ impl BlockWriter {
                 index,
                 delta: BlockDelta::InputJsonDelta { partial_json: delta.arguments },
             });
+        }
+        events
+    }
+
+    /// The events for a piece of extended thinking: its start ends the
+    /// block before it and starts a `thinking` block (or a whole
+    /// `redacted_thinking` one); text and signature come as deltas.
+    pub fn thinking(&mut self, piece: ThinkingPiece) -> Vec<StreamEvent> {
+        let mut events = Vec::new();
+        let delta = match piece {
+            ThinkingPiece::Start { redacted } => {
+                self.close(&mut events);
+                let block = match redacted {
+                    Some(data) => OutputBlock::RedactedThinking { data },
+                    None => OutputBlock::Thinking { thinking: String::new(), signature: String::new() },
+                };
+                self.start(Kind::Thinking, block, &mut events);
+                return events;
+            }
+            ThinkingPiece::Text(thinking) => BlockDelta::ThinkingDelta { thinking },
+            ThinkingPiece::Signature(signature) => BlockDelta::SignatureDelta { signature },
+        };
+        if let Some((Kind::Thinking, index)) = self.open {
+            events.push(StreamEvent::ContentBlockDelta { index, delta });
         }
         events
     }

@@ -102,6 +102,7 @@ fn parse(
     request.tools = body.client_tools()?;
     request.stream = body.stream;
     request.sampling = body.sampling()?;
+    request.thinking = body.thinking()?;
     Ok(body)
 }
 
@@ -162,7 +163,9 @@ async fn complete_response(request_id: String, mut running: Running) -> Result<R
     let outcome = loop {
         match running.events.recv().await {
             // Text is also collected in the report.
-            Some(ChatEvent::Text(_) | ChatEvent::ToolCall(_) | ChatEvent::Tool(_)) => continue,
+            Some(
+                ChatEvent::Text(_) | ChatEvent::ToolCall(_) | ChatEvent::Thinking(_) | ChatEvent::Tool(_),
+            ) => continue,
             Some(ChatEvent::Done(outcome)) => break *outcome,
             None => return Err(ApiError::internal("the run ended without an outcome")),
         }
@@ -222,6 +225,7 @@ fn content_events(blocks: &mut BlockWriter, event: ChatEvent) -> Vec<StreamEvent
     match event {
         ChatEvent::Text(text) => blocks.text(text),
         ChatEvent::ToolCall(delta) => blocks.tool_call(delta),
+        ChatEvent::Thinking(piece) => blocks.thinking(piece),
         // An agent's own tool activity: no agent runs on this endpoint.
         ChatEvent::Tool(_) | ChatEvent::Done(_) => Vec::new(),
     }

@@ -77,6 +77,7 @@ mod tests {
             max_output_tokens: None,
             tools: None,
             sampling: Default::default(),
+            thinking: None,
             max_budget: Micros(1),
             deadline: tokio::time::Instant::now() + Duration::from_secs(30),
             agent: None,

@@ -128,7 +128,9 @@ pub async fn run(state: &AppState, mut request: ChatRequest, slot: BatchSlot) ->
     };
     let outcome = loop {
         match running.events.recv().await {
-            Some(ChatEvent::Text(_) | ChatEvent::ToolCall(_) | ChatEvent::Tool(_)) => continue,
+            Some(
+                ChatEvent::Text(_) | ChatEvent::ToolCall(_) | ChatEvent::Thinking(_) | ChatEvent::Tool(_),
+            ) => continue,
             Some(ChatEvent::Done(outcome)) => break *outcome,
             None => return TaskEnd::Failed(ApiError::internal("the run ended without an outcome")),
         }

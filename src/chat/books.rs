@@ -8,6 +8,7 @@ use super::run::{cost_of, Books};
 use super::ChatRequest;
 use crate::app::AppState;
 use crate::budget::Reservation;
+use crate::config::Backend;
 use crate::error::ApiError;
 use crate::money::Micros;
 use crate::pricing::Model;
@@ -37,7 +38,7 @@ pub(super) async fn conclude_as(
 ) {
     let Books { request, reservation } = books;
     let cost = cost_of(model, &report);
-    let error = error_for(state, &report.end);
+    let error = error_for(state, model, &report.end);
     let mut completion = match &error {
         Some(error) => completion_for(&request, error, report.clone(), cost),
         None => completion_for_success(&request, report.clone(), cost),
@@ -85,13 +86,21 @@ pub(super) async fn conclude_as(
     }
 }
 
-pub(super) fn error_for(state: &AppState, end: &RunEnd) -> Option<ApiError> {
+pub(super) fn error_for(state: &AppState, model: &Model, end: &RunEnd) -> Option<ApiError> {
     let settings = &state.settings;
+    // The direct backend forwards the client's request, so a 400 from the
+    // API is the client's to fix; the CLI builds its own requests.
+    let forwarded = settings.backend_for(&model.id, &model.aliases) == Backend::Api;
     Some(match end {
         RunEnd::Completed => return None,
         RunEnd::Failed { api_status: Some(429), message, .. } => ApiError::RateLimited {
             message: format!("the upstream API is rate-limiting: {message}"),
             retry_after_secs: None,
+        },
+        RunEnd::Failed { api_status: Some(400), message, .. } if forwarded => ApiError::BadRequest {
+            message: format!("the upstream API refused the request: {message}"),
+            param: None,
+            code: None,
         },
         RunEnd::Failed { api_status: Some(status), message, .. } => {
             ApiError::Upstream(format!("the upstream API answered {status}: {message}"))

@@ -165,6 +165,15 @@ pub fn token_upper_bound(messages: &[super::Message], tools: Option<&ClientTools
                     .iter()
                     .map(|r| text_bound(&r.content) + r.images.len() as u64 * IMAGE_TOKENS + 16)
                     .sum::<u64>()
+                + m.thinking
+                    .iter()
+                    .map(|t| match t {
+                        Thinking::Text { thinking, signature } => {
+                            text_bound(thinking) + text_bound(signature)
+                        }
+                        Thinking::Redacted { data } => text_bound(data),
+                    })
+                    .sum::<u64>()
         })
         .sum();
     // Tool use adds its own system prompt upstream (a few hundred tokens).
@@ -205,4 +214,24 @@ mod tests {
             assert_eq!(Image::from_data_url(url), Err(error), "{url}");
         }
     }
+}
+
+/// A block of the model's extended thinking, kept whole so it can be handed
+/// back: the API checks its signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Thinking {
+    Text { thinking: String, signature: String },
+    Redacted { data: String },
+}
+
+/// A piece of extended thinking as it streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ThinkingPiece {
+    /// A block begins: a thinking block (then text and a signature), or a
+    /// redacted one, whole.
+    Start {
+        redacted: Option<String>,
+    },
+    Text(String),
+    Signature(String),
 }

@@ -24,7 +24,9 @@ use crate::pricing::Model;
 pub use crate::workers::ToolActivity;
 use crate::workers::{Job, JobClass, RunEnd, RunReport};
 
-pub use content::{ClientTools, Image, ToolCall, ToolCallDelta, ToolChoice, ToolResult, ToolSpec};
+pub use content::{
+    ClientTools, Image, Thinking, ThinkingPiece, ToolCall, ToolCallDelta, ToolChoice, ToolResult, ToolSpec,
+};
 pub use fallback::FAILED_OVER;
 pub use prompt::{Message, Role};
 pub use sampling::Sampling;
@@ -59,6 +61,8 @@ pub struct ChatRequest {
     pub stream: bool,
     /// Temperature, top-p/k and stop sequences.
     pub sampling: Sampling,
+    /// Anthropic's `thinking` setting, for the direct backend.
+    pub thinking: Option<serde_json::Value>,
 }
 
 impl ChatRequest {
@@ -85,6 +89,7 @@ impl ChatRequest {
             tools: None,
             stream: true,
             sampling: Sampling::default(),
+            thinking: None,
         }
     }
 
@@ -134,6 +139,8 @@ pub enum ChatEvent {
     Text(String),
     /// A piece of a call to one of the client's tools, as it streams.
     ToolCall(ToolCallDelta),
+    /// A piece of the model's extended thinking (direct backend).
+    Thinking(ThinkingPiece),
     /// An agent's tool activity, as it happens.
     Tool(ToolActivity),
     Done(Box<Outcome>),
@@ -216,6 +223,7 @@ async fn prepare(
         max_output_tokens: choice.max_tokens,
         tools: request.tools.clone(),
         sampling: request.sampling.clone(),
+        thinking: request.thinking.clone(),
         max_budget: amount,
         deadline,
         agent: agent.as_ref().map(crate::agent::job),

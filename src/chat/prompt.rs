@@ -27,6 +27,9 @@ pub struct Message {
     /// breakpoint), when the client set one; the direct backend puts it on
     /// the turn's last block. The CLI caches on its own.
     pub cache: Option<serde_json::Value>,
+    /// The reasoning an assistant turn began with, handed back as it came
+    /// (the direct backend only; the CLI gets what was said, not how).
+    pub thinking: Vec<super::Thinking>,
 }
 
 impl Message {
@@ -39,6 +42,7 @@ impl Message {
             tool_calls: Vec::new(),
             tool_results: Vec::new(),
             cache: None,
+            thinking: Vec::new(),
         }
     }
 

@@ -24,7 +24,7 @@ pub(super) fn cost_of(model: &Model, report: &RunReport) -> Micros {
 }
 
 pub(super) fn outcome_of(state: &AppState, model: &Model, report: RunReport) -> Outcome {
-    Outcome { error: error_for(state, &report.end), cost: cost_of(model, &report), report }
+    Outcome { error: error_for(state, model, &report.end), cost: cost_of(model, &report), report }
 }
 
 /// What must be written down when a run ends: its request and reservation.
@@ -122,6 +122,11 @@ async fn deliver(
                 return false;
             }
             client.send(ChatEvent::ToolCall(delta)).await.is_ok()
+        }
+        Event::Thinking(piece) => {
+            // Reasoning is the start of an answer: no fallback after it.
+            flow.text_sent = true;
+            !flow.stream || client.send(ChatEvent::Thinking(piece)).await.is_ok()
         }
         Event::Tool(activity) => {
             // A tool has acted: retrying elsewhere would act twice.

@@ -158,8 +158,9 @@ async fn follow(state: &AppState, id: &str, mut running: chat::Running, cancel: 
         match event {
             Some(ChatEvent::Text(text)) => append(state, id, "text", json!({ "text": text })).await,
             Some(ChatEvent::Tool(activity)) => append(state, id, "tool", json!(activity)).await,
-            // Tasks carry no client-side tools, so the model cannot call one.
-            Some(ChatEvent::ToolCall(_)) => {}
+            // Tasks carry no client-side tools, so the model cannot call
+            // one, and run on the CLI, which sends no thinking.
+            Some(ChatEvent::ToolCall(_) | ChatEvent::Thinking(_)) => {}
             Some(ChatEvent::Done(outcome)) => break Some(*outcome),
             None => break None,
         }

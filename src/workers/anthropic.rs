@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::messages_request;
 use super::messages_sse::{data_of, parse_data, ContentBlock, Delta, ErrorResponse, SseLines, StreamEvent};
 use super::{Event, Job, PoolStats, RunEnd, RunReport, Worker};
-use crate::chat::{ToolCall, ToolCallDelta};
+use crate::chat::{Thinking, ThinkingPiece, ToolCall, ToolCallDelta};
 use crate::config::ApiKey;
 use crate::pricing::{PriceTable, TokenUsage};
 
@@ -114,6 +114,9 @@ impl AnthropicApi {
         if let Some(tools) = &job.tools {
             messages_request::add_tools(&mut body, tools);
         }
+        if let Some(thinking) = &job.thinking {
+            body["thinking"] = thinking.clone();
+        }
         let sampling = &job.sampling;
         if let Some(temperature) = sampling.temperature {
             body["temperature"] = json!(temperature);
@@ -154,7 +157,9 @@ impl Worker for AnthropicApi {
                     Attempt::End(end) => break end,
                     Attempt::Retry { end, retry_after } => (end, retry_after),
                 };
-            if retries >= self.max_retries || !report.text.is_empty() || !report.tool_calls.is_empty() {
+            let answered =
+                !report.text.is_empty() || !report.tool_calls.is_empty() || !report.thinking.is_empty();
+            if retries >= self.max_retries || answered {
                 break end;
             }
             let wait = retry_after.unwrap_or_else(|| backoff(retries));
@@ -304,6 +309,32 @@ async fn apply(
                 ToolCallDelta { index: call, id: None, name: None, arguments: partial_json }
             })
         }
+        StreamEvent::ContentBlockStart { content_block: ContentBlock::Thinking { thinking }, .. } => {
+            report.first_token_at.get_or_insert_with(Instant::now);
+            report.thinking.push(Thinking::Text { thinking: thinking.clone(), signature: String::new() });
+            let mut pieces = vec![ThinkingPiece::Start { redacted: None }];
+            if !thinking.is_empty() {
+                pieces.push(ThinkingPiece::Text(thinking));
+            }
+            return send_thinking(events, pieces).await;
+        }
+        StreamEvent::ContentBlockStart { content_block: ContentBlock::RedactedThinking { data }, .. } => {
+            report.first_token_at.get_or_insert_with(Instant::now);
+            report.thinking.push(Thinking::Redacted { data: data.clone() });
+            return send_thinking(events, vec![ThinkingPiece::Start { redacted: Some(data) }]).await;
+        }
+        StreamEvent::ContentBlockDelta { delta: Delta::ThinkingDelta { thinking: piece }, .. } => {
+            if let Some(Thinking::Text { thinking, .. }) = report.thinking.last_mut() {
+                thinking.push_str(&piece);
+            }
+            return send_thinking(events, vec![ThinkingPiece::Text(piece)]).await;
+        }
+        StreamEvent::ContentBlockDelta { delta: Delta::SignatureDelta { signature: piece }, .. } => {
+            if let Some(Thinking::Text { signature, .. }) = report.thinking.last_mut() {
+                signature.push_str(&piece);
+            }
+            return send_thinking(events, vec![ThinkingPiece::Signature(piece)]).await;
+        }
         StreamEvent::MessageStop => {
             // A call without input streamed no argument text.
             for call in report.tool_calls.iter_mut().filter(|c| c.arguments.is_empty()) {
@@ -315,6 +346,16 @@ async fn apply(
     };
     if let Some(delta) = tool_delta {
         if events.send(Event::ToolCall(delta)).await.is_err() {
+            return Some(Attempt::End(RunEnd::Cancelled));
+        }
+    }
+    None
+}
+
+/// Passes pieces of thinking on; `Some` when the caller is gone.
+async fn send_thinking(events: &mpsc::Sender<Event>, pieces: Vec<ThinkingPiece>) -> Option<Attempt> {
+    for piece in pieces {
+        if events.send(Event::Thinking(piece)).await.is_err() {
             return Some(Attempt::End(RunEnd::Cancelled));
         }
     }

@@ -209,6 +209,12 @@ impl ClaudeCli {
             .envs(&self.extra_env);
         if let Some(max) = max_output_tokens {
             cmd.env("CLAUDE_CODE_MAX_OUTPUT_TOKENS", max.to_string());
+            // The CLI gives thinking a budget of the output cap less one,
+            // and the API takes no budget under 1,024 tokens: under a
+            // smaller cap every request would be refused, so no thinking.
+            if max <= MIN_THINKING_BUDGET {
+                cmd.env("MAX_THINKING_TOKENS", "0");
+            }
         }
         cmd.current_dir(&self.work_dir)
             .stdin(Stdio::piped())
@@ -232,6 +238,9 @@ impl ClaudeCli {
 }
 
 /// Why an agent with `skip_permissions` cannot run here, and what to change.
+/// The smallest thinking budget the Messages API accepts.
+const MIN_THINKING_BUDGET: u64 = 1024;
+
 pub const BYPASS_AS_ROOT: &str = "the project's agent policy sets skip_permissions, but Claude Code refuses \
      --dangerously-skip-permissions (bypassPermissions) when run as root, and the gateway runs as root: \
      run the gateway as an unprivileged user, or, if its workers run in a container or sandbox, \

@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use crate::chat::{ClientTools, Image, Message, Role, ToolChoice, ToolResult};
+use crate::chat::{ClientTools, Image, Message, Role, Thinking, ToolChoice, ToolResult};
 
 /// The `messages` of a request. A turn of text alone keeps the plain string
 /// form; anything else becomes content blocks.
@@ -19,12 +19,18 @@ pub fn messages(turns: &[Message]) -> Vec<Value> {
 }
 
 fn content(message: &Message) -> Value {
-    if message.images.is_empty() && !message.has_tool_use() && message.cache.is_none() {
+    if message.images.is_empty()
+        && !message.has_tool_use()
+        && message.cache.is_none()
+        && message.thinking.is_empty()
+    {
         return json!(message.text);
     }
-    // Tool results come first in a user turn, as the API requires; the
+    // An assistant turn starts with its thinking, handed back as it came;
+    // tool results come first in a user turn, as the API requires; the
     // text goes after the images it talks about.
-    let mut blocks: Vec<Value> = message.tool_results.iter().map(tool_result).collect();
+    let mut blocks: Vec<Value> = message.thinking.iter().map(thinking_block).collect();
+    blocks.extend(message.tool_results.iter().map(tool_result));
     blocks.extend(message.images.iter().map(image_block));
     // The API refuses empty text blocks.
     if !message.text.is_empty() {
@@ -57,6 +63,15 @@ fn tool_result(result: &ToolResult) -> Value {
         block["is_error"] = json!(true);
     }
     block
+}
+
+fn thinking_block(thinking: &Thinking) -> Value {
+    match thinking {
+        Thinking::Text { thinking, signature } => {
+            json!({"type": "thinking", "thinking": thinking, "signature": signature})
+        }
+        Thinking::Redacted { data } => json!({"type": "redacted_thinking", "data": data}),
+    }
 }
 
 fn image_block(image: &Image) -> Value {

@@ -86,18 +86,31 @@ pub enum Delta {
     InputJsonDelta {
         partial_json: String,
     },
+    ThinkingDelta {
+        thinking: String,
+    },
+    SignatureDelta {
+        signature: String,
+    },
     #[serde(other)]
     Other,
 }
 
-/// The block a `content_block_start` opens; only tool calls matter here
-/// (text arrives in deltas).
+/// The block a `content_block_start` opens; tool calls and thinking matter
+/// here (text arrives in deltas).
 #[derive(Debug, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ContentBlock {
     ToolUse {
         id: String,
         name: String,
+    },
+    Thinking {
+        #[serde(default)]
+        thinking: String,
+    },
+    RedactedThinking {
+        data: String,
     },
     #[serde(other)]
     Other,
@@ -232,6 +245,32 @@ mod tests {
             r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"x"}}"#;
         assert_eq!(
             parse_data(thinking),
+            Some(StreamEvent::ContentBlockDelta {
+                index: 0,
+                delta: Delta::ThinkingDelta { thinking: "x".into() }
+            })
+        );
+        let signature =
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"s"}}"#;
+        assert_eq!(
+            parse_data(signature),
+            Some(StreamEvent::ContentBlockDelta {
+                index: 0,
+                delta: Delta::SignatureDelta { signature: "s".into() }
+            })
+        );
+        let redacted = r#"{"type":"content_block_start","index":0,"content_block":{"type":"redacted_thinking","data":"d"}}"#;
+        assert_eq!(
+            parse_data(redacted),
+            Some(StreamEvent::ContentBlockStart {
+                index: 0,
+                content_block: ContentBlock::RedactedThinking { data: "d".into() }
+            })
+        );
+        let citations =
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"citations_delta","citation":{}}}"#;
+        assert_eq!(
+            parse_data(citations),
             Some(StreamEvent::ContentBlockDelta { index: 0, delta: Delta::Other })
         );
         assert_eq!(parse_data(r#"{"type":"ping"}"#), Some(StreamEvent::Other));

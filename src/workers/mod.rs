@@ -44,6 +44,8 @@ pub struct Job {
     pub tools: Option<crate::chat::ClientTools>,
     /// Sampling and stop sequences, for backends that take them.
     pub sampling: crate::chat::Sampling,
+    /// Anthropic's `thinking` setting, for backends that take it.
+    pub thinking: Option<serde_json::Value>,
     /// The CLI's own spending cap for the run (`--max-budget-usd`).
     pub max_budget: Micros,
     /// The run is killed at this instant, queueing included.
@@ -83,6 +85,8 @@ pub enum Event {
     Text(String),
     /// A piece of a call the model makes to one of the client's tools.
     ToolCall(crate::chat::ToolCallDelta),
+    /// A piece of the model's extended thinking.
+    Thinking(crate::chat::ThinkingPiece),
     /// An agent used a tool, or got its result.
     Tool(ToolActivity),
     /// The CLI printed its result. Sent before the process is cleaned up,
@@ -142,6 +146,8 @@ pub struct RunReport {
     pub stop_reason: Option<String>,
     /// The stop sequence the upstream stopped at (direct backend).
     pub stop_sequence: Option<String>,
+    /// The model's extended thinking, in order (direct backend).
+    pub thinking: Vec<crate::chat::Thinking>,
     pub num_turns: u64,
     pub started_at: Instant,
     pub first_token_at: Option<Instant>,
@@ -161,6 +167,7 @@ impl RunReport {
             reported_cost: None,
             stop_reason: None,
             stop_sequence: None,
+            thinking: Vec::new(),
             num_turns: 0,
             started_at: Instant::now(),
             first_token_at: None,

@@ -180,3 +180,30 @@ def test_tool_round_trip_on_the_direct_backend(claude: anthropic.Anthropic):
     assert answer.stop_reason == "end_turn"
     assert [block.type for block in answer.content] == ["text"]
     assert answer.content[0].text == "Simulated reply: tool result: 1\tthe launch code is 4711"
+
+
+def test_extended_thinking_on_the_direct_backend(claude: anthropic.Anthropic):
+    # conftest serves sonnet on the direct backend, which passes `thinking` on.
+    prompt = 'read it [sim:tool=Read {"file_path": "/srv/notes.txt"}]'
+    thinking = {"type": "enabled", "budget_tokens": 1024}
+    with claude.messages.stream(
+        model="sonnet", max_tokens=2048, thinking=thinking, tools=[READ_TOOL],
+        messages=[{"role": "user", "content": prompt}],
+    ) as stream:
+        asked = stream.get_final_message()
+    assert [block.type for block in asked.content] == ["thinking", "tool_use"]
+    assert asked.content[0].thinking.startswith("Simulated thinking")
+    assert asked.content[0].signature.startswith("sim_sig_")
+
+    # The SDK hands the signed thinking back with the tool result, as the API requires.
+    answer = claude.messages.create(
+        model="sonnet", max_tokens=2048, thinking=thinking, tools=[READ_TOOL],
+        messages=[
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": asked.content},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": asked.content[1].id, "content": "42"}]},
+        ],
+    )
+    assert [block.type for block in answer.content] == ["thinking", "text"]
+    assert answer.content[1].text == "Simulated reply: tool result: 42"

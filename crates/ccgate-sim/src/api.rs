@@ -76,7 +76,7 @@ async fn render(sim: &Sim, plan: Plan) -> Response {
     match (plan.outcome, plan.stream) {
         (Outcome::Fail(err), _) => err.into_response(),
         (Outcome::Hang, true) => {
-            let steps = response::opening_steps(&id, &plan.model, plan.input_tokens, None);
+            let steps = response::opening_steps(&id, &plan.model, plan.input_tokens);
             sse(sim, steps, true)
         }
         (Outcome::Hang, false) => {

@@ -13,6 +13,7 @@ mod reply;
 mod request;
 mod response;
 mod state;
+mod thinking;
 pub mod tokens;
 
 use std::net::{Ipv4Addr, SocketAddr};

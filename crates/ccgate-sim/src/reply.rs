@@ -9,6 +9,7 @@ use crate::config::SimConfig;
 use crate::directives::Parsed;
 use crate::error::ApiError;
 use crate::request::MessagesRequest;
+use crate::thinking::{self, Thinking};
 use crate::tokens;
 
 /// Every simulated text reply starts with this.
@@ -65,6 +66,9 @@ pub struct Reply {
     pub stop_reason: StopReason,
     /// Which of the request's `stop_sequences` ended the reply.
     pub stop_sequence: Option<String>,
+    /// The signed thinking before the answer, when the request asked for it.
+    pub thinking: Option<Thinking>,
+    /// Thinking included.
     pub output_tokens: u64,
 }
 
@@ -114,7 +118,13 @@ pub fn plan(request: &MessagesRequest, parsed: &Parsed, config: &SimConfig, firs
     } else if directives.hang || config.hang {
         Outcome::Hang
     } else {
-        Outcome::Reply(reply(request, parsed))
+        let mut reply = reply(request, parsed);
+        if thinking::requested(request) {
+            let thought = thinking::for_prompt(&parsed.text);
+            reply.output_tokens += tokens::for_text(&thought.text);
+            reply.thinking = Some(thought);
+        }
+        Outcome::Reply(reply)
     };
     Plan {
         model: request.model.clone(),
@@ -150,6 +160,7 @@ fn reply(request: &MessagesRequest, parsed: &Parsed) -> Reply {
             },
             stop_reason: StopReason::ToolUse,
             stop_sequence: None,
+            thinking: None,
             output_tokens: output_tokens.max(1),
         };
     }
@@ -187,6 +198,7 @@ fn text_reply(text: String, request: &MessagesRequest) -> Reply {
         content: ReplyContent::Text(text),
         stop_reason,
         stop_sequence,
+        thinking: None,
     }
 }
 

@@ -27,6 +27,9 @@ pub struct MessagesRequest {
     /// The reply stops before the first of these it would contain.
     #[serde(default)]
     pub stop_sequences: Vec<String>,
+    /// `{"type": "enabled", "budget_tokens": N}`, `adaptive` or `disabled`.
+    #[serde(default)]
+    pub thinking: Option<Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -61,7 +64,11 @@ pub enum Block {
     Thinking {
         #[serde(default)]
         thinking: String,
+        #[serde(default)]
+        signature: Option<String>,
     },
+    /// Its `data` is opaque: nothing to count or check.
+    RedactedThinking,
     /// Images, documents and anything newer: they carry no text to count or echo.
     #[serde(other)]
     Other,
@@ -177,7 +184,8 @@ fn block_chars(block: &Block) -> usize {
         Block::Text { text } => text.chars().count(),
         Block::ToolUse { name, input } => name.chars().count() + json_chars(input),
         Block::ToolResult { content } => content.as_ref().map_or(0, content_chars),
-        Block::Thinking { thinking } => thinking.chars().count(),
+        Block::Thinking { thinking, .. } => thinking.chars().count(),
+        Block::RedactedThinking => 0,
         Block::Other => 0,
     }
 }

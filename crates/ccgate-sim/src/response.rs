@@ -25,12 +25,16 @@ pub fn message_json(id: &str, model: &str, input_tokens: InputTokens, reply: &Re
             json!({"type": "tool_use", "id": id, "name": name, "input": input})
         }
     };
+    let thinking = reply
+        .thinking
+        .as_ref()
+        .map(|t| json!({"type": "thinking", "thinking": t.text, "signature": t.signature}));
     json!({
         "id": id,
         "type": "message",
         "role": "assistant",
         "model": model,
-        "content": [content],
+        "content": thinking.into_iter().chain([content]).collect::<Vec<_>>(),
         "stop_reason": reply.stop_reason.as_str(),
         "stop_sequence": reply.stop_sequence,
         "usage": usage(input_tokens, reply.output_tokens),
@@ -63,34 +67,34 @@ impl Step {
     }
 }
 
-/// The events that open every stream: `message_start` (with the input usage
-/// and one output token, as the real API reports) and `content_block_start`.
-pub fn opening_steps(id: &str, model: &str, input_tokens: InputTokens, reply: Option<&Reply>) -> Vec<Step> {
-    let block = match reply.map(|r| &r.content) {
-        Some(ReplyContent::ToolUse { id, name, .. }) => {
-            json!({"type": "tool_use", "id": id, "name": name, "input": {}})
-        }
-        _ => json!({"type": "text", "text": ""}),
-    };
+/// The events that open a stream that never finishes: `message_start` and
+/// an empty text block's `content_block_start`.
+pub fn opening_steps(id: &str, model: &str, input_tokens: InputTokens) -> Vec<Step> {
     vec![
-        Step::now(
-            "message_start",
-            json!({"type": "message_start", "message": {
-                "id": id,
-                "type": "message",
-                "role": "assistant",
-                "model": model,
-                "content": [],
-                "stop_reason": null,
-                "stop_sequence": null,
-                "usage": usage(input_tokens, 1),
-            }}),
-        ),
+        message_start(id, model, input_tokens),
         Step::now(
             "content_block_start",
-            json!({"type": "content_block_start", "index": 0, "content_block": block}),
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
         ),
     ]
+}
+
+/// `message_start`, with the input usage and one output token, as the real
+/// API reports.
+fn message_start(id: &str, model: &str, input_tokens: InputTokens) -> Step {
+    Step::now(
+        "message_start",
+        json!({"type": "message_start", "message": {
+            "id": id,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [],
+            "stop_reason": null,
+            "stop_sequence": null,
+            "usage": usage(input_tokens, 1),
+        }}),
+    )
 }
 
 /// Every event of a complete streamed reply, in the order the real API sends them.
@@ -101,8 +105,49 @@ pub fn reply_steps(
     reply: &Reply,
     timing: Timing,
 ) -> Vec<Step> {
-    let mut steps = opening_steps(id, model, input_tokens, Some(reply));
-    steps.push(Step::now("ping", json!({"type": "ping"})));
+    let mut steps = vec![message_start(id, model, input_tokens)];
+    let block_start = |index: usize, block: Value| {
+        Step::now(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": index, "content_block": block}),
+        )
+    };
+    let block_delta = |delay: Duration, index: usize, delta: Value| {
+        Step::after(
+            delay,
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": index, "delta": delta}),
+        )
+    };
+    let block_stop =
+        |index: usize| Step::now("content_block_stop", json!({"type": "content_block_stop", "index": index}));
+    let mut index = 0;
+    let mut first_delay = timing.first_token;
+    if let Some(thinking) = &reply.thinking {
+        steps.push(block_start(0, json!({"type": "thinking", "thinking": "", "signature": ""})));
+        steps.push(Step::now("ping", json!({"type": "ping"})));
+        steps.push(block_delta(first_delay, 0, json!({"type": "thinking_delta", "thinking": thinking.text})));
+        steps.push(block_delta(
+            Duration::ZERO,
+            0,
+            json!({"type": "signature_delta", "signature": thinking.signature}),
+        ));
+        steps.push(block_stop(0));
+        index = 1;
+        first_delay = timing.between_chunks;
+    }
+    steps.push(block_start(
+        index,
+        match &reply.content {
+            ReplyContent::ToolUse { id, name, .. } => {
+                json!({"type": "tool_use", "id": id, "name": name, "input": {}})
+            }
+            ReplyContent::Text(_) => json!({"type": "text", "text": ""}),
+        },
+    ));
+    if index == 0 {
+        steps.push(Step::now("ping", json!({"type": "ping"})));
+    }
     let deltas: Vec<Value> = match &reply.content {
         ReplyContent::Text(text) => {
             chunks(text).into_iter().map(|chunk| json!({"type": "text_delta", "text": chunk})).collect()
@@ -112,14 +157,10 @@ pub fn reply_steps(
         }
     };
     for (i, delta) in deltas.into_iter().enumerate() {
-        let delay = if i == 0 { timing.first_token } else { timing.between_chunks };
-        steps.push(Step::after(
-            delay,
-            "content_block_delta",
-            json!({"type": "content_block_delta", "index": 0, "delta": delta}),
-        ));
+        let delay = if i == 0 { first_delay } else { timing.between_chunks };
+        steps.push(block_delta(delay, index, delta));
     }
-    steps.push(Step::now("content_block_stop", json!({"type": "content_block_stop", "index": 0})));
+    steps.push(block_stop(index));
     steps.push(Step::now(
         "message_delta",
         json!({
@@ -178,11 +219,63 @@ mod tests {
     }
 
     #[test]
+    fn thinking_comes_first_as_block_zero_with_its_signature() {
+        let reply = Reply {
+            content: ReplyContent::Text("Simulated reply: one".into()),
+            stop_reason: StopReason::EndTurn,
+            stop_sequence: None,
+            thinking: Some(crate::thinking::for_prompt("one")),
+            output_tokens: 20,
+        };
+        let steps = reply_steps("msg_1", "m", 3.into(), &reply, Timing::default());
+        let data: Vec<Value> = steps
+            .iter()
+            .map(|s| {
+                let text = std::str::from_utf8(&s.frame).unwrap();
+                serde_json::from_str(text.lines().nth(1).unwrap().trim_start_matches("data: ")).unwrap()
+            })
+            .collect();
+        let kinds: Vec<String> = data
+            .iter()
+            .map(|d| {
+                let delta = d["delta"]["type"].as_str().or(d["content_block"]["type"].as_str());
+                format!(
+                    "{}{}",
+                    d["type"].as_str().unwrap(),
+                    delta.map(|k| format!(":{k}")).unwrap_or_default()
+                )
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "message_start",
+                "content_block_start:thinking",
+                "ping",
+                "content_block_delta:thinking_delta",
+                "content_block_delta:signature_delta",
+                "content_block_stop",
+                "content_block_start:text",
+                "content_block_delta:text_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+        assert_eq!(data[4]["delta"]["signature"], reply.thinking.as_ref().unwrap().signature.as_str());
+        assert_eq!((data[6]["index"].as_u64(), data[7]["index"].as_u64()), (Some(1), Some(1)));
+        let message = message_json("msg_1", "m", 3.into(), &reply);
+        assert_eq!(message["content"][0]["type"], "thinking");
+        assert_eq!(message["content"][1]["text"], "Simulated reply: one");
+    }
+
+    #[test]
     fn stream_events_come_in_api_order() {
         let reply = Reply {
             content: ReplyContent::Text("Simulated reply: one two three four".into()),
             stop_reason: StopReason::EndTurn,
             stop_sequence: None,
+            thinking: None,
             output_tokens: 9,
         };
         let timing =

@@ -136,6 +136,7 @@ impl Sim {
         if request.max_tokens == Some(0) {
             return Err(ApiError::invalid_request("max_tokens: must be at least 1"));
         }
+        crate::thinking::check(&request)?;
         let parsed = directives::parse(&last_user_text).map_err(|err| ApiError::invalid_request(err.0))?;
         let first_fail_once = parsed
             .directives
