@@ -753,6 +753,12 @@ async fn claude_code_runs_its_own_tools_through_the_gateway() {
         .and_then(|blocks| blocks.iter().find(|b| b["type"] == "tool_use"))
         .expect("the assistant's tool_use went back upstream");
     assert_eq!(call["name"], "Read");
+    // Claude Code asks for thinking; the signed block the upstream gave it
+    // went back first in the tool call's turn (the upstream checks it).
+    assert_eq!(seen[0].body["thinking"]["type"], "enabled", "{}", seen[0].body["thinking"]);
+    let turn = &messages[messages.len() - 2]["content"][0];
+    assert_eq!(turn["type"], "thinking", "{turn}");
+    assert!(turn["signature"].as_str().is_some_and(|s| s.starts_with("sim_sig_")), "{turn}");
     let result = messages.last().unwrap()["content"]
         .as_array()
         .and_then(|blocks| blocks.iter().find(|b| b["type"] == "tool_result"))
