@@ -134,7 +134,10 @@ impl<'a> ToolRule<'a> {
             },
             None => (text, None),
         };
-        let name_ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        // '-' for MCP servers and tools named with one (`mcp__my-docs__search`),
+        // but never first: the rule goes to the CLI as an argument of its own.
+        let name_ok = name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if !name_ok {
             return Err(format!("{text:?} must look like Name or Name(specifier)"));
         }
@@ -470,10 +473,15 @@ mod tests {
     #[test]
     fn a_server_rule_covers_each_of_its_tools() {
         let tmp = tempfile::tempdir().unwrap();
-        let policy =
-            policy(&[tmp.path().to_str().unwrap()], &["mcp__docs", "mcp__web__fetch"], &["mcp__bad"]);
+        let policy = policy(
+            &[tmp.path().to_str().unwrap()],
+            &["mcp__docs", "mcp__web__fetch", "mcp__my-notes"],
+            &["mcp__bad"],
+        );
         // (requested tool, allowed)
         let cases = [
+            ("mcp__my-notes__find-note", true),
+            ("mcp__my-notes-old__find", false),
             ("mcp__docs__search", true),
             ("mcp__docs", true),
             ("mcp__docs_v2__search", false),
@@ -493,6 +501,10 @@ mod tests {
             AgentOptions { allowed_tools: Some(vec!["mcp__bad__x".into()]), ..AgentOptions::default() };
         let err = check(Some(&with_bad), &options, None).unwrap_err();
         assert!(err.to_string().contains("is denied"), "{err}");
+        // A rule that could pass for one of the CLI's options is refused.
+        for rule in ["-p", "--dangerously-skip-permissions", "-x(y)"] {
+            assert!(ToolRule::parse(rule).is_err(), "{rule}");
+        }
     }
 
     #[test]
