@@ -48,6 +48,47 @@ const RESTART_FRAMES: i64 = 4096;
 /// (a commit writes a handful of pages).
 const NUDGE_EVERY: u64 = 256;
 
+/// Commits between two looks at the WAL's size by the writer.
+const WAL_CHECK_EVERY: u64 = 64;
+
+/// The longest the writer waits to checkpoint a WAL past its limit.
+const TRUNCATE_WAIT: Duration = Duration::from_secs(10);
+
+/// The WAL size past which the writer checkpoints itself rather than wait
+/// for the checkpointer: twice the size a restart starts it over at.
+/// (The file keeps its size across restarts, so this sees only growth
+/// past what restarts allow.)
+const WAL_HARD_LIMIT: u64 = 2 * RESTART_FRAMES as u64 * 4096;
+
+fn wal_too_large(wal: &Path) -> bool {
+    std::fs::metadata(wal).is_ok_and(|m| m.len() > WAL_HARD_LIMIT)
+}
+
+/// The checkpointer has fallen behind (a slow disk makes its syncs slow
+/// while the writes go on): the writer copies the whole WAL back and cuts
+/// the file to nothing itself, holding the next writes back until it can,
+/// so the WAL stays bounded whatever the disk does. It waits for a
+/// checkpoint under way to end (SQLite answers busy at once meanwhile),
+/// for at most `TRUNCATE_WAIT`.
+fn truncate_wal(conn: &Connection) {
+    let started = std::time::Instant::now();
+    loop {
+        let busy = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get::<_, i64>(0));
+        match busy {
+            Ok(0) => return,
+            Ok(_) if started.elapsed() < TRUNCATE_WAIT => std::thread::sleep(Duration::from_millis(2)),
+            Ok(_) => {
+                tracing::warn!("the SQLite WAL is past its limit and could not be checkpointed");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "SQLite checkpoint on the writer failed");
+                return;
+            }
+        }
+    }
+}
+
 pub(super) struct LedgerWriter {
     /// Dropped with the store, which ends the writer thread, and with it
     /// the checkpointer.
@@ -88,7 +129,8 @@ impl LedgerWriter {
         let (nudge, nudges) = mpsc::sync_channel(1);
         spawn("ccgate-checkpoint", move || checkpoint(checkpointer, nudges))?;
         let (ops, queue) = mpsc::channel();
-        spawn("ccgate-ledger", move || run(conn, queue, nudge))?;
+        let wal = wal_path(path);
+        spawn("ccgate-ledger", move || run(conn, queue, nudge, &wal))?;
         Ok(LedgerWriter { ops })
     }
 
@@ -184,7 +226,13 @@ fn mismatch() -> StoreError {
     StoreError::Ledger("the ledger writer answered another kind of write".into())
 }
 
-fn run(conn: Connection, queue: mpsc::Receiver<Op>, checkpoint: mpsc::SyncSender<()>) {
+fn wal_path(database: &Path) -> std::path::PathBuf {
+    let mut name = database.as_os_str().to_owned();
+    name.push("-wal");
+    name.into()
+}
+
+fn run(conn: Connection, queue: mpsc::Receiver<Op>, checkpoint: mpsc::SyncSender<()>, wal: &Path) {
     let mut commits = 0u64;
     while let Ok(first) = queue.recv() {
         let mut group = vec![first];
@@ -199,6 +247,9 @@ fn run(conn: Connection, queue: mpsc::Receiver<Op>, checkpoint: mpsc::SyncSender
         if commits % NUDGE_EVERY == 0 {
             // A checkpoint already asked for is enough.
             let _ = checkpoint.try_send(());
+        }
+        if commits % WAL_CHECK_EVERY == 0 && wal_too_large(wal) {
+            truncate_wal(&conn);
         }
     }
 }
