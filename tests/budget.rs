@@ -363,12 +363,23 @@ async fn the_sqlite_wal_stays_bounded_under_steady_writes() {
     assert_eq!(totals.reserved, Micros(0));
 }
 
-/// Writes that arrive together share a commit on SQLite; one refused for a
-/// reason of its own (an id already recorded, an unknown project) changes
-/// nothing and does not take the others down with it.
+/// Writes that arrive together share a commit on SQLite (and run as one
+/// function call each on PostgreSQL); one refused for a reason of its own
+/// (an id already recorded, an unknown project) changes nothing and does
+/// not take the others down with it.
 #[tokio::test]
-async fn a_refused_write_among_concurrent_ones_is_refused_alone() {
-    let db = TestDb::sqlite();
+async fn a_refused_write_among_concurrent_ones_is_refused_alone_on_sqlite() {
+    refused_alone(&TestDb::sqlite()).await;
+}
+
+#[tokio::test]
+async fn a_refused_write_among_concurrent_ones_is_refused_alone_on_postgres() {
+    let db = TestDb::postgres().await;
+    refused_alone(&db).await;
+    db.cleanup().await;
+}
+
+async fn refused_alone(db: &TestDb) {
     let store = store::connect(&db.url).await.unwrap();
     project(&store, "shared", Limits::default()).await;
     let budget = Budget::new(

@@ -1,7 +1,8 @@
 //! PostgreSQL, for several gateway instances sharing one set of budgets.
-//! Reservations rely on row locks taken by the conditional `UPDATE` in
-//! `queries`: under READ COMMITTED a waiting update re-checks its condition
-//! against the committed row, so concurrent instances cannot overspend.
+//! Reservations and settlements are the functions `ccgate_reserve` and
+//! `ccgate_settle` (migration 0006): one round trip each, which locks the
+//! project's period rows in one fixed order, checks every limit under the
+//! locks and writes, so concurrent instances cannot overspend.
 
 use std::time::Duration;
 
@@ -41,89 +42,15 @@ impl PostgresStore {
     async fn begin_write(&self) -> Result<Transaction<'_, Postgres>, sqlx::Error> {
         self.writer.begin().await
     }
-
-    /// Locks a project's three period rows in one fixed order before they
-    /// are updated: a multi-row UPDATE locks rows in whatever order its scan
-    /// meets them, and two such orders can deadlock.
-    async fn lock_periods(
-        &self,
-        tx: &mut Transaction<'_, Postgres>,
-        project_id: &str,
-        [day, week, month]: [i64; 3],
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "SELECT 1 FROM period_totals WHERE project_id = $1 AND ((kind = 'day' AND period_start = $2) \
-             OR (kind = 'week' AND period_start = $3) OR (kind = 'month' AND period_start = $4)) \
-             ORDER BY kind FOR UPDATE",
-        )
-        .bind(project_id)
-        .bind(day)
-        .bind(week)
-        .bind(month)
-        .fetch_all(&mut **tx)
-        .await?;
-        Ok(())
-    }
 }
 
-/// The budget writes. Reservations rely on row locks: the three period rows
-/// are locked in a fixed order, then one conditional `UPDATE` checks every
-/// limit and adds the amount, so no other instance can slip in between.
+/// The budget writes, each one call of a function the migrations define
+/// (the locking and checks are there).
 impl PostgresStore {
     async fn ledger_reserve(&self, r: &NewReservation) -> StoreResult<ReserveOutcome> {
         let [day, week, month] = &r.periods;
-        let mut tx = self.begin_write().await?;
-        let limits = sqlx::query_as::<_, (Option<i64>, Option<i64>, Option<i64>)>(
-            "SELECT daily_limit_micros, weekly_limit_micros, monthly_limit_micros FROM projects WHERE id = $1",
-        )
-        .bind(&r.project_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((daily, weekly, monthly)) = limits else {
-            tx.rollback().await?;
-            return Err(StoreError::NotFound(format!("project {:?} not found", r.project_id)));
-        };
-        sqlx::query(
-            "INSERT INTO period_totals (project_id, kind, period_start, spent_micros, reserved_micros) \
-             VALUES ($1, 'day', $2, 0, 0), ($1, 'week', $3, 0, 0), ($1, 'month', $4, 0, 0) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&r.project_id)
-        .bind(day.start)
-        .bind(week.start)
-        .bind(month.start)
-        .execute(&mut *tx)
-        .await?;
-        self.lock_periods(&mut tx, &r.project_id, [day.start, week.start, month.start]).await?;
-        // The limit checks and the increments are one statement; it must
-        // touch all three rows, or one period had no room.
-        let done = sqlx::query(
-            "UPDATE period_totals SET reserved_micros = reserved_micros + $1 WHERE project_id = $2 AND ( \
-             (kind = 'day' AND period_start = $3 \
-                AND (CAST($4 AS BIGINT) IS NULL OR spent_micros + reserved_micros + $1 <= $4)) \
-             OR (kind = 'week' AND period_start = $5 \
-                AND (CAST($6 AS BIGINT) IS NULL OR spent_micros + reserved_micros + $1 <= $6)) \
-             OR (kind = 'month' AND period_start = $7 \
-                AND (CAST($8 AS BIGINT) IS NULL OR spent_micros + reserved_micros + $1 <= $8)))",
-        )
-        .bind(r.amount.0)
-        .bind(&r.project_id)
-        .bind(day.start)
-        .bind(daily)
-        .bind(week.start)
-        .bind(weekly)
-        .bind(month.start)
-        .bind(monthly)
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() != 3 {
-            tx.rollback().await?;
-            return self.exhausted(r, [daily, weekly, monthly]).await;
-        }
-        sqlx::query(
-            "INSERT INTO requests (request_id, created_at_ms, project_id, key_id, endpoint, \
-             model_requested, model_used, status, reserved_micros, day_start, week_start, month_start, \
-             owner, expires_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, 'in_progress', $8, $9, $10, $11, $12, $13)",
+        let outcome: String = sqlx::query_scalar(
+            "SELECT ccgate_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(&r.request_id)
         .bind(r.created_at_ms)
@@ -138,11 +65,24 @@ impl PostgresStore {
         .bind(month.start)
         .bind(&r.owner)
         .bind(r.expires_at_ms)
-        .execute(&mut *tx)
+        .fetch_one(&self.writer)
         .await
         .map_err(|e| conflict_or(e, || format!("request {:?} already recorded", r.request_id)))?;
-        tx.commit().await?;
-        Ok(ReserveOutcome::Reserved)
+        match outcome.as_str() {
+            "reserved" => Ok(ReserveOutcome::Reserved),
+            "not_found" => Err(StoreError::NotFound(format!("project {:?} not found", r.project_id))),
+            _ => {
+                let limits = sqlx::query_as::<_, (Option<i64>, Option<i64>, Option<i64>)>(
+                    "SELECT daily_limit_micros, weekly_limit_micros, monthly_limit_micros FROM projects \
+                     WHERE id = $1",
+                )
+                .bind(&r.project_id)
+                .fetch_optional(&self.reader)
+                .await?
+                .unwrap_or_default();
+                self.exhausted(r, [limits.0, limits.1, limits.2]).await
+            }
+        }
     }
 
     /// Finds the first period (day, week, month) that has no room for the
@@ -167,14 +107,10 @@ impl PostgresStore {
     }
 
     async fn ledger_settle(&self, request_id: &str, c: &Completion) -> StoreResult<bool> {
-        let mut tx = self.begin_write().await?;
-        let row = sqlx::query_as::<_, (String, i64, Option<i64>, Option<i64>, Option<i64>)>(
-            "UPDATE requests SET status = $1, finished_at_ms = $2, model_used = COALESCE($3, model_used), \
-             http_status = $4, error_message = $5, input_tokens = $6, output_tokens = $7, \
-             cache_read_tokens = $8, cache_write_tokens = $9, cost_micros = $10, latency_ms = $11, \
-             ttft_ms = $12 WHERE request_id = $13 AND status = 'in_progress' \
-             RETURNING project_id, reserved_micros, day_start, week_start, month_start",
+        let settled: bool = sqlx::query_scalar(
+            "SELECT ccgate_settle($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
+        .bind(request_id)
         .bind(&c.status)
         .bind(c.finished_at_ms)
         .bind(&c.model_used)
@@ -187,33 +123,9 @@ impl PostgresStore {
         .bind(c.cost.0)
         .bind(c.latency_ms.map(to_i64))
         .bind(c.ttft_ms.map(to_i64))
-        .bind(request_id)
-        .fetch_optional(&mut *tx)
+        .fetch_one(&self.writer)
         .await?;
-        // Already settled (by crash recovery, say): nothing changes.
-        let Some((project_id, reserved, day, week, month)) = row else {
-            tx.rollback().await?;
-            return Ok(false);
-        };
-        if let (Some(d), Some(w), Some(m)) = (day, week, month) {
-            self.lock_periods(&mut tx, &project_id, [d, w, m]).await?;
-        }
-        sqlx::query(
-            "UPDATE period_totals SET reserved_micros = reserved_micros - $1, \
-             spent_micros = spent_micros + $2 WHERE project_id = $3 AND ( \
-             (kind = 'day' AND period_start = $4) OR (kind = 'week' AND period_start = $5) \
-             OR (kind = 'month' AND period_start = $6))",
-        )
-        .bind(reserved)
-        .bind(c.cost.0)
-        .bind(&project_id)
-        .bind(day)
-        .bind(week)
-        .bind(month)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(true)
+        Ok(settled)
     }
 
     async fn ledger_record(&self, e: &LedgerEntry) -> StoreResult<()> {
