@@ -942,3 +942,31 @@ async fn extended_thinking_comes_back_signed_and_goes_back_with_the_tool_result(
     assert!(error.contains("must start with a thinking block"), "{error}");
     app.stop().await;
 }
+
+/// On the CLI backend the request's `thinking` becomes Claude Code's own
+/// setting: `disabled` turns its thinking off, `enabled` sets its budget.
+#[tokio::test]
+async fn the_cli_backend_passes_the_thinking_setting_to_claude_code() {
+    let db = TestDb::sqlite();
+    let app = TestApp::spawn(&db, Options::default()).await;
+    let cases = [
+        (json!({"type": "disabled"}), json!({"type": "disabled"})),
+        (
+            json!({"type": "enabled", "budget_tokens": 2000}),
+            json!({"type": "enabled", "budget_tokens": 2000}),
+        ),
+    ];
+    for (i, (asked, sent)) in cases.into_iter().enumerate() {
+        let mut body = messages_body("haiku", &format!("think {i} [sim:words=2]"));
+        body["max_tokens"] = json!(4000);
+        body["thinking"] = asked;
+        let response = post(&app, "/v1/messages", "sk-anything").json(&body).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{:?}", response.text().await);
+        let seen = app.sim.sim.requests();
+        let upstream =
+            &seen.iter().rev().find(|r| r.last_user_text.contains(&format!("think {i}"))).unwrap().body;
+        assert_eq!(upstream["thinking"], sent, "case {i}");
+        assert_eq!(upstream["max_tokens"], 4000);
+    }
+    app.stop().await;
+}

@@ -127,8 +127,8 @@ impl ClaudeCli {
 
     fn command(&self, job: &Job, system_file: Option<&PathBuf>) -> Command {
         let mut cmd = match &job.agent {
-            Some(agent) => self.agent_command(&job.model, job.max_output_tokens, agent),
-            None => self.base_command(&job.model, job.max_output_tokens),
+            Some(agent) => self.agent_command(&job.model, Output::of(job), agent),
+            None => self.base_command(&job.model, Output::of(job)),
         };
         cmd.args(["--max-budget-usd", &format!("{:.6}", job.max_budget.as_usd())]);
         // An agent keeps the CLI's own system prompt (it explains the tools)
@@ -154,8 +154,8 @@ impl ClaudeCli {
     /// gateway's own, only the tools and MCP servers the policy allowed, no
     /// project settings from the working directory (hooks there could run
     /// anything), and the permission bypass only when the policy says so.
-    fn agent_command(&self, model: &str, max_output_tokens: Option<u64>, agent: &AgentJob) -> Command {
-        let mut cmd = self.cli_command(model, max_output_tokens);
+    fn agent_command(&self, model: &str, output: Output, agent: &AgentJob) -> Command {
+        let mut cmd = self.cli_command(model, output);
         cmd.args(["--tools", &agent.tools.join(",")]);
         if !agent.allowed_tools.is_empty() {
             cmd.arg("--allowedTools").args(&agent.allowed_tools);
@@ -184,8 +184,8 @@ impl ClaudeCli {
     /// The CLI with everything every worker process shares: print mode,
     /// stream-json output, no tools, an environment built from an allow-list,
     /// its own process group, and death with the gateway.
-    pub(super) fn base_command(&self, model: &str, max_output_tokens: Option<u64>) -> Command {
-        let mut cmd = self.cli_command(model, max_output_tokens);
+    pub(super) fn base_command(&self, model: &str, output: Output) -> Command {
+        let mut cmd = self.cli_command(model, output);
         cmd.args(["--bare", "--tools", "", "--no-session-persistence"]);
         cmd
     }
@@ -193,7 +193,7 @@ impl ClaudeCli {
     /// What plain and agentic processes share: print mode, stream-json,
     /// the model, a clean environment, their own process group, and death
     /// with the gateway.
-    fn cli_command(&self, model: &str, max_output_tokens: Option<u64>) -> Command {
+    fn cli_command(&self, model: &str, output: Output) -> Command {
         let mut cmd = Command::new(&self.bin);
         cmd.args(["-p", "--input-format", "stream-json", "--output-format", "stream-json", "--verbose"])
             .arg("--include-partial-messages")
@@ -207,14 +207,11 @@ impl ClaudeCli {
             .env("DISABLE_AUTOUPDATER", "1")
             .env("CLAUDE_CODE_MAX_RETRIES", self.max_retries.to_string())
             .envs(&self.extra_env);
-        if let Some(max) = max_output_tokens {
+        if let Some(max) = output.max_tokens {
             cmd.env("CLAUDE_CODE_MAX_OUTPUT_TOKENS", max.to_string());
-            // The CLI gives thinking a budget of the output cap less one,
-            // and the API takes no budget under 1,024 tokens: under a
-            // smaller cap every request would be refused, so no thinking.
-            if max <= MIN_THINKING_BUDGET {
-                cmd.env("MAX_THINKING_TOKENS", "0");
-            }
+        }
+        if let Some(budget) = output.thinking_budget() {
+            cmd.env("MAX_THINKING_TOKENS", budget.to_string());
         }
         cmd.current_dir(&self.work_dir)
             .stdin(Stdio::piped())
@@ -240,6 +237,38 @@ impl ClaudeCli {
 /// Why an agent with `skip_permissions` cannot run here, and what to change.
 /// The smallest thinking budget the Messages API accepts.
 const MIN_THINKING_BUDGET: u64 = 1024;
+
+/// What a CLI process is told about its output: the cap, and the thinking
+/// the request asked for (Anthropic's `thinking`: `disabled` is a budget of
+/// 0, `enabled` its `budget_tokens`; none or `adaptive` leaves it to the
+/// CLI). Part of a warm process's profile, as it goes in its environment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub(super) struct Output {
+    pub(super) max_tokens: Option<u64>,
+    pub(super) thinking: Option<u64>,
+}
+
+impl Output {
+    pub(super) fn of(job: &Job) -> Output {
+        let thinking = job.thinking.as_ref().and_then(|t| match t.get("type").and_then(|k| k.as_str()) {
+            Some("disabled") => Some(0),
+            Some("enabled") => t.get("budget_tokens").and_then(serde_json::Value::as_u64),
+            _ => None,
+        });
+        Output { max_tokens: job.max_output_tokens, thinking }
+    }
+
+    /// `MAX_THINKING_TOKENS` for the process, when it must be set. The CLI
+    /// gives thinking a budget of the output cap less one, and the API takes
+    /// no budget under 1,024 tokens: under a smaller cap every request would
+    /// be refused, so no thinking.
+    fn thinking_budget(self) -> Option<u64> {
+        if self.max_tokens.is_some_and(|max| max <= MIN_THINKING_BUDGET) {
+            return Some(0);
+        }
+        self.thinking
+    }
+}
 
 pub const BYPASS_AS_ROOT: &str = "the project's agent policy sets skip_permissions, but Claude Code refuses \
      --dangerously-skip-permissions (bypassPermissions) when run as root, and the gateway runs as root: \
@@ -748,12 +777,12 @@ mod tests {
         let bypass = |args: &[String]| {
             args.iter().any(|a| a == "--dangerously-skip-permissions" || a == "bypassPermissions")
         };
-        let plain = args(cli.base_command("haiku", None));
+        let plain = args(cli.base_command("haiku", Output::default()));
         assert!(!bypass(&plain), "{plain:?}");
-        let careful = args(cli.agent_command("haiku", None, &agent(false)));
+        let careful = args(cli.agent_command("haiku", Output::default(), &agent(false)));
         assert!(!bypass(&careful), "{careful:?}");
         assert!(careful.windows(2).any(|w| w == ["--permission-mode", "default"]), "{careful:?}");
-        let skipping = args(cli.agent_command("haiku", None, &agent(true)));
+        let skipping = args(cli.agent_command("haiku", Output::default(), &agent(true)));
         assert!(skipping.windows(2).any(|w| w == ["--permission-mode", "bypassPermissions"]), "{skipping:?}");
         assert!(skipping.iter().any(|a| a == "--dangerously-skip-permissions"), "{skipping:?}");
     }

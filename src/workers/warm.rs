@@ -27,7 +27,7 @@ use tokio::process::{ChildStdin, ChildStdout};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::cli::{write_line, ClaudeCli, Conversation, Group};
+use super::cli::{write_line, ClaudeCli, Conversation, Group, Output};
 use super::stream_json::{parse_line, CliLine};
 use super::{Event, Job, RunEnd, RunReport, Worker};
 use crate::money::Micros;
@@ -62,7 +62,8 @@ pub struct WarmSettings {
 struct Profile {
     model: String,
     system_prompt: Option<String>,
-    max_output_tokens: Option<u64>,
+    /// The output cap and thinking budget, which go in its environment.
+    output: Output,
 }
 
 impl Profile {
@@ -70,7 +71,7 @@ impl Profile {
         Profile {
             model: job.model.clone(),
             system_prompt: job.system_prompt.clone(),
-            max_output_tokens: job.max_output_tokens,
+            output: Output::of(job),
         }
     }
 }
@@ -147,7 +148,7 @@ impl WarmPool {
             me: me.clone(),
         });
         for model in pool.settings.prestart.clone() {
-            let profile = Profile { model, system_prompt: None, max_output_tokens: None };
+            let profile = Profile { model, system_prompt: None, output: Output::default() };
             pool.grow(profile);
         }
         let reaper = Arc::downgrade(&pool);
@@ -373,7 +374,7 @@ impl WarmPool {
 
     /// Starts a process and waits until it answers `initialize`.
     async fn start(&self, profile: &Profile) -> anyhow::Result<WarmProcess> {
-        let mut cmd = self.cold.base_command(&profile.model, profile.max_output_tokens);
+        let mut cmd = self.cold.base_command(&profile.model, profile.output);
         cmd.args(["--input-format", "stream-json"]);
         if let Some(system) = &profile.system_prompt {
             cmd.args(["--system-prompt", system]);
