@@ -393,3 +393,29 @@ async fn a_small_output_cap_runs_without_thinking_and_a_large_one_with_a_valid_b
     }
     app.stop().await;
 }
+
+/// OpenAI's `reasoning_effort` sets Claude Code's thinking budget.
+#[tokio::test]
+async fn reasoning_effort_sets_the_thinking_budget_on_the_cli() {
+    let db = TestDb::sqlite();
+    let app = TestApp::spawn(&db, Options::default()).await;
+    let cases = [
+        ("minimal", json!({"type": "disabled"})),
+        ("medium", json!({"type": "enabled", "budget_tokens": 4096})),
+    ];
+    for (effort, sent) in cases {
+        let mut body = chat_body("haiku", &format!("effort {effort} [sim:words=2]"));
+        body["max_tokens"] = json!(8000);
+        body["reasoning_effort"] = json!(effort);
+        let response = app.chat(body).await;
+        assert_eq!(response.status(), 200, "{effort}: {}", response.text().await.unwrap());
+        let seen = app.sim.sim.requests();
+        let upstream =
+            &seen.iter().rev().find(|r| r.last_user_text.contains(&format!("effort {effort}"))).unwrap().body;
+        assert_eq!(upstream["thinking"], sent, "{effort}");
+    }
+    let mut bad = chat_body("haiku", "hi");
+    bad["reasoning_effort"] = json!("extreme");
+    assert_eq!(app.chat(bad).await.status(), 400);
+    app.stop().await;
+}

@@ -111,6 +111,7 @@ fn parse(
     request.tools = body.client_tools()?;
     request.stream = body.stream;
     request.sampling = body.sampling()?;
+    request.thinking = body.thinking()?;
     Ok(body)
 }
 

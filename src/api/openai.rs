@@ -57,6 +57,11 @@ pub struct ChatCompletionRequest {
     /// the answer (the run is billed in full).
     #[schema(value_type = Option<Object>)]
     pub stop: Option<Value>,
+    /// `none`/`minimal` (no thinking), `low`, `medium` or `high`: Claude's
+    /// extended thinking with a budget of 1,024, 4,096 or 16,384 tokens
+    /// (less than `max_tokens`), on both backends; the thinking itself is
+    /// not returned. Absent, the backend's default.
+    pub reasoning_effort: Option<String>,
     /// Other OpenAI fields (`user`, `seed`, `presence_penalty`…) are accepted and ignored.
     #[serde(flatten)]
     #[schema(value_type = Object)]
@@ -154,6 +159,31 @@ impl ChatCompletionRequest {
 
     pub fn max_tokens(&self) -> Option<u64> {
         self.max_completion_tokens.or(self.max_tokens)
+    }
+
+    /// `reasoning_effort` as Anthropic's `thinking` setting.
+    pub fn thinking(&self) -> Result<Option<Value>, ApiError> {
+        let budget: u64 = match self.reasoning_effort.as_deref() {
+            None => return Ok(None),
+            Some("none" | "minimal") => return Ok(Some(serde_json::json!({"type": "disabled"}))),
+            Some("low") => 1024,
+            Some("medium") => 4096,
+            Some("high") => 16384,
+            Some(other) => {
+                return Err(ApiError::bad_request(
+                    format!("reasoning_effort must be none, minimal, low, medium or high, not {other:?}"),
+                    "reasoning_effort",
+                ))
+            }
+        };
+        // The budget must stay under the output cap, and the API takes none
+        // under 1,024 tokens.
+        let budget = self.max_tokens().map_or(budget, |max| budget.min(max.saturating_sub(1)));
+        Ok(Some(if budget < 1024 {
+            serde_json::json!({"type": "disabled"})
+        } else {
+            serde_json::json!({"type": "enabled", "budget_tokens": budget})
+        }))
     }
 
     /// Sampling and stop sequences in Anthropic's terms, checked.
@@ -638,6 +668,27 @@ mod tests {
         ] {
             assert_eq!(sampling(bad.clone()), Err(Some(field.to_string())), "{bad}");
         }
+    }
+
+    #[test]
+    fn reasoning_effort_becomes_a_thinking_budget_under_the_cap() {
+        let thinking = |effort: &str, max: Option<u64>| {
+            let mut body = serde_json::json!({"model": "haiku", "reasoning_effort": effort,
+                                              "messages": [{"role": "user", "content": "hi"}]});
+            if let Some(max) = max {
+                body["max_tokens"] = serde_json::json!(max);
+            }
+            request(body).thinking().map_err(|e| e.to_object().param)
+        };
+        let enabled = |n: u64| Ok(Some(serde_json::json!({"type": "enabled", "budget_tokens": n})));
+        let disabled = Ok(Some(serde_json::json!({"type": "disabled"})));
+        assert_eq!(thinking("minimal", None), disabled);
+        assert_eq!(thinking("none", Some(5000)), disabled);
+        assert_eq!(thinking("low", None), enabled(1024));
+        assert_eq!(thinking("medium", Some(8000)), enabled(4096));
+        assert_eq!(thinking("high", Some(8000)), enabled(7999));
+        assert_eq!(thinking("low", Some(1000)), disabled, "no budget fits under a small cap");
+        assert_eq!(thinking("extreme", None), Err(Some("reasoning_effort".to_string())));
     }
 
     #[test]

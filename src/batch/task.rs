@@ -113,6 +113,7 @@ fn fill(state: &AppState, body: &Value, request: &mut ChatRequest) -> Result<(),
     request.messages = body.domain_messages(state.settings.max_messages)?;
     request.tools = body.client_tools()?;
     request.sampling = body.sampling()?;
+    request.thinking = body.thinking()?;
     Ok(())
 }
 
