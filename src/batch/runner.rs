@@ -220,10 +220,17 @@ async fn start_pending(
             tracing::warn!(batch_id = %batch.id, expired, "batch expired");
             return Ok(());
         }
+        // The body was checked to be a JSON object when the batch was
+        // validated (anything else is refused when it is parsed to run).
+        let body: Value = store
+            .request_body(&batch.id, line)
+            .await?
+            .and_then(|body| serde_json::from_str(&body).ok())
+            .unwrap_or(Value::Null);
         // A slot of the pool that serves the request's model: a batch on
         // the direct backend is bounded by that backend's share, not the
         // CLI pool's.
-        let pool = state.pool_for_name(&model_of(store.request_body(&batch.id, line).await?.as_deref()));
+        let pool = state.pool_for_name(body.get("model").and_then(Value::as_str).unwrap_or("auto"));
         let slot = tokio::select! {
             biased;
             _ = cancel.cancelled() => return Ok(()),
@@ -240,33 +247,19 @@ async fn start_pending(
             }
             return Ok(());
         };
-        in_flight.spawn(run_request(state.clone(), Arc::clone(facts), claimed, request_id, slot));
+        in_flight.spawn(run_request(state.clone(), Arc::clone(facts), claimed, body, request_id, slot));
     }
     Ok(())
-}
-
-/// The model a request's body names (`auto` when it names none, or when it
-/// is not the JSON object validation let through: parsing refuses it later).
-fn model_of(body: Option<&str>) -> String {
-    #[derive(serde::Deserialize)]
-    struct Named {
-        model: Option<Value>,
-    }
-    body.and_then(|body| serde_json::from_str::<Named>(body).ok())
-        .and_then(|named| named.model)
-        .and_then(|model| model.as_str().map(str::to_string))
-        .unwrap_or_else(|| "auto".into())
 }
 
 async fn run_request(
     state: AppState,
     batch: Arc<BatchFacts>,
     claimed: ClaimedRequest,
+    body: Value,
     request_id: String,
     slot: BatchSlot,
 ) {
-    // The body was checked to be a JSON object when the batch was validated.
-    let body: Value = serde_json::from_str(&claimed.body).unwrap_or(Value::Null);
     let input = TaskInput {
         request_id: request_id.clone(),
         project_id: &batch.project_id,

@@ -191,12 +191,11 @@ pub struct NewBatchRequest {
     pub body: String,
 }
 
-/// A request taken to run: what it asks for.
+/// A request taken to run (its body is `request_body`'s).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimedRequest {
     pub line_no: i64,
     pub custom_id: String,
-    pub body: String,
 }
 
 /// How a request ended, as written to its row.
@@ -759,7 +758,7 @@ macro_rules! impl_batch_store {
                 let row = sqlx::query(
                     "UPDATE batch_requests SET status = 'running', request_id = $3, started_at_ms = $4, \
                      attempts = attempts + 1 WHERE batch_id = $1 AND line_no = $2 AND status = 'pending' \
-                     RETURNING custom_id, body",
+                     RETURNING custom_id",
                 )
                 .bind(batch_id)
                 .bind(line_no)
@@ -771,7 +770,6 @@ macro_rules! impl_batch_store {
                 Ok(Some($crate::store::batches::ClaimedRequest {
                     line_no,
                     custom_id: sqlx::Row::try_get(&row, 0)?,
-                    body: sqlx::Row::try_get(&row, 1)?,
                 }))
             }
 
