@@ -15,6 +15,7 @@ CREATE FUNCTION ccgate_reserve(
 DECLARE
     limits BIGINT[];
     totals RECORD;
+    period_limit BIGINT;
 BEGIN
     SELECT ARRAY[daily_limit_micros, weekly_limit_micros, monthly_limit_micros] INTO limits
         FROM projects WHERE id = p_project_id;
@@ -33,12 +34,9 @@ BEGIN
             OR (kind = 'week' AND period_start = p_week) OR (kind = 'month' AND period_start = p_month))
         ORDER BY kind FOR UPDATE
     LOOP
-        IF (totals.kind = 'day' AND limits[1] IS NOT NULL
-                AND totals.spent_micros + totals.reserved_micros + p_amount > limits[1])
-            OR (totals.kind = 'week' AND limits[2] IS NOT NULL
-                AND totals.spent_micros + totals.reserved_micros + p_amount > limits[2])
-            OR (totals.kind = 'month' AND limits[3] IS NOT NULL
-                AND totals.spent_micros + totals.reserved_micros + p_amount > limits[3]) THEN
+        -- No limit is NULL, and a comparison with NULL refuses nothing.
+        period_limit := limits[array_position(ARRAY['day', 'week', 'month'], totals.kind)];
+        IF totals.spent_micros + totals.reserved_micros + p_amount > period_limit THEN
             RETURN 'exhausted';
         END IF;
     END LOOP;

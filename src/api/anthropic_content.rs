@@ -1,8 +1,8 @@
 //! Anthropic's content blocks and client tools in domain terms: `text`,
-//! `image`, `tool_use` and `tool_result` blocks become a message's text,
-//! images, tool calls and tool results; `tools` and `tool_choice` become
-//! `ClientTools`. Whether the model's backend can carry them is decided
-//! later, by `chat::check_content`.
+//! `image`, `tool_use`, `tool_result` and signed `thinking` blocks become a
+//! message's text, images, tool calls, tool results and thinking; `tools`
+//! and `tool_choice` become `ClientTools`. Whether the model's backend can
+//! carry them is decided later, in `chat::plan`.
 
 use serde_json::Value;
 

@@ -10,8 +10,8 @@ use futures::stream::{self, Stream, StreamExt};
 
 use super::extract::{Context, JsonBody};
 use super::openai::{
-    finish_reason, AgentInfo, AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
-    Choice, ChunkChoice, ChunkExtension, Delta, RunInfo, Usage,
+    finish_reason, AgentInfo, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChunkChoice,
+    ChunkExtension, Delta, RunInfo, Usage,
 };
 use crate::app::AppState;
 use crate::chat::{self, ChatEvent, ChatRequest, Outcome, Running, ToolActivity, ToolCallDelta};
@@ -146,21 +146,9 @@ async fn complete_response(
             headers.insert("x-ccgate-session-id", value);
         }
     }
-    let body = ChatCompletion {
-        id: format!("chatcmpl-{request_id}"),
-        object: "chat.completion",
-        created: unix_now(),
-        model: report.model.clone().unwrap_or_else(|| running.answering_model().id),
-        choices: vec![Choice {
-            index: 0,
-            message: AssistantMessage::from_reply(report.text, report.tool_calls),
-            finish_reason: finish_reason(report.stop_reason.as_deref()),
-            logprobs: None,
-        }],
-        usage: Usage::from(report.usage),
-        system_fingerprint: None,
-        x_ccgate,
-    };
+    let mut body =
+        ChatCompletion::from_report(&request_id, unix_now(), &running.answering_model().id, report);
+    body.x_ccgate = x_ccgate;
     if let Ok(cost) = HeaderValue::from_str(&format!("{:.6}", outcome.cost.as_usd())) {
         headers.insert("x-ccgate-cost-usd", cost);
     }

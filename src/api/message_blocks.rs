@@ -1,7 +1,7 @@
 //! The content blocks of a streamed message, in the order Anthropic's
-//! stream has them: each text or `tool_use` block is started, filled with
-//! deltas and stopped before the next one starts, indexes counting up from
-//! 0. (Stop sequences were applied before: `chat::stop`.)
+//! stream has them: each thinking, text or `tool_use` block is started,
+//! filled with deltas and stopped before the next one starts, indexes
+//! counting up from 0. (Stop sequences were applied before: `chat::stop`.)
 
 use serde_json::json;
 
@@ -25,7 +25,7 @@ pub struct BlockWriter {
 
 impl BlockWriter {
     pub fn new() -> BlockWriter {
-        BlockWriter { open: None, started: 0 }
+        BlockWriter::default()
     }
 
     /// The events for the next piece of text.

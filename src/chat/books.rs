@@ -90,14 +90,14 @@ pub(super) fn error_for(state: &AppState, model: &Model, end: &RunEnd) -> Option
     let settings = &state.settings;
     // The direct backend forwards the client's request, so a 400 from the
     // API is the client's to fix; the CLI builds its own requests.
-    let forwarded = settings.backend_for(&model.id, &model.aliases) == Backend::Api;
+    let forwarded = || settings.backend_for(&model.id, &model.aliases) == Backend::Api;
     Some(match end {
         RunEnd::Completed => return None,
         RunEnd::Failed { api_status: Some(429), message, .. } => ApiError::RateLimited {
             message: format!("the upstream API is rate-limiting: {message}"),
             retry_after_secs: None,
         },
-        RunEnd::Failed { api_status: Some(400), message, .. } if forwarded => ApiError::BadRequest {
+        RunEnd::Failed { api_status: Some(400), message, .. } if forwarded() => ApiError::BadRequest {
             message: format!("the upstream API refused the request: {message}"),
             param: None,
             code: None,

@@ -1,7 +1,7 @@
 //! How the model samples and where it stops, as the client asked. The
 //! direct backend passes all of it to the API; the CLI chooses its own
 //! sampling, so there only the stop sequences apply, cut by the gateway
-//! (`api::stop_sequences`), which also catches any the upstream let through.
+//! (`chat::stop`), which also catches any the upstream let through.
 
 /// Sampling settings and stop sequences of one request.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -14,7 +14,6 @@ use crate::workers::RunReport;
 /// dropped (the API would not have produced them).
 #[derive(Debug, Default)]
 pub struct AnswerCut {
-    sequences: Vec<String>,
     stop: StopSequences,
     /// Tool calls begun before any stop.
     calls: usize,
@@ -22,7 +21,7 @@ pub struct AnswerCut {
 
 impl AnswerCut {
     pub fn new(sequences: &[String]) -> AnswerCut {
-        AnswerCut { sequences: sequences.to_vec(), stop: StopSequences::new(sequences), calls: 0 }
+        AnswerCut { stop: StopSequences::new(sequences), calls: 0 }
     }
 
     /// The text to pass on now (maybe none).
@@ -49,7 +48,12 @@ impl AnswerCut {
     pub fn finish(&mut self, report: &mut RunReport) -> String {
         let held = self.stop.finish();
         if let Some(sequence) = self.stop.matched() {
-            report.text = StopSequences::new(&self.sequences).cut(&report.text);
+            // The report holds the whole text the pieces came from, and the
+            // match was the earliest of any sequence in it: the first place
+            // this one occurs.
+            if let Some(at) = report.text.find(sequence) {
+                report.text.truncate(at);
+            }
             report.tool_calls.truncate(self.calls);
             report.stop_reason = Some("stop_sequence".into());
             report.stop_sequence = Some(sequence.to_string());
