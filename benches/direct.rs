@@ -11,6 +11,10 @@
 //! whatever the answers do (open loop); latency is from each request's send
 //! to the end of its response body, and the table shows how late the
 //! generator sent (p99), so a generator that fell behind shows.
+//!
+//! Both targets are asked the same way: by default for a whole answer
+//! (ccgate then asks the simulator for a whole message too); with
+//! `--stream`, for a stream (ccgate then streams from the simulator).
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
@@ -33,6 +37,8 @@ struct Args {
     concurrency: usize,
     streams: usize,
     log: String,
+    /// Stream the rate and throughput runs' answers (both targets).
+    stream: bool,
     /// The gateway's runtime worker threads (`TOKIO_WORKER_THREADS`);
     /// unset, tokio's default: one per core.
     gateway_threads: Option<usize>,
@@ -45,6 +51,7 @@ fn args() -> Args {
         concurrency: 32,
         streams: 1000,
         log: "info,sqlx=warn".into(),
+        stream: false,
         gateway_threads: None,
     };
     let mut it = std::env::args().skip(1);
@@ -56,6 +63,7 @@ fn args() -> Args {
             "--concurrency" => args.concurrency = value().parse().expect("concurrency"),
             "--streams" => args.streams = value().parse().expect("streams"),
             "--log" => args.log = value(),
+            "--stream" => args.stream = true,
             "--gateway-threads" => args.gateway_threads = Some(value().parse().expect("gateway threads")),
             "--bench" => {}
             other => panic!("unknown flag {other}"),
@@ -179,6 +187,8 @@ struct Endpoints {
     client: reqwest::Client,
     sim: String,
     gateway: String,
+    /// Whether the rate and throughput runs stream.
+    stream: bool,
 }
 
 impl Endpoints {
@@ -189,7 +199,7 @@ impl Endpoints {
                 .post(format!("{}/v1/messages", self.sim))
                 .header("x-api-key", "sk-bench")
                 .header("anthropic-version", "2023-06-01")
-                .json(&json!({"model": MODEL_ID, "max_tokens": 1000, "stream": true,
+                .json(&json!({"model": MODEL_ID, "max_tokens": 1000, "stream": stream,
                               "messages": [{"role": "user", "content": prompt}]})),
             Target::Gateway => self
                 .client
@@ -199,8 +209,7 @@ impl Endpoints {
         }
     }
 
-    /// One whole request (the upstream streams; the gateway answers in one
-    /// body, having streamed from the upstream itself). `Err` on any failure.
+    /// One whole request, its body read to the end. `Err` on any failure.
     async fn one(&self, target: Target, prompt: &str, stream: bool) -> Result<String, String> {
         let response = self.request(target, prompt, stream).send().await.map_err(|e| e.to_string())?;
         let status = response.status();
@@ -261,7 +270,7 @@ async fn open_loop(endpoints: &Endpoints, target: Target, rate: u64, secs: u64) 
         let endpoints = endpoints.clone();
         tasks.push(tokio::spawn(async move {
             let sent = Instant::now();
-            let result = endpoints.one(target, PROMPT, false).await;
+            let result = endpoints.one(target, PROMPT, endpoints.stream).await;
             result.map(|_| (sent.elapsed(), sent.saturating_duration_since(at)))
         }));
     }
@@ -299,7 +308,7 @@ async fn closed_loop(endpoints: &Endpoints, target: Target, concurrency: usize, 
         callers.push(tokio::spawn(async move {
             let (mut done, mut errors) = (0usize, 0usize);
             while Instant::now() < end {
-                match endpoints.one(target, PROMPT, false).await {
+                match endpoints.one(target, PROMPT, endpoints.stream).await {
                     Ok(_) => done += 1,
                     Err(_) => errors += 1,
                 }
@@ -419,17 +428,19 @@ fn main() {
             .timeout(Duration::from_secs(120))
             .build()
             .expect("client");
-        let endpoints = Endpoints { client, sim: sim.url.clone(), gateway: gateway.url.clone() };
+        let endpoints =
+            Endpoints { client, sim: sim.url.clone(), gateway: gateway.url.clone(), stream: args.stream };
         for target in [Target::Sim, Target::Gateway] {
             for _ in 0..200 {
-                endpoints.one(target, PROMPT, false).await.expect("warm-up request");
+                endpoints.one(target, PROMPT, endpoints.stream).await.expect("warm-up request");
             }
         }
         let (rss, _) = memory_mib(gateway_pid);
         println!("ccgate (pid {gateway_pid}) RSS after warm-up: {rss:.1} MiB\n");
 
         let mut inside = Vec::new();
-        println!("## Open loop ({} s per rate; latency from send to end of body)\n", args.secs);
+        let answers = if args.stream { "streamed answers" } else { "whole answers" };
+        println!("## Open loop ({} s per rate, {answers}; latency from send to end of body)\n", args.secs);
         println!(
             "| rate/s | target | achieved/s | errors | p50 ms | p99 ms | max ms | sent late p99 ms | ccgate peak RSS MiB |"
         );
@@ -470,7 +481,7 @@ fn main() {
             println!("\nAt {rate}/s, time inside ccgate around each run (gateway_overhead_seconds): mean {mean:.3} ms");
         }
 
-        println!("\n## Closed loop, {} callers, {} s (max throughput)\n", args.concurrency, args.secs);
+        println!("\n## Closed loop, {} callers, {} s, {answers} (max throughput)\n", args.concurrency, args.secs);
         println!("| target | requests/s | errors | ccgate peak RSS MiB |");
         println!("|---|---|---|---|");
         let mut max = Vec::new();

@@ -146,6 +146,42 @@ async fn usage_and_cost_in_the_ledger_are_usage_times_price_with_cache_priced_ap
 }
 
 #[tokio::test]
+async fn the_upstream_call_streams_when_the_client_does_or_the_answer_could_be_long() {
+    let (_db, app) = spawn(haiku_direct).await;
+    let prompt = "whole [sim:cache_read=4000] [sim:cache_write=300] [sim:words=7]";
+    let ask = |max_tokens: u64, stream: bool| {
+        let mut body = chat_body("haiku", prompt);
+        body["max_tokens"] = json!(max_tokens);
+        body["stream"] = json!(stream);
+        body
+    };
+    // A small cap and no stream: the whole message in one answer. A cap
+    // that could take longer than the stall timeout (60 s at 20 tokens/s):
+    // a stream, whatever the client asked.
+    let mut answers = Vec::new();
+    for max_tokens in [500, 5000] {
+        let response = app.chat(ask(max_tokens, false)).await;
+        assert_eq!(response.status(), 200);
+        let cost = response.headers()["x-ccgate-cost-usd"].to_str().unwrap().to_string();
+        let completion: Value = response.json().await.unwrap();
+        answers.push((completion["choices"][0].clone(), completion["usage"].clone(), cost));
+    }
+    assert_eq!(answers[0], answers[1], "a whole message reads as its stream does");
+    assert_eq!(answers[0].0["message"]["content"], "Simulated reply: w1 w2 w3 w4 w5 w6 w7");
+    assert_eq!(answers[0].0["finish_reason"], "stop");
+    assert!(answers[0].1["prompt_tokens"].as_u64().unwrap() > 4300, "{:?}", answers[0].1);
+    let streamed = app.chat(ask(500, true)).await;
+    assert_eq!(streamed.status(), 200);
+    let frames = frames(streamed).await;
+    assert_eq!(frames.last().map(|f| f.1.as_str()), Some("[DONE]"));
+
+    let streams: Vec<bool> = app.sim.sim.requests().iter().map(|r| r.stream).collect();
+    assert_eq!(streams, [false, true, true]);
+    app.wait_settled("default").await;
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn an_overloaded_upstream_with_retry_after_is_retried_and_succeeds() {
     let (_db, app) = spawn(haiku_direct).await;
     let response = app.chat(chat_body("haiku", "[sim:fail_once=direct-retry-1] [sim:words=3]")).await;
@@ -352,10 +388,10 @@ async fn a_client_that_leaves_mid_stream_ends_the_upstream_request() {
     let mut stream = response.bytes_stream();
     let first = stream.next().await.expect("a first chunk").unwrap();
     assert!(!first.is_empty());
-    assert_eq!(app.sim.sim.open_streams(), 1, "the upstream stream is open while the client reads");
+    assert_eq!(app.sim.sim.open_replies(), 1, "the upstream stream is open while the client reads");
     drop(stream);
 
-    let open = wait_for(Duration::from_secs(10), || match app.sim.sim.open_streams() {
+    let open = wait_for(Duration::from_secs(10), || match app.sim.sim.open_replies() {
         0 => Ok(()),
         n => Err(n),
     })
@@ -428,7 +464,7 @@ async fn a_hung_upstream_is_cut_at_the_deadline_and_its_connection_closed() {
     let error: Value = response.json().await.unwrap();
     assert!(error["error"]["message"].as_str().unwrap().contains("deadline"), "{error}");
     assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
-    let open = wait_for(Duration::from_secs(10), || match app.sim.sim.open_streams() {
+    let open = wait_for(Duration::from_secs(10), || match app.sim.sim.open_replies() {
         0 => Ok(()),
         n => Err(n),
     })
@@ -446,8 +482,8 @@ fn haiku_direct_small_cli_pool(settings: &mut Settings) {
 }
 
 /// Waits until the simulated upstream has `n` replies open at once.
-async fn wait_open_streams(app: &TestApp, n: usize) -> Result<(), usize> {
-    wait_for(Duration::from_secs(20), || match app.sim.sim.open_streams() {
+async fn wait_open_replies(app: &TestApp, n: usize) -> Result<(), usize> {
+    wait_for(Duration::from_secs(20), || match app.sim.sim.open_replies() {
         open if open >= n => Ok(()),
         open => Err(open),
     })
@@ -466,7 +502,7 @@ async fn a_batch_on_the_direct_backend_runs_on_its_slots_not_the_cli_pools() {
         client().post(url).json(&json!({"requests": requests, "max_concurrency": 4})).send().await
     });
     // With the CLI pool's one batch slot, one would run at a time.
-    assert_eq!(wait_open_streams(&app, 4).await, Ok(()), "the batch's requests did not run at once");
+    assert_eq!(wait_open_replies(&app, 4).await, Ok(()), "the batch's requests did not run at once");
     assert_eq!(app.worker_processes(), Vec::<u32>::new(), "no CLI process was started");
     let report: Value = batch.await.unwrap().unwrap().json().await.unwrap();
     assert_eq!(report["stats"]["succeeded"], 4, "{report}");
@@ -483,7 +519,7 @@ async fn a_batch_on_the_direct_backend_runs_on_its_slots_not_the_cli_pools() {
         .collect();
     let file_id = api.upload(&lines).await;
     let id = api.create_ok(&file_id).await["id"].as_str().unwrap().to_string();
-    assert_eq!(wait_open_streams(&app, 4).await, Ok(()), "the batch's requests did not run at once");
+    assert_eq!(wait_open_replies(&app, 4).await, Ok(()), "the batch's requests did not run at once");
     let done = api.wait_done(&id, Duration::from_secs(30)).await;
     assert_eq!(done["request_counts"]["completed"], 4, "{done}");
     app.stop().await;

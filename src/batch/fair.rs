@@ -79,6 +79,7 @@ mod tests {
             sampling: Default::default(),
             thinking: None,
             max_budget: Micros(1),
+            stream: false,
             deadline: tokio::time::Instant::now() + Duration::from_secs(30),
             agent: None,
         }

@@ -225,6 +225,7 @@ async fn prepare(
         sampling: request.sampling.clone(),
         thinking: request.thinking.clone(),
         max_budget: amount,
+        stream: request.stream,
         deadline,
         agent: agent.as_ref().map(crate::agent::job),
     };

@@ -1,5 +1,8 @@
-//! The direct backend: a job is one streaming `POST /v1/messages` to the
-//! Anthropic Messages API, over one shared connection pool. It retries
+//! The direct backend: a job is one `POST /v1/messages` to the Anthropic
+//! Messages API, over one shared connection pool. The call streams when the
+//! client does, or when the answer could take longer than the stall timeout
+//! to arrive whole; otherwise it takes the whole message at once, which
+//! costs less to read than its events. It retries
 //! rate limits, overload, 5xx and connection errors with back-off (honouring
 //! `retry-after`), but never once text has reached the caller, and never
 //! past the job's deadline. It reports usage, not cost: chat prices it.
@@ -18,7 +21,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::messages_request;
-use super::messages_sse::{data_of, parse_data, ContentBlock, Delta, ErrorResponse, SseLines, StreamEvent};
+use super::messages_sse::{
+    data_of, parse_data, ContentBlock, Delta, ErrorResponse, SseLines, StreamEvent, WholeBlock, WholeMessage,
+};
 use super::{Event, Job, PoolStats, RunEnd, RunReport, Worker};
 use crate::chat::{Thinking, ThinkingPiece, ToolCall, ToolCallDelta};
 use crate::config::ApiKey;
@@ -33,6 +38,10 @@ const BACKOFF_BASE: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Used when the price table does not know the model (it always should).
 const FALLBACK_MAX_TOKENS: u64 = 4096;
+/// A slow model writes about this many tokens a second. An answer that
+/// could take longer than the stall timeout to write is streamed whatever
+/// the client asked, so that a stalled upstream still shows as one.
+const SLOW_TOKENS_PER_SEC: u64 = 20;
 
 /// How the direct backend reaches the API.
 pub struct ApiSettings {
@@ -92,16 +101,19 @@ impl AnthropicApi {
         request
     }
 
-    fn body(&self, job: &Job) -> Bytes {
+    /// The request body, and whether it asks for a stream.
+    fn body(&self, job: &Job) -> (Bytes, bool) {
         let messages = messages_request::messages(&job.messages);
         let max_tokens = job
             .max_output_tokens
             .or_else(|| self.max_output.get(&job.model_id).copied())
             .unwrap_or(FALLBACK_MAX_TOKENS);
+        let stream =
+            job.stream || max_tokens > self.stall_timeout.as_secs().saturating_mul(SLOW_TOKENS_PER_SEC);
         let mut body = json!({
             "model": job.model_id.trim_end_matches(LONG_CONTEXT_SUFFIX),
             "max_tokens": max_tokens,
-            "stream": true,
+            "stream": stream,
             "messages": messages,
         });
         match (&job.system_prompt, &job.system_cache) {
@@ -130,7 +142,7 @@ impl AnthropicApi {
         if !sampling.stop.is_empty() {
             body["stop_sequences"] = json!(sampling.stop);
         }
-        Bytes::from(body.to_string())
+        (Bytes::from(body.to_string()), stream)
     }
 }
 
@@ -147,13 +159,13 @@ enum Attempt {
 #[async_trait]
 impl Worker for AnthropicApi {
     async fn run(&self, job: Job, events: mpsc::Sender<Event>, cancel: CancellationToken) -> RunReport {
-        let body = self.body(&job);
+        let (body, stream) = self.body(&job);
         let mut report = RunReport::new(RunEnd::Completed);
         report.model = Some(job.model_id.clone());
         let mut retries = 0;
         let end = loop {
             let (end, retry_after) =
-                match self.attempt(&job, body.clone(), &events, &cancel, &mut report).await {
+                match self.attempt(&job, body.clone(), stream, &events, &cancel, &mut report).await {
                     Attempt::End(end) => break end,
                     Attempt::Retry { end, retry_after } => (end, retry_after),
                 };
@@ -189,6 +201,7 @@ impl AnthropicApi {
         &self,
         job: &Job,
         body: Bytes,
+        stream: bool,
         events: &mpsc::Sender<Event>,
         cancel: &CancellationToken,
         report: &mut RunReport,
@@ -215,6 +228,9 @@ impl AnthropicApi {
         }
         report.usage = TokenUsage::default();
         let _ = events.send(Event::Started { model: Some(job.model_id.clone()), session_id: None }).await;
+        if !stream {
+            return self.whole(job, response, events, cancel, report).await;
+        }
         let mut stream = response.bytes_stream();
         let mut lines = SseLines::default();
         // Which tool call each content block of this message is.
@@ -240,6 +256,37 @@ impl AnthropicApi {
                     return done;
                 }
             }
+        }
+    }
+
+    /// Reads a non-streaming answer and passes its content on as a
+    /// stream's events would have.
+    async fn whole(
+        &self,
+        job: &Job,
+        response: reqwest::Response,
+        events: &mpsc::Sender<Event>,
+        cancel: &CancellationToken,
+        report: &mut RunReport,
+    ) -> Attempt {
+        let bytes = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Attempt::End(RunEnd::Cancelled),
+            _ = events.closed() => return Attempt::End(RunEnd::Cancelled),
+            _ = tokio::time::sleep_until(job.deadline) => return Attempt::End(self.deadline()),
+            bytes = tokio::time::timeout(self.stall_timeout, response.bytes()) => bytes,
+        };
+        let message = match bytes {
+            Err(_) => return Attempt::Retry { end: self.stalled(), retry_after: None },
+            Ok(Err(e)) => return broken(format!("the answer broke off: {e}")),
+            Ok(Ok(bytes)) => match serde_json::from_slice::<WholeMessage>(&bytes) {
+                Ok(message) => message,
+                Err(e) => return broken(format!("the answer is not a message: {e}")),
+            },
+        };
+        match apply_whole(report, message, events).await {
+            Some(done) => done,
+            None => Attempt::End(RunEnd::Completed),
         }
     }
 
@@ -280,6 +327,65 @@ impl AnthropicApi {
 
 fn broken(message: String) -> Attempt {
     Attempt::Retry { end: RunEnd::Crashed { message }, retry_after: None }
+}
+
+/// Takes a whole message's content in as its stream events would have
+/// come; `Some` when the caller went away meanwhile.
+async fn apply_whole(
+    report: &mut RunReport,
+    message: WholeMessage,
+    events: &mpsc::Sender<Event>,
+) -> Option<Attempt> {
+    if let Some(model) = message.model {
+        report.model = Some(model);
+    }
+    if let Some(usage) = &message.usage {
+        usage.apply_to(&mut report.usage);
+    }
+    report.stop_reason = message.stop_reason;
+    report.stop_sequence = message.stop_sequence;
+    if !message.content.is_empty() {
+        report.first_token_at.get_or_insert_with(Instant::now);
+    }
+    for block in message.content {
+        let event = match block {
+            WholeBlock::Text { text } => {
+                report.text.push_str(&text);
+                Event::Text(text)
+            }
+            WholeBlock::ToolUse { id, name, input } => {
+                let arguments = if input.is_null() { "{}".to_string() } else { input.to_string() };
+                report.tool_calls.push(ToolCall {
+                    id: id.clone(),
+                    name: name.clone(),
+                    arguments: arguments.clone(),
+                });
+                let index = report.tool_calls.len() - 1;
+                Event::ToolCall(ToolCallDelta { index, id: Some(id), name: Some(name), arguments })
+            }
+            WholeBlock::Thinking { thinking, signature } => {
+                report
+                    .thinking
+                    .push(Thinking::Text { thinking: thinking.clone(), signature: signature.clone() });
+                let mut pieces = vec![ThinkingPiece::Start { redacted: None }];
+                pieces.extend((!thinking.is_empty()).then_some(ThinkingPiece::Text(thinking)));
+                pieces.extend((!signature.is_empty()).then_some(ThinkingPiece::Signature(signature)));
+                if let Some(done) = send_thinking(events, pieces).await {
+                    return Some(done);
+                }
+                continue;
+            }
+            WholeBlock::RedactedThinking { data } => {
+                report.thinking.push(Thinking::Redacted { data: data.clone() });
+                Event::Thinking(ThinkingPiece::Start { redacted: Some(data) })
+            }
+            WholeBlock::Other => continue,
+        };
+        if events.send(event).await.is_err() {
+            return Some(Attempt::End(RunEnd::Cancelled));
+        }
+    }
+    None
 }
 
 /// Applies one stream event; `Some` when the attempt is over.

@@ -1,6 +1,8 @@
-//! The Anthropic Messages API's streaming format: server-sent events whose
-//! `data:` lines are JSON objects tagged by `type`. `SseLines` splits a byte
-//! stream into lines whatever the chunking; `parse_data` reads one event.
+//! The Anthropic Messages API's answers: the streaming format, server-sent
+//! events whose `data:` lines are JSON objects tagged by `type` (`SseLines`
+//! splits a byte stream into lines whatever the chunking; `parse_data` reads
+//! one event), and the whole message a non-streaming request receives
+//! (`WholeMessage`).
 
 use bytes::{Buf, BytesMut};
 use serde::Deserialize;
@@ -150,6 +152,47 @@ impl Usage {
     }
 }
 
+/// The answer to a non-streaming request: the same content the events of a
+/// stream carry, all at once.
+#[derive(Debug, Deserialize, PartialEq)]
+pub struct WholeMessage {
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub content: Vec<WholeBlock>,
+    #[serde(default)]
+    pub stop_reason: Option<String>,
+    #[serde(default)]
+    pub stop_sequence: Option<String>,
+    #[serde(default)]
+    pub usage: Option<Usage>,
+}
+
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WholeBlock {
+    Text {
+        text: String,
+    },
+    ToolUse {
+        id: String,
+        name: String,
+        #[serde(default)]
+        input: serde_json::Value,
+    },
+    Thinking {
+        #[serde(default)]
+        thinking: String,
+        #[serde(default)]
+        signature: String,
+    },
+    RedactedThinking {
+        data: String,
+    },
+    #[serde(other)]
+    Other,
+}
+
 /// The API's error object, in an error response body or an `error` event.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 pub struct ErrorBody {
@@ -284,5 +327,41 @@ mod tests {
         assert_eq!(parse_data("not json"), None);
         assert_eq!(data_of("data: {}"), Some("{}"));
         assert_eq!(data_of("event: ping"), None);
+    }
+
+    #[test]
+    fn a_whole_message_is_read() {
+        let body = r#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-x",
+            "content":[{"type":"thinking","thinking":"hm","signature":"sig"},
+                       {"type":"redacted_thinking","data":"d"},
+                       {"type":"text","text":"hi","citations":null},
+                       {"type":"tool_use","id":"toolu_1","name":"f","input":{"a":1}},
+                       {"type":"server_tool_use","id":"srv","name":"web_search","input":{}}],
+            "stop_reason":"tool_use","stop_sequence":null,
+            "usage":{"input_tokens":3,"output_tokens":4,"cache_read_input_tokens":5}}"#;
+        let message: WholeMessage = serde_json::from_str(body).expect("parses");
+        assert_eq!(message.model.as_deref(), Some("claude-x"));
+        assert_eq!(
+            message.content,
+            [
+                WholeBlock::Thinking { thinking: "hm".into(), signature: "sig".into() },
+                WholeBlock::RedactedThinking { data: "d".into() },
+                WholeBlock::Text { text: "hi".into() },
+                WholeBlock::ToolUse {
+                    id: "toolu_1".into(),
+                    name: "f".into(),
+                    input: serde_json::json!({"a": 1})
+                },
+                WholeBlock::Other,
+            ]
+        );
+        assert_eq!(message.stop_reason.as_deref(), Some("tool_use"));
+        assert_eq!(message.stop_sequence, None);
+        let mut usage = TokenUsage::default();
+        message.usage.expect("usage").apply_to(&mut usage);
+        assert_eq!(
+            usage,
+            TokenUsage { input_tokens: 3, output_tokens: 4, cache_read_tokens: 5, cache_write_tokens: 0 }
+        );
     }
 }

@@ -48,6 +48,9 @@ pub struct Job {
     pub thinking: Option<serde_json::Value>,
     /// The CLI's own spending cap for the run (`--max-budget-usd`).
     pub max_budget: Micros,
+    /// Whether the client takes the answer piece by piece; a backend may
+    /// fetch the whole answer at once when it does not.
+    pub stream: bool,
     /// The run is killed at this instant, queueing included.
     pub deadline: tokio::time::Instant,
     /// Set when Claude Code acts as an agent: tools, a working directory,

@@ -80,6 +80,7 @@ async fn render(sim: &Sim, plan: Plan) -> Response {
             sse(sim, steps, true)
         }
         (Outcome::Hang, false) => {
+            let _open = sim.reply_guard();
             sim.shutdown_signal().await;
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ccgate-sim: shutting down").into_response()
         }
@@ -90,7 +91,10 @@ async fn render(sim: &Sim, plan: Plan) -> Response {
         (Outcome::Reply(reply), false) => {
             // Take as long as the stream would, but no longer than the server lives.
             let wait = response::duration(&reply, plan.timing);
-            let _ = tokio::time::timeout(wait, sim.shutdown_signal()).await;
+            if !wait.is_zero() {
+                let _open = sim.reply_guard();
+                let _ = tokio::time::timeout(wait, sim.shutdown_signal()).await;
+            }
             Json(response::message_json(&id, &plan.model, plan.input_tokens, &reply)).into_response()
         }
     }
@@ -100,7 +104,7 @@ async fn render(sim: &Sim, plan: Plan) -> Response {
 /// `hang` is set, staying open. It also ends at shutdown; a client that goes
 /// away drops it.
 fn sse(sim: &Sim, steps: Vec<Step>, hang: bool) -> Response {
-    let guard = sim.stream_guard();
+    let guard = sim.reply_guard();
     let events = futures::stream::iter(steps).then(move |step| async move {
         if step.delay > Duration::ZERO {
             tokio::time::sleep(step.delay).await;

@@ -41,19 +41,20 @@ struct Inner {
     // std mutexes: each critical section is a push or a copy, never across an await.
     log: Mutex<Vec<RecordedRequest>>,
     fail_once_seen: Mutex<HashSet<String>>,
-    /// Streamed replies whose response body is still being sent.
-    open_streams: AtomicUsize,
+    /// Replies still being sent (a stream) or waited for (a whole message).
+    open_replies: AtomicUsize,
     shutdown: watch::Sender<bool>,
 }
 
-/// Counts one open stream for as long as it lives; the response body owns
-/// it, so a client that goes away ends the count with the body.
+/// Counts one open reply for as long as it lives; the response body (or
+/// the handler waiting to send a whole message) owns it, so a client that
+/// goes away ends the count with it.
 #[derive(Debug)]
-pub(crate) struct StreamGuard(Sim);
+pub(crate) struct ReplyGuard(Sim);
 
-impl Drop for StreamGuard {
+impl Drop for ReplyGuard {
     fn drop(&mut self) {
-        self.0.inner.open_streams.fetch_sub(1, Ordering::Relaxed);
+        self.0.inner.open_replies.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -65,7 +66,7 @@ impl Sim {
                 config,
                 log: Mutex::default(),
                 fail_once_seen: Mutex::default(),
-                open_streams: AtomicUsize::new(0),
+                open_replies: AtomicUsize::new(0),
                 shutdown,
             }),
         }
@@ -84,14 +85,15 @@ impl Sim {
         lock(&self.inner.log).len()
     }
 
-    /// Streamed replies still being sent (a client that disconnects ends its own).
-    pub fn open_streams(&self) -> usize {
-        self.inner.open_streams.load(Ordering::Relaxed)
+    /// Replies still being streamed or waited for (a client that disconnects
+    /// ends its own).
+    pub fn open_replies(&self) -> usize {
+        self.inner.open_replies.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn stream_guard(&self) -> StreamGuard {
-        self.inner.open_streams.fetch_add(1, Ordering::Relaxed);
-        StreamGuard(self.clone())
+    pub(crate) fn reply_guard(&self) -> ReplyGuard {
+        self.inner.open_replies.fetch_add(1, Ordering::Relaxed);
+        ReplyGuard(self.clone())
     }
 
     /// Forgets the request log and which `fail_once` keys were seen.

@@ -301,17 +301,33 @@ async fn cache_directives_and_fail_model_show_on_the_wire() {
 }
 
 #[tokio::test]
-async fn open_streams_are_counted_until_the_client_leaves() {
+async fn open_replies_are_counted_until_the_client_leaves() {
     let sim = spawn(SimConfig::default()).await.unwrap();
     let response = post(&sim, "/v1/messages", &body("[sim:words=300] [sim:delay_ms=50]", true)).await;
     assert_eq!(response.status(), 200);
     let mut stream = response.bytes_stream();
     stream.next().await.expect("a first frame").unwrap();
-    assert_eq!(sim.sim.open_streams(), 1);
+    assert_eq!(sim.sim.open_replies(), 1);
     drop(stream);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while sim.sim.open_streams() != 0 && Instant::now() < deadline {
+    while sim.sim.open_replies() != 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(sim.sim.open_streams(), 0, "the stream outlived its client");
+    assert_eq!(sim.sim.open_replies(), 0, "the stream outlived its client");
+}
+
+#[tokio::test]
+async fn a_whole_message_being_waited_for_is_an_open_reply() {
+    let sim = spawn(SimConfig::default()).await.unwrap();
+    let url = format!("{}/v1/messages", sim.base_url());
+    let request = reqwest::Client::new().post(url).json(&body("[sim:first_token_ms=500] slow", false)).send();
+    let asked = tokio::spawn(request);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sim.sim.open_replies() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(sim.sim.open_replies(), 1, "the reply being waited for was not counted");
+    let response = asked.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(sim.sim.open_replies(), 0);
 }
