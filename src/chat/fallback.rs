@@ -52,9 +52,11 @@ pub(super) async fn supervise(
         // Settled first, so its reservation no longer counts against the
         // fallback's.
         let failed_request = books.request.clone();
-        conclude_as(&state, &model, books, report.clone(), Instant::now(), Some(FAILED_OVER)).await;
+        // Boxed, as is the fallback below: rare paths, kept out of the
+        // supervisor's future, which every request moves.
+        Box::pin(conclude_as(&state, &model, books, report.clone(), Instant::now(), Some(FAILED_OVER))).await;
         let request_id = format!("{base_id}-fb{}", tried.len());
-        match fall_back(&state, &failed_request, request_id, &job, class, fallback).await {
+        match Box::pin(fall_back(&state, &failed_request, request_id, &job, class, fallback)).await {
             Some(next) => {
                 tracing::info!(
                     request_id = %base_id, from = %model.id, to = %next.model.id,

@@ -280,8 +280,9 @@ async fn launch(
         books: Books { request, reservation },
         class: retry_class,
     };
-    state.tasks.spawn(async move {
-        supervise(supervisor_state, attempt, client_tx, answering_tx).await;
-    });
+    // Boxed: the supervisor's future is large (the whole run), and a task
+    // moves its future into place and its output over it; a box moves as a
+    // pointer.
+    state.tasks.spawn(Box::pin(supervise(supervisor_state, attempt, client_tx, answering_tx)));
     Ok(Running { model, route: None, events: client_rx, answering: answering_rx })
 }

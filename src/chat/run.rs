@@ -92,7 +92,8 @@ pub(super) async fn run_attempt(
     }
     // The run ended without a result line (killed, timed out, crashed).
     let _ = client.send(ChatEvent::Done(Box::new(outcome_of(state, model, report.clone())))).await;
-    conclude(state, model, books, report, Instant::now()).await;
+    // Boxed: a rare path, kept out of the supervisor's future.
+    Box::pin(conclude(state, model, books, report, Instant::now())).await;
     None
 }
 
@@ -158,11 +159,11 @@ async fn deliver(
                 .is_ok();
             let answered_at = Instant::now();
             if let Some(books) = flow.books.take() {
-                let (state, model) = (state.clone(), model.clone());
-                state
-                    .tasks
-                    .clone()
-                    .spawn(async move { conclude(&state, &model, books, report, answered_at).await });
+                let (tasks, state, model) = (state.tasks.clone(), state.clone(), model.clone());
+                // Boxed, as the supervisor is: a settlement's future is large.
+                tasks.spawn(Box::pin(
+                    async move { conclude(&state, &model, books, report, answered_at).await },
+                ));
             }
             delivered
         }

@@ -55,7 +55,8 @@ pub struct ApiSettings {
 
 pub struct AnthropicApi {
     client: reqwest::Client,
-    messages_url: String,
+    /// Parsed once: a URL given as text is parsed again on every request.
+    messages_url: reqwest::Url,
     api_key: ApiKey,
     stall_timeout: Duration,
     max_retries: u32,
@@ -75,10 +76,15 @@ impl AnthropicApi {
             .pool_idle_timeout(Duration::from_secs(90))
             .connect_timeout(settings.stall_timeout)
             .tcp_nodelay(true)
+            // The API never redirects; its key is not sent anywhere else.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
+        let messages_url = format!("{}/v1/messages", settings.base_url.trim_end_matches('/'));
+        let messages_url = reqwest::Url::parse(&messages_url)
+            .map_err(|e| anyhow::anyhow!("ANTHROPIC_BASE_URL {:?} is not a URL: {e}", settings.base_url))?;
         Ok(AnthropicApi {
             client,
-            messages_url: format!("{}/v1/messages", settings.base_url.trim_end_matches('/')),
+            messages_url,
             api_key: settings.api_key,
             stall_timeout: settings.stall_timeout,
             max_retries: settings.max_retries,
@@ -90,7 +96,7 @@ impl AnthropicApi {
     fn request(&self, job: &Job, body: Bytes) -> reqwest::RequestBuilder {
         let request = self
             .client
-            .post(&self.messages_url)
+            .post(self.messages_url.clone())
             .header("x-api-key", self.api_key.expose())
             .header("anthropic-version", ANTHROPIC_VERSION)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
