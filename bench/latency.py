@@ -141,6 +141,8 @@ def baseline_env(sim_url: str) -> dict[str, str]:
         CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
         DISABLE_AUTOUPDATER="1",
         CLAUDE_CODE_MAX_RETRIES="2",
+        # As ccgate's workers for a plain request: no thinking unless asked.
+        MAX_THINKING_TOKENS="0",
     )
     return env
 

@@ -944,29 +944,39 @@ async fn extended_thinking_comes_back_signed_and_goes_back_with_the_tool_result(
 }
 
 /// On the CLI backend the request's `thinking` becomes Claude Code's own
-/// setting: `disabled` turns its thinking off, `enabled` sets its budget.
+/// setting: `disabled` (or none) turns its thinking off, `enabled` sets its
+/// budget, `adaptive` leaves it to Claude Code, which budgets the output cap
+/// less one; under a cap too small for the API's smallest budget (1,024
+/// tokens, which the simulated upstream enforces too), off.
 #[tokio::test]
 async fn the_cli_backend_passes_the_thinking_setting_to_claude_code() {
     let db = TestDb::sqlite();
     let app = TestApp::spawn(&db, Options::default()).await;
+    let disabled = json!({"type": "disabled"});
     let cases = [
-        (json!({"type": "disabled"}), json!({"type": "disabled"})),
+        (Some(json!({"type": "disabled"})), 4000, disabled.clone()),
+        (None, 4000, disabled.clone()),
         (
-            json!({"type": "enabled", "budget_tokens": 2000}),
+            Some(json!({"type": "enabled", "budget_tokens": 2000})),
+            4000,
             json!({"type": "enabled", "budget_tokens": 2000}),
         ),
+        (Some(json!({"type": "adaptive"})), 4000, json!({"type": "enabled", "budget_tokens": 3999})),
+        (Some(json!({"type": "adaptive"})), 1024, disabled),
     ];
-    for (i, (asked, sent)) in cases.into_iter().enumerate() {
+    for (i, (asked, max_tokens, sent)) in cases.into_iter().enumerate() {
         let mut body = messages_body("haiku", &format!("think {i} [sim:words=2]"));
-        body["max_tokens"] = json!(4000);
-        body["thinking"] = asked;
+        body["max_tokens"] = json!(max_tokens);
+        if let Some(asked) = asked {
+            body["thinking"] = asked;
+        }
         let response = post(&app, "/v1/messages", "sk-anything").json(&body).send().await.unwrap();
         assert_eq!(response.status(), 200, "{:?}", response.text().await);
         let seen = app.sim.sim.requests();
         let upstream =
             &seen.iter().rev().find(|r| r.last_user_text.contains(&format!("think {i}"))).unwrap().body;
         assert_eq!(upstream["thinking"], sent, "case {i}");
-        assert_eq!(upstream["max_tokens"], 4000);
+        assert_eq!(upstream["max_tokens"], max_tokens);
     }
     app.stop().await;
 }

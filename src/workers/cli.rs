@@ -234,14 +234,16 @@ impl ClaudeCli {
     }
 }
 
-/// Why an agent with `skip_permissions` cannot run here, and what to change.
 /// The smallest thinking budget the Messages API accepts.
 const MIN_THINKING_BUDGET: u64 = 1024;
 
 /// What a CLI process is told about its output: the cap, and the thinking
 /// the request asked for (Anthropic's `thinking`: `disabled` is a budget of
-/// 0, `enabled` its `budget_tokens`; none or `adaptive` leaves it to the
-/// CLI). Part of a warm process's profile, as it goes in its environment.
+/// 0, `enabled` its `budget_tokens`, `adaptive` leaves it to the CLI). A
+/// plain run that asks for none thinks not at all, as on the direct
+/// backend: Claude Code would otherwise think on every haiku request,
+/// billed as output and never returned. An agent keeps Claude Code's own
+/// default. Part of a warm process's profile, as it goes in its environment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub(super) struct Output {
     pub(super) max_tokens: Option<u64>,
@@ -249,12 +251,19 @@ pub(super) struct Output {
 }
 
 impl Output {
+    /// A plain request's, with no cap and no thinking asked for.
+    pub(super) const PLAIN: Output = Output { max_tokens: None, thinking: Some(0) };
+
     pub(super) fn of(job: &Job) -> Output {
-        let thinking = job.thinking.as_ref().and_then(|t| match t.get("type").and_then(|k| k.as_str()) {
-            Some("disabled") => Some(0),
-            Some("enabled") => t.get("budget_tokens").and_then(serde_json::Value::as_u64),
-            _ => None,
-        });
+        let thinking = match &job.thinking {
+            Some(t) => match t.get("type").and_then(|k| k.as_str()) {
+                Some("disabled") => Some(0),
+                Some("enabled") => t.get("budget_tokens").and_then(serde_json::Value::as_u64),
+                _ => None,
+            },
+            None if job.agent.is_none() => Some(0),
+            None => None,
+        };
         Output { max_tokens: job.max_output_tokens, thinking }
     }
 
@@ -270,6 +279,7 @@ impl Output {
     }
 }
 
+/// Why an agent with `skip_permissions` cannot run here, and what to change.
 pub const BYPASS_AS_ROOT: &str = "the project's agent policy sets skip_permissions, but Claude Code refuses \
      --dangerously-skip-permissions (bypassPermissions) when run as root, and the gateway runs as root: \
      run the gateway as an unprivileged user, or, if its workers run in a container or sandbox, \

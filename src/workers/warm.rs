@@ -148,7 +148,7 @@ impl WarmPool {
             me: me.clone(),
         });
         for model in pool.settings.prestart.clone() {
-            let profile = Profile { model, system_prompt: None, output: Output::default() };
+            let profile = Profile { model, system_prompt: None, output: Output::PLAIN };
             pool.grow(profile);
         }
         let reaper = Arc::downgrade(&pool);
