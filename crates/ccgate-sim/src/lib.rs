@@ -20,6 +20,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -51,6 +52,11 @@ pub async fn spawn_on(addr: SocketAddr, config: SimConfig) -> anyhow::Result<Sim
     let sim = Sim::new(config);
     let app = router(sim.clone());
     let stop = sim.shutdown_signal();
+    // As a real API server: each stream event goes out as it is written
+    // (TCP_NODELAY), not held back by Nagle's algorithm.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop).await });
     Ok(SimHandle { addr, sim, server: Some(server) })
 }
