@@ -93,7 +93,7 @@ async fn direct_streaming_sends_text_in_chunks_as_it_comes() {
     assert_eq!(request["system"], "Be brief.");
     assert_eq!(request["messages"].as_array().map(Vec::len), Some(3));
     assert_eq!(request["messages"][1], json!({"role": "assistant", "content": "Hi."}));
-    assert_eq!(app.worker_processes(), Vec::<u32>::new(), "no CLI process was started");
+    assert_eq!(app.running_workers(), Vec::<u32>::new(), "no CLI process was started");
     app.stop().await;
 }
 
@@ -503,7 +503,7 @@ async fn a_batch_on_the_direct_backend_runs_on_its_slots_not_the_cli_pools() {
     });
     // With the CLI pool's one batch slot, one would run at a time.
     assert_eq!(wait_open_replies(&app, 4).await, Ok(()), "the batch's requests did not run at once");
-    assert_eq!(app.worker_processes(), Vec::<u32>::new(), "no CLI process was started");
+    assert_eq!(app.running_workers(), Vec::<u32>::new(), "no CLI process was started");
     let report: Value = batch.await.unwrap().unwrap().json().await.unwrap();
     assert_eq!(report["stats"]["succeeded"], 4, "{report}");
 

@@ -766,7 +766,7 @@ async fn claude_code_runs_its_own_tools_through_the_gateway() {
     assert_eq!(result["tool_use_id"], call["id"]);
     assert!(result["content"].to_string().contains("the launch code is 4711"), "{result}");
     assert!(stdout.contains("Simulated reply: tool result:") && stdout.contains("4711"), "{stdout}");
-    assert_eq!(app.worker_processes(), Vec::<u32>::new(), "no CLI worker of the gateway's ran");
+    assert_eq!(app.running_workers(), Vec::<u32>::new(), "no CLI worker of the gateway's ran");
 
     app.wait_settled_as("cli-tools", ADMIN).await;
     let rows = app.state.budget.store().ledger("cli-tools", 10).await.unwrap();
@@ -861,12 +861,18 @@ async fn sampling_and_stop_sequences_reach_the_direct_backend_which_stops_there(
 /// Extended thinking on the direct backend: the upstream's signed thinking
 /// block comes back first, streamed or not, and a client that continues a
 /// tool call hands it back unchanged; the simulated upstream, like the
-/// API, refuses the continuation otherwise and checks the signature.
+/// API, refuses the continuation otherwise and checks the signature. With
+/// the default stall timeout (60 s) the cap is small enough that a
+/// non-streaming request takes the whole message from the upstream, and a
+/// streaming one streams.
 #[tokio::test]
 async fn extended_thinking_comes_back_signed_and_goes_back_with_the_tool_result() {
-    let (_db, app) = direct_app(None).await;
+    let db = TestDb::sqlite();
+    let app =
+        TestApp::spawn(&db, Options { adjust: haiku_direct, stall_timeout_secs: 60, ..Options::default() })
+            .await;
     let mut body = messages_body("haiku", READ_PROMPT);
-    body["max_tokens"] = json!(2048);
+    body["max_tokens"] = json!(1100);
     body["thinking"] = json!({"type": "enabled", "budget_tokens": 1024});
     body["tools"] = json!([read_tool()]);
     let response = post(&app, "/v1/messages", "sk-anything").json(&body).send().await.unwrap();
@@ -940,6 +946,8 @@ async fn extended_thinking_comes_back_signed_and_goes_back_with_the_tool_result(
         anthropic_error(post(&app, "/v1/messages", "sk-anything").json(&bare).send().await.unwrap()).await;
     assert_eq!((status, kind.as_str()), (400, "invalid_request_error"), "{error}");
     assert!(error.contains("must start with a thinking block"), "{error}");
+    let streamed: Vec<bool> = app.sim.sim.requests().iter().map(|r| r.stream).collect();
+    assert_eq!(streamed, [false, false, true, false], "whole messages unless the client streams");
     app.stop().await;
 }
 

@@ -194,10 +194,19 @@ impl TestApp {
     }
 
     /// Live processes started by this gateway's workers, except warm ones
-    /// waiting idle for their next request.
+    /// waiting idle for their next request, and unreaped children of this
+    /// test process (whichever gateway of it left them: a zombie has no
+    /// environment to tell), so poll it until a gateway has reaped its own.
     pub fn worker_processes(&self) -> Vec<u32> {
         let idle = self.state.warm.as_ref().map(|warm| warm.idle_pids()).unwrap_or_default();
         processes_with_marker(&self.marker).into_iter().filter(|pid| !idle.contains(pid)).collect()
+    }
+
+    /// Running processes of this gateway's workers, idle warm ones
+    /// included; never another gateway's, so a test can check at once
+    /// that its gateway started none.
+    pub fn running_workers(&self) -> Vec<u32> {
+        running_with_marker(&self.marker)
     }
 
     pub async fn health(&self) -> Value {
@@ -270,27 +279,35 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(120)).build().expect("client")
 }
 
-pub fn processes_with_marker(marker: &str) -> Vec<u32> {
+/// Running processes that carry `marker` in their environment (workers of
+/// the gateway that has it), the gateway process itself left out.
+pub fn running_with_marker(marker: &str) -> Vec<u32> {
     let needle = format!("CCG_TEST_MARKER={marker}");
-    let me = std::process::id().to_string();
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
             let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            if environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
-                // A gateway run as a process carries the marker too (its
-                // workers inherit it from there); it is not a worker.
+            environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) && {
                 let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                let program = cmdline.split(|b| *b == 0).next().unwrap_or_default();
-                return !program.ends_with(b"/ccgate");
+                !cmdline.split(|b| *b == 0).next().unwrap_or_default().ends_with(b"/ccgate")
             }
-            // A zombie has lost its environment; an unreaped child of this
-            // test process is left behind all the same.
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            status.contains("State:\tZ") && status.lines().any(|l| l == format!("PPid:\t{me}"))
         })
         .collect()
+}
+
+/// `running_with_marker`, and every unreaped child of this test process
+/// (a zombie has lost its environment, so it cannot tell whose it is).
+pub fn processes_with_marker(marker: &str) -> Vec<u32> {
+    let me = std::process::id().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let zombies = entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()).filter(|pid| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status.contains("State:\tZ") && status.lines().any(|l| l == format!("PPid:\t{me}"))
+    });
+    let mut pids = running_with_marker(marker);
+    pids.extend(zombies);
+    pids
 }
 
 /// Polls `check` until it succeeds or `limit` passes; returns the last failure.
