@@ -212,16 +212,8 @@ impl AnthropicApi {
         cancel: &CancellationToken,
         report: &mut RunReport,
     ) -> Attempt {
-        let send = tokio::time::timeout(self.stall_timeout, self.request(job, body).send());
-        let response = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return Attempt::End(RunEnd::Cancelled),
-            _ = events.closed() => return Attempt::End(RunEnd::Cancelled),
-            _ = tokio::time::sleep_until(job.deadline) => return Attempt::End(self.deadline()),
-            response = send => response,
-        };
-        let response = match response {
-            Err(_) => return Attempt::Retry { end: self.stalled(), retry_after: None },
+        let response = match self.within(job, events, cancel, self.request(job, body).send()).await {
+            Err(done) => return done,
             Ok(Err(e)) => {
                 let message = format!("cannot reach the Anthropic API: {e}");
                 return Attempt::Retry { end: RunEnd::Crashed { message }, retry_after: None };
@@ -242,15 +234,8 @@ impl AnthropicApi {
         // Which tool call each content block of this message is.
         let mut tool_blocks = HashMap::new();
         loop {
-            let chunk = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => return Attempt::End(RunEnd::Cancelled),
-                _ = events.closed() => return Attempt::End(RunEnd::Cancelled),
-                _ = tokio::time::sleep_until(job.deadline) => return Attempt::End(self.deadline()),
-                chunk = tokio::time::timeout(self.stall_timeout, stream.next()) => chunk,
-            };
-            let bytes = match chunk {
-                Err(_) => return Attempt::Retry { end: self.stalled(), retry_after: None },
+            let bytes = match self.within(job, events, cancel, stream.next()).await {
+                Err(done) => return done,
                 Ok(None) => return broken("the stream ended before message_stop".into()),
                 Ok(Some(Err(e))) => return broken(format!("the stream broke: {e}")),
                 Ok(Some(Ok(bytes))) => bytes,
@@ -265,6 +250,27 @@ impl AnthropicApi {
         }
     }
 
+    /// What `work` gives within the stall timeout; `Err` with how the
+    /// attempt ends when the run is cancelled, its client goes away, its
+    /// deadline passes or the upstream stalls first.
+    async fn within<T>(
+        &self,
+        job: &Job,
+        events: &mpsc::Sender<Event>,
+        cancel: &CancellationToken,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T, Attempt> {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => Err(Attempt::End(RunEnd::Cancelled)),
+            _ = events.closed() => Err(Attempt::End(RunEnd::Cancelled)),
+            _ = tokio::time::sleep_until(job.deadline) => Err(Attempt::End(self.deadline())),
+            done = tokio::time::timeout(self.stall_timeout, work) => {
+                done.map_err(|_| Attempt::Retry { end: self.stalled(), retry_after: None })
+            }
+        }
+    }
+
     /// Reads a non-streaming answer and passes its content on as a
     /// stream's events would have.
     async fn whole(
@@ -275,15 +281,8 @@ impl AnthropicApi {
         cancel: &CancellationToken,
         report: &mut RunReport,
     ) -> Attempt {
-        let bytes = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return Attempt::End(RunEnd::Cancelled),
-            _ = events.closed() => return Attempt::End(RunEnd::Cancelled),
-            _ = tokio::time::sleep_until(job.deadline) => return Attempt::End(self.deadline()),
-            bytes = tokio::time::timeout(self.stall_timeout, response.bytes()) => bytes,
-        };
-        let message = match bytes {
-            Err(_) => return Attempt::Retry { end: self.stalled(), retry_after: None },
+        let message = match self.within(job, events, cancel, response.bytes()).await {
+            Err(done) => return done,
             Ok(Err(e)) => return broken(format!("the answer broke off: {e}")),
             Ok(Ok(bytes)) => match serde_json::from_slice::<WholeMessage>(&bytes) {
                 Ok(message) => message,
