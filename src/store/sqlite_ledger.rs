@@ -360,10 +360,14 @@ impl GroupTotals {
     /// with no row (none should exist) changes nothing, as an `UPDATE`.
     fn write_back(&self, conn: &Connection) -> StoreResult<()> {
         let mut upsert = conn.prepare_cached(
-            "INSERT INTO period_totals (project_id, kind, period_start, spent_micros, reserved_micros)              VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (project_id, kind, period_start)              DO UPDATE SET spent_micros = spent_micros + excluded.spent_micros,              reserved_micros = reserved_micros + excluded.reserved_micros",
+            "INSERT INTO period_totals (project_id, kind, period_start, spent_micros, reserved_micros) \
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (project_id, kind, period_start) \
+             DO UPDATE SET spent_micros = spent_micros + excluded.spent_micros, \
+             reserved_micros = reserved_micros + excluded.reserved_micros",
         )?;
         let mut update = conn.prepare_cached(
-            "UPDATE period_totals SET spent_micros = spent_micros + ?4, reserved_micros = reserved_micros + ?5              WHERE project_id = ?1 AND kind = ?2 AND period_start = ?3",
+            "UPDATE period_totals SET spent_micros = spent_micros + ?4, reserved_micros = reserved_micros + ?5 \
+             WHERE project_id = ?1 AND kind = ?2 AND period_start = ?3",
         )?;
         for ((project_id, kind, start), period) in &self.periods {
             if period.spent == 0 && period.reserved == 0 {
