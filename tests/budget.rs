@@ -414,3 +414,79 @@ async fn refused_alone(db: &TestDb) {
     assert_eq!(totals.reserved, Micros(37 * 1_000), "exactly the reservations that were granted");
     assert_eq!(store.ledger("shared", 100).await.unwrap().len(), 37);
 }
+
+/// A reservation the SQLite writer answered before its commit, when the
+/// writer died in between, is in its journal: the next store to open the
+/// database (or a recovery pass) writes it as a ledger row, counts it
+/// against the limit, and recovery then charges it in full. Lines already
+/// committed are not written twice, and a live writer's journal is left
+/// alone.
+#[tokio::test]
+async fn a_dead_writers_journal_brings_back_its_uncommitted_reservations() {
+    let db = TestDb::sqlite();
+    let path = db.url.strip_prefix("sqlite://").unwrap().to_string();
+    let store = store::connect(&db.url).await.unwrap();
+    project(&store, "p", Limits { daily: Some(Micros(10_000)), weekly: None, monthly: None }).await;
+    let budget = Budget::new(
+        Arc::clone(&store),
+        Arc::new(ccgate::clock::SystemClock),
+        "live".into(),
+        Duration::from_secs(600),
+    );
+    budget.reserve(reservation("committed-1".into(), "p", 2_000)).await.unwrap();
+
+    // What a writer that died would have left: a committed reservation and
+    // one it answered but never committed (already past its expiry).
+    let now = Utc::now();
+    let line = |id: &str, amount: i64| {
+        serde_json::to_string(&store::NewReservation {
+            request_id: id.into(),
+            created_at_ms: now.timestamp_millis(),
+            project_id: "p".into(),
+            key_id: None,
+            endpoint: "/v1/chat/completions".into(),
+            model_requested: Some("haiku".into()),
+            model_used: Some("claude-haiku-4-5-20251001".into()),
+            amount: Micros(amount),
+            periods: PeriodKind::ALL.map(|kind| store::PeriodSlot {
+                kind,
+                start: ccgate::budget::period::bounds(kind, now).0.timestamp(),
+            }),
+            owner: "dead-instance".into(),
+            expires_at_ms: now.timestamp_millis() - 1,
+        })
+        .unwrap()
+    };
+    let orphan = format!("{path}.reservations.dead-1");
+    std::fs::write(&orphan, format!("{}\n{}\n", line("committed-1", 2_000), line("orphan-1", 5_000)))
+        .unwrap();
+    let live: Vec<_> = std::fs::read_dir(std::path::Path::new(&path).parent().unwrap())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().display().to_string())
+        .filter(|p| p.contains(".reservations.") && *p != orphan)
+        .collect();
+    assert_eq!(live.len(), 1, "the live store keeps its own journal: {live:?}");
+
+    // A second store on the same database replays the dead writer's journal
+    // as it opens, and leaves the live one's alone.
+    let second = store::connect(&db.url).await.unwrap();
+    assert!(!std::path::Path::new(&orphan).exists(), "a replayed journal is removed");
+    assert!(std::path::Path::new(&live[0]).exists(), "a live writer's journal is not touched");
+    let day = ccgate::budget::period::bounds(PeriodKind::Day, now).0.timestamp();
+    let totals = second.period_totals("p", PeriodKind::Day, day).await.unwrap();
+    assert_eq!((totals.spent, totals.reserved), (Micros(0), Micros(7_000)), "counted once each");
+    let row = second.ledger_row("orphan-1").await.unwrap().expect("the answered reservation has its row");
+    assert_eq!((row.status.as_str(), row.reserved), ("in_progress", Micros(5_000)));
+    assert_eq!(second.ledger("p", 10).await.unwrap().len(), 2, "the committed one is not written twice");
+
+    // It holds its place in the budget until recovery charges it in full.
+    let refused = budget.reserve(reservation("too-much".into(), "p", 4_000)).await;
+    assert!(matches!(refused, Err(BudgetError::Exhausted { .. })), "{refused:?}");
+    budget.reserve(reservation("fits".into(), "p", 3_000)).await.unwrap();
+    assert_eq!(budget.recover(Duration::from_secs(60)).await.unwrap(), 1);
+    let row = store.ledger_row("orphan-1").await.unwrap().unwrap();
+    assert_eq!((row.status.as_str(), row.cost), ("interrupted", Micros(5_000)));
+    let totals = store.period_totals("p", PeriodKind::Day, day).await.unwrap();
+    assert_eq!((totals.spent, totals.reserved), (Micros(5_000), Micros(5_000)));
+}

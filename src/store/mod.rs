@@ -9,13 +9,14 @@ pub mod keys;
 mod postgres;
 mod queries;
 mod sqlite;
+mod sqlite_journal;
 mod sqlite_ledger;
 pub mod tasks;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::money::Micros;
 
@@ -43,7 +44,7 @@ pub enum StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// The three calendar periods a budget can limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PeriodKind {
     Day,
@@ -95,7 +96,7 @@ pub struct Project {
 
 /// One period a reservation counts against, by its start (unix seconds).
 /// Its limit is the project's, read in the transaction that reserves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeriodSlot {
     pub kind: PeriodKind,
     pub start: i64,
@@ -103,7 +104,7 @@ pub struct PeriodSlot {
 
 /// A ledger row written when a request starts; it doubles as the budget
 /// reservation until it is settled.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NewReservation {
     pub request_id: String,
     pub created_at_ms: i64,

@@ -64,8 +64,9 @@ pub(super) const LEDGER_COLUMNS: &str = "request_id, project_id, endpoint, model
      latency_ms, ttft_ms, created_at_ms";
 
 /// Implements `Store` for a type with `writer` and `reader` pools of `$db`
-/// and `ledger_reserve`, `ledger_settle` and `ledger_record` methods (the
-/// budget writes, which each database does its own way).
+/// and `ledger_reserve`, `ledger_settle`, `ledger_record`, `ledger_flush`
+/// and `ledger_replay` methods (the budget writes, which each database does its
+/// own way).
 macro_rules! impl_store {
     ($store:ty, $db:ty) => {
         #[async_trait::async_trait]
@@ -153,6 +154,8 @@ macro_rules! impl_store {
                 kind: $crate::store::PeriodKind,
                 start: i64,
             ) -> $crate::store::StoreResult<$crate::store::PeriodTotals> {
+                // What was answered before this read is in the database.
+                self.ledger_flush().await?;
                 let row = sqlx::query(
                     "SELECT spent_micros, reserved_micros FROM period_totals \
                      WHERE project_id = $1 AND kind = $2 AND period_start = $3",
@@ -175,6 +178,8 @@ macro_rules! impl_store {
                 from_ms: i64,
                 to_ms: i64,
             ) -> $crate::store::StoreResult<Vec<$crate::store::ModelUsage>> {
+                // What was answered before this read is in the database.
+                self.ledger_flush().await?;
                 let rows = sqlx::query(
                     "SELECT model_used, CAST(COUNT(*) AS BIGINT), \
                      CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT), CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT), \
@@ -205,6 +210,8 @@ macro_rules! impl_store {
                 project_id: &str,
                 limit: i64,
             ) -> $crate::store::StoreResult<Vec<$crate::store::LedgerRow>> {
+                // What was answered before this read is in the database.
+                self.ledger_flush().await?;
                 let sql = format!(
                     "SELECT {} FROM requests WHERE project_id = $1 ORDER BY created_at_ms DESC LIMIT $2",
                     $crate::store::queries::LEDGER_COLUMNS
@@ -217,6 +224,8 @@ macro_rules! impl_store {
                 &self,
                 request_id: &str,
             ) -> $crate::store::StoreResult<Option<$crate::store::LedgerRow>> {
+                // What was answered before this read is in the database.
+                self.ledger_flush().await?;
                 let sql = format!(
                     "SELECT {} FROM requests WHERE request_id = $1",
                     $crate::store::queries::LEDGER_COLUMNS
@@ -279,6 +288,9 @@ macro_rules! impl_store {
                 dead_owners: &[String],
                 now_ms: i64,
             ) -> $crate::store::StoreResult<Vec<String>> {
+                // Reservations a stopped writer answered but never committed
+                // become rows first, to be found below.
+                self.ledger_replay().await?;
                 let rows = sqlx::query("SELECT request_id, owner, expires_at_ms FROM requests WHERE status = 'in_progress'")
                     .fetch_all(&self.reader)
                     .await?;

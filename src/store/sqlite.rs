@@ -63,6 +63,14 @@ impl SqliteStore {
     async fn ledger_record(&self, entry: &LedgerEntry) -> StoreResult<()> {
         self.ledger.record(entry).await
     }
+
+    async fn ledger_flush(&self) -> StoreResult<()> {
+        self.ledger.flush().await
+    }
+
+    async fn ledger_replay(&self) -> StoreResult<()> {
+        self.ledger.replay().await.map(drop)
+    }
 }
 
 impl_batch_store!(SqliteStore, Sqlite);

@@ -7,10 +7,19 @@
 //! handful of thread switches and the single writer connection capped the
 //! gateway near 2,600 of them a second. Here a whole reservation is one
 //! message to this thread, and the writes that arrive while a commit is
-//! being written share the next one. A caller hears back only after the
-//! commit that holds its write: "reserved" still means "in the database",
-//! and the limit check still runs inside the transaction that writes the
-//! reservation, so concurrent requests cannot overspend.
+//! being written share the next one. The limit check runs inside the
+//! transaction that writes the reservation, so concurrent requests cannot
+//! overspend.
+//!
+//! A reservation is answered as soon as its statements have run and it is
+//! in this writer's journal (`sqlite_journal`), before the commit: the
+//! commit's WAL writes are off the request's path. Should the commit then
+//! fail, the answered reservations are written again, unchecked, at the
+//! start of every next transaction until one commits (and none is answered
+//! early meanwhile); should the process die first, the journal brings them
+//! back. A refusal (no room, no such project, an id already recorded) is
+//! answered at once too: it wrote nothing. Settlements and ledger rows of
+//! refused requests are answered after their commit.
 //!
 //! A group keeps the period totals it touches in memory (`GroupTotals`):
 //! each is read once, checked and changed there by every write of the group
@@ -30,13 +39,14 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
 use super::queries::to_i64;
+use super::sqlite_journal::{orphans, Journal, Orphan};
 use super::{
     Completion, LedgerEntry, NewReservation, PeriodKind, PeriodTotals, ReserveOutcome, StoreError,
     StoreResult,
@@ -101,6 +111,9 @@ pub(super) struct LedgerWriter {
     /// Dropped with the store, which ends the writer thread, and with it
     /// the checkpointer.
     ops: mpsc::Sender<Op>,
+    /// The connection and its open transaction, which a reservation uses
+    /// on its caller's thread when the writer thread is not using it.
+    writer: Arc<Mutex<Writer>>,
 }
 
 /// One write and the caller waiting for its answer.
@@ -113,12 +126,18 @@ enum Write {
     Reserve(Box<NewReservation>),
     Settle(String, Box<Completion>),
     Record(Box<LedgerEntry>),
+    /// Replays the journals of writers that are gone.
+    Replay,
+    /// Commits what callers wrote on their own threads; answered once
+    /// everything answered before it is in the database.
+    Commit,
 }
 
 enum Answer {
     Reserve(ReserveOutcome),
     Settle(bool),
     Record,
+    Replayed(usize),
 }
 
 impl LedgerWriter {
@@ -133,16 +152,47 @@ impl LedgerWriter {
         }
         let conn = open(path)?;
         conn.set_prepared_statement_cache_capacity(32);
+        let journal = Journal::create(path)
+            .map_err(|e| StoreError::Ledger(format!("cannot create the reservation journal: {e}")))?;
         let checkpointer = open(path)?;
         let (nudge, nudges) = mpsc::sync_channel(1);
         spawn("ccgate-checkpoint", move || checkpoint(checkpointer, nudges))?;
+        let mut writer = Writer {
+            conn,
+            journal,
+            open: false,
+            totals: GroupTotals::default(),
+            broken: None,
+            journaled: Vec::new(),
+            pending: Vec::new(),
+            replayed: Vec::new(),
+            database: path.to_owned(),
+        };
+        // Before any reservation is checked, what stopped writers answered
+        // is counted.
+        let (reply, mut replayed) = oneshot::channel();
+        writer.commit_group(vec![Op { write: Write::Replay, reply }]);
+        if let Ok(Err(e)) = replayed.try_recv() {
+            return Err(e);
+        }
+        let writer = Arc::new(Mutex::new(writer));
         let (ops, queue) = mpsc::channel();
+        let thread = Arc::clone(&writer);
         let wal = wal_path(path);
-        spawn("ccgate-ledger", move || run(conn, queue, nudge, &wal))?;
-        Ok(LedgerWriter { ops })
+        spawn("ccgate-ledger", move || run(&thread, queue, nudge, &wal))?;
+        Ok(LedgerWriter { ops, writer })
     }
 
+    /// Reserves on the caller's thread when the connection is free (no
+    /// thread switch either way, the commit left to the writer thread);
+    /// otherwise through the writer thread's queue.
     pub(super) async fn reserve(&self, reservation: &NewReservation) -> StoreResult<ReserveOutcome> {
+        let inline = self.writer.try_lock().ok().and_then(|mut writer| writer.reserve_now(reservation));
+        if let Some(answer) = inline {
+            let (reply, _) = oneshot::channel();
+            self.ops.send(Op { write: Write::Commit, reply }).map_err(|_| stopped())?;
+            return answer;
+        }
         match self.write(Write::Reserve(Box::new(reservation.clone()))).await? {
             Answer::Reserve(outcome) => Ok(outcome),
             _ => Err(mismatch()),
@@ -159,6 +209,21 @@ impl LedgerWriter {
     pub(super) async fn record(&self, entry: &LedgerEntry) -> StoreResult<()> {
         match self.write(Write::Record(Box::new(entry.clone()))).await? {
             Answer::Record => Ok(()),
+            _ => Err(mismatch()),
+        }
+    }
+
+    /// Returns once every write answered so far is in the database, so a
+    /// read that follows sees it.
+    pub(super) async fn flush(&self) -> StoreResult<()> {
+        self.write(Write::Commit).await.map(drop)
+    }
+
+    /// Replays the journals of writers that are gone (see `sqlite_journal`);
+    /// how many reservations that wrote.
+    pub(super) async fn replay(&self) -> StoreResult<usize> {
+        match self.write(Write::Replay).await? {
+            Answer::Replayed(count) => Ok(count),
             _ => Err(mismatch()),
         }
     }
@@ -240,7 +305,31 @@ fn wal_path(database: &Path) -> std::path::PathBuf {
     name.into()
 }
 
-fn run(conn: Connection, queue: mpsc::Receiver<Op>, checkpoint: mpsc::SyncSender<()>, wal: &Path) {
+/// The connection and the transaction open on it, shared by the writer
+/// thread and reservations made on their callers' threads.
+struct Writer {
+    conn: Connection,
+    journal: Journal,
+    /// Whether a transaction is open (`BEGIN IMMEDIATE` done, no commit yet).
+    open: bool,
+    /// The open transaction's period totals.
+    totals: GroupTotals,
+    /// A write of the open transaction failed for a reason not its own:
+    /// the transaction will be rolled back.
+    broken: Option<String>,
+    /// Reservations of the open transaction already answered "reserved".
+    journaled: Vec<NewReservation>,
+    /// Reservations answered early whose transaction then failed: written
+    /// again first thing in every transaction until one commits, and none
+    /// is answered early meanwhile.
+    pending: Vec<NewReservation>,
+    /// Dead writers' journals replayed by the open transaction, removed
+    /// once it commits.
+    replayed: Vec<Orphan>,
+    database: std::path::PathBuf,
+}
+
+fn run(writer: &Mutex<Writer>, queue: mpsc::Receiver<Op>, checkpoint: mpsc::SyncSender<()>, wal: &Path) {
     let mut commits = 0u64;
     while let Ok(first) = queue.recv() {
         let mut group = vec![first];
@@ -250,64 +339,176 @@ fn run(conn: Connection, queue: mpsc::Receiver<Op>, checkpoint: mpsc::SyncSender
                 Err(_) => break,
             }
         }
-        commit_group(&conn, group);
+        let mut writer = writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !writer.commit_group(group) {
+            continue;
+        }
         commits += 1;
         if commits % NUDGE_EVERY == 0 {
             // A checkpoint already asked for is enough.
             let _ = checkpoint.try_send(());
         }
         if commits % WAL_CHECK_EVERY == 0 && wal_too_large(wal) {
-            truncate_wal(&conn);
+            truncate_wal(&writer.conn);
         }
     }
 }
 
-/// Applies a group of writes in one transaction and answers each caller
-/// once the commit is known.
-fn commit_group(conn: &Connection, group: Vec<Op>) {
-    let fail = |group: Vec<oneshot::Sender<StoreResult<Answer>>>, message: String| {
-        for reply in group {
-            let _ = reply.send(Err(StoreError::Ledger(message.clone())));
+impl Writer {
+    /// Opens a transaction unless one is open, writing the pending
+    /// reservations first.
+    fn begin(&mut self) -> rusqlite::Result<()> {
+        if self.open {
+            return Ok(());
         }
-    };
-    if let Err(e) = control(conn, "BEGIN IMMEDIATE") {
-        fail(group.into_iter().map(|op| op.reply).collect(), format!("cannot begin a ledger write: {e}"));
-        return;
-    }
-    let mut answered = Vec::with_capacity(group.len());
-    let mut broken = None;
-    let mut totals = GroupTotals::default();
-    for op in group {
-        let answer = apply(conn, &mut totals, &op.write);
-        if let Err(e) = &answer {
-            if !refused_alone(e) {
-                broken.get_or_insert_with(|| e.to_string());
+        control(&self.conn, "BEGIN IMMEDIATE")?;
+        self.open = true;
+        for reservation in &self.pending {
+            if let Err(e) = force(&self.conn, &mut self.totals, reservation) {
+                self.broken.get_or_insert_with(|| e.to_string());
             }
         }
-        answered.push((answer, op.reply));
+        Ok(())
     }
-    let committed = match broken {
-        Some(error) => Err(format!("a ledger write failed: {error}")),
-        None => totals
-            .write_back(conn)
-            .map_err(|e| format!("a ledger write failed: {e}"))
-            .and_then(|()| control(conn, "COMMIT").map_err(|e| format!("the ledger commit failed: {e}"))),
-    };
-    if let Err(message) = committed {
-        let _ = control(conn, "ROLLBACK");
-        fail(answered.into_iter().map(|(_, reply)| reply).collect(), message);
-        return;
-    }
-    for (answer, reply) in answered {
-        let _ = reply.send(answer);
-    }
-}
 
-fn apply(conn: &Connection, totals: &mut GroupTotals, write: &Write) -> StoreResult<Answer> {
-    match write {
-        Write::Reserve(r) => reserve(conn, totals, r).map(Answer::Reserve),
-        Write::Settle(id, c) => settle(conn, totals, id, c).map(Answer::Settle),
-        Write::Record(e) => record(conn, e).map(|()| Answer::Record),
+    /// Whether a reservation may be answered before its commit.
+    fn answers_early(&self) -> bool {
+        self.pending.is_empty() && self.broken.is_none()
+    }
+
+    /// A reservation made on the caller's thread, in the open transaction
+    /// (opened if need be); `None` when it must go through the queue (a
+    /// failed transaction's reservations are not written yet).
+    fn reserve_now(&mut self, reservation: &NewReservation) -> Option<StoreResult<ReserveOutcome>> {
+        if !self.pending.is_empty() || self.broken.is_some() {
+            return None;
+        }
+        if self.begin().is_err() {
+            return None;
+        }
+        let answer = reserve(&self.conn, &mut self.totals, reservation);
+        match &answer {
+            Ok(ReserveOutcome::Reserved) => {
+                if let Err(e) = self.journal.append(reservation) {
+                    // Written but not journaled: it cannot be answered before
+                    // the commit, so it is undone with its transaction.
+                    self.broken = Some(format!("cannot write to the reservation journal: {e}"));
+                    return Some(Err(StoreError::Ledger(format!(
+                        "the ledger cannot take reservations: {e}"
+                    ))));
+                }
+                self.journaled.push(reservation.clone());
+            }
+            Ok(ReserveOutcome::Exhausted { .. }) => {}
+            Err(e) if refused_alone(e) => {}
+            Err(e) => {
+                self.broken = Some(e.to_string());
+            }
+        }
+        Some(answer)
+    }
+
+    /// Applies a group of writes in the open transaction (or a new one) and
+    /// commits it. Reservations (and refusals) are answered as they are
+    /// applied, when the journal holds them; the other writes once the
+    /// commit is known. False when there was nothing to commit.
+    fn commit_group(&mut self, group: Vec<Op>) -> bool {
+        let fail = |group: Vec<oneshot::Sender<StoreResult<Answer>>>, message: String| {
+            for reply in group {
+                let _ = reply.send(Err(StoreError::Ledger(message.clone())));
+            }
+        };
+        let writes = group.iter().filter(|op| !matches!(op.write, Write::Commit)).count();
+        if writes == 0 && !self.open {
+            for op in group {
+                let _ = op.reply.send(Ok(Answer::Record));
+            }
+            return false;
+        }
+        if let Err(e) = self.begin() {
+            fail(group.into_iter().map(|op| op.reply).collect(), format!("cannot begin a ledger write: {e}"));
+            return false;
+        }
+        let mut answered = Vec::with_capacity(writes);
+        for Op { write, reply } in group {
+            let answer = self.apply(&write);
+            if let Err(e) = &answer {
+                if !refused_alone(e) {
+                    self.broken.get_or_insert_with(|| e.to_string());
+                }
+            }
+            if let (Write::Reserve(reservation), true) = (write, self.answers_early()) {
+                let reserved = matches!(answer, Ok(Answer::Reserve(ReserveOutcome::Reserved)));
+                if !reserved {
+                    // A refusal wrote nothing, whatever the commit does.
+                    let _ = reply.send(answer);
+                    continue;
+                }
+                match self.journal.append(&reservation) {
+                    Ok(()) => {
+                        let _ = reply.send(answer);
+                        self.journaled.push(*reservation);
+                        continue;
+                    }
+                    // Answered after the commit instead.
+                    Err(e) => tracing::warn!(error = %e, "cannot write to the reservation journal"),
+                }
+            }
+            answered.push((answer, reply));
+        }
+        let totals = std::mem::take(&mut self.totals);
+        let committed = match self.broken.take() {
+            Some(error) => Err(format!("a ledger write failed: {error}")),
+            None => {
+                totals.write_back(&self.conn).map_err(|e| format!("a ledger write failed: {e}")).and_then(
+                    |()| control(&self.conn, "COMMIT").map_err(|e| format!("the ledger commit failed: {e}")),
+                )
+            }
+        };
+        self.open = false;
+        let journaled = std::mem::take(&mut self.journaled);
+        if let Err(message) = committed {
+            let _ = control(&self.conn, "ROLLBACK");
+            // Their callers are running: they go in again next time.
+            self.pending.extend(journaled);
+            self.replayed.clear();
+            tracing::error!(pending = self.pending.len(), error = %message, "a ledger group was rolled back");
+            fail(answered.into_iter().map(|(_, reply)| reply).collect(), message);
+            return true;
+        }
+        self.pending.clear();
+        // Every line of the journal is in the database now.
+        self.journal.committed();
+        for orphan in self.replayed.drain(..) {
+            orphan.remove();
+        }
+        for (answer, reply) in answered {
+            let _ = reply.send(answer);
+        }
+        true
+    }
+
+    fn apply(&mut self, write: &Write) -> StoreResult<Answer> {
+        let (conn, totals) = (&self.conn, &mut self.totals);
+        match write {
+            Write::Reserve(r) => reserve(conn, totals, r).map(Answer::Reserve),
+            Write::Settle(id, c) => settle(conn, totals, id, c).map(Answer::Settle),
+            Write::Record(e) => record(conn, e).map(|()| Answer::Record),
+            Write::Replay => {
+                let mut written = 0;
+                for orphan in orphans(&self.database) {
+                    for reservation in &orphan.reservations {
+                        written += usize::from(force(conn, totals, reservation)?);
+                    }
+                    self.replayed.push(orphan);
+                }
+                if written > 0 {
+                    tracing::warn!(written, "reservations of a stopped gateway recovered from its journal");
+                }
+                Ok(Answer::Replayed(written))
+            }
+            Write::Commit => Ok(Answer::Record),
+        }
     }
 }
 
@@ -325,6 +526,9 @@ struct GroupPeriod {
     read: PeriodTotals,
     /// Whether the row was there when read (else a reservation creates it).
     exists: bool,
+    /// Whether a reservation of the group added to it (its settlement may
+    /// follow in the same group).
+    reserved_here: bool,
     spent: i64,
     reserved: i64,
 }
@@ -341,7 +545,7 @@ impl GroupTotals {
                     Some(read) => (true, read),
                     None => (false, PeriodTotals::default()),
                 };
-                Ok(entry.insert(GroupPeriod { read, exists, spent: 0, reserved: 0 }))
+                Ok(entry.insert(GroupPeriod { read, exists, reserved_here: false, spent: 0, reserved: 0 }))
             }
         }
     }
@@ -373,7 +577,7 @@ impl GroupTotals {
             if period.spent == 0 && period.reserved == 0 {
                 continue;
             }
-            let created_here = !period.exists && period.reserved > 0;
+            let created_here = !period.exists && period.reserved_here;
             let statement = if period.exists || created_here { &mut upsert } else { &mut update };
             statement.execute(params![project_id, kind.as_str(), start, period.spent, period.reserved])?;
         }
@@ -419,6 +623,23 @@ fn reserve(conn: &Connection, totals: &mut GroupTotals, r: &NewReservation) -> S
             });
         }
     }
+    write_reservation(conn, totals, r)?;
+    Ok(ReserveOutcome::Reserved)
+}
+
+/// Writes a reservation already answered "reserved" (by a transaction that
+/// then failed, or by a writer that stopped before its commit), without a
+/// limit check: its request is running. False when its row is there already.
+fn force(conn: &Connection, totals: &mut GroupTotals, r: &NewReservation) -> StoreResult<bool> {
+    match write_reservation(conn, totals, r) {
+        Ok(()) => Ok(true),
+        Err(StoreError::Conflict(_)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// A reservation's ledger row, then its periods' reserved totals.
+fn write_reservation(conn: &Connection, totals: &mut GroupTotals, r: &NewReservation) -> StoreResult<()> {
     // The ledger row first: a request id already recorded is refused by
     // this statement alone (SQLite undoes just the statement), before the
     // totals change.
@@ -444,9 +665,11 @@ fn reserve(conn: &Connection, totals: &mut GroupTotals, r: &NewReservation) -> S
     ])
     .map_err(|e| conflict_or(e, || format!("request {:?} already recorded", r.request_id)))?;
     for slot in &r.periods {
-        totals.period(conn, (r.project_id.clone(), slot.kind, slot.start))?.reserved += r.amount.0;
+        let period = totals.period(conn, (r.project_id.clone(), slot.kind, slot.start))?;
+        period.reserved += r.amount.0;
+        period.reserved_here = true;
     }
-    Ok(ReserveOutcome::Reserved)
+    Ok(())
 }
 
 /// A period's row, if it has one.
