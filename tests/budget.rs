@@ -433,7 +433,7 @@ async fn a_dead_writers_journal_brings_back_its_uncommitted_reservations() {
         "live".into(),
         Duration::from_secs(600),
     );
-    budget.reserve(reservation("committed-1".into(), "p", 2_000)).await.unwrap();
+    let committed = budget.reserve(reservation("committed-1".into(), "p", 2_000)).await.unwrap();
 
     // What a writer that died would have left: a committed reservation and
     // one it answered but never committed (already past its expiry).
@@ -483,10 +483,16 @@ async fn a_dead_writers_journal_brings_back_its_uncommitted_reservations() {
     // It holds its place in the budget until recovery charges it in full.
     let refused = budget.reserve(reservation("too-much".into(), "p", 4_000)).await;
     assert!(matches!(refused, Err(BudgetError::Exhausted { .. })), "{refused:?}");
-    budget.reserve(reservation("fits".into(), "p", 3_000)).await.unwrap();
+    let fits = budget.reserve(reservation("fits".into(), "p", 3_000)).await.unwrap();
     assert_eq!(budget.recover(Duration::from_secs(60)).await.unwrap(), 1);
     let row = store.ledger_row("orphan-1").await.unwrap().unwrap();
     assert_eq!((row.status.as_str(), row.cost), ("interrupted", Micros(5_000)));
     let totals = store.period_totals("p", PeriodKind::Day, day).await.unwrap();
     assert_eq!((totals.spent, totals.reserved), (Micros(5_000), Micros(5_000)));
+    for held in [committed, fits] {
+        let done = Completion { status: "succeeded".into(), cost: Micros(1_000), ..Completion::default() };
+        assert!(budget.settle(held, done).await.unwrap());
+    }
+    let totals = store.period_totals("p", PeriodKind::Day, day).await.unwrap();
+    assert_eq!((totals.spent, totals.reserved), (Micros(7_000), Micros(0)));
 }
