@@ -496,3 +496,41 @@ async fn a_dead_writers_journal_brings_back_its_uncommitted_reservations() {
     let totals = store.period_totals("p", PeriodKind::Day, day).await.unwrap();
     assert_eq!((totals.spent, totals.reserved), (Micros(7_000), Micros(0)));
 }
+
+/// A reservation made while another connection holds SQLite's write lock
+/// does not hold its caller's runtime thread for the busy timeout: it goes
+/// through the writer thread, which waits for the lock, and is answered
+/// once the lock is free.
+#[tokio::test]
+async fn a_reservation_waits_for_another_writer_off_the_runtime_thread() {
+    let db = TestDb::sqlite();
+    let path = db.url.strip_prefix("sqlite://").unwrap().to_string();
+    let store = store::connect(&db.url).await.unwrap();
+    project(&store, "p", Limits { daily: Some(Micros(10_000)), weekly: None, monthly: None }).await;
+    let budget = Budget::new(
+        Arc::clone(&store),
+        Arc::new(ccgate::clock::SystemClock),
+        "i".into(),
+        Duration::from_secs(600),
+    );
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let task = tokio::spawn({
+        let budget = budget.clone();
+        async move { budget.reserve(reservation("r1".into(), "p", 1_000)).await }
+    });
+    // This test's runtime has one thread: the reservation runs here, up to
+    // where it waits.
+    let started = std::time::Instant::now();
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "the runtime thread waited on the lock");
+    assert!(!task.is_finished(), "no answer while the lock is held");
+    other.execute_batch("COMMIT").unwrap();
+    let held = task.await.unwrap().expect("reserved once the lock was free");
+    let done = Completion { status: "succeeded".into(), cost: Micros(400), ..Completion::default() };
+    assert!(budget.settle(held, done).await.unwrap());
+    let usage = budget.usage("p", PeriodKind::Day).await.unwrap();
+    assert_eq!((usage.spent, usage.reserved), (Micros(400), Micros(0)));
+}

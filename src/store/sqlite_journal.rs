@@ -33,6 +33,7 @@ const CLEAR_AT: u64 = 1 << 20;
 
 pub(super) struct Journal {
     file: File,
+    path: PathBuf,
     len: u64,
     line: Vec<u8>,
 }
@@ -45,7 +46,7 @@ impl Journal {
         if !lock(&file) {
             return Err(std::io::Error::other(format!("cannot lock {}", path.display())));
         }
-        Ok(Journal { file, len: 0, line: Vec::with_capacity(512) })
+        Ok(Journal { file, path, len: 0, line: Vec::with_capacity(512) })
     }
 
     /// Appends one reservation as one line, in one write.
@@ -56,6 +57,13 @@ impl Journal {
         self.file.write_all(&self.line)?;
         self.len += self.line.len() as u64;
         Ok(())
+    }
+
+    /// Removes the file when the writer stops with every line committed.
+    pub(super) fn remove(&self) {
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot remove the reservation journal");
+        }
     }
 
     /// Empties the file once it has grown. Only after a commit that holds

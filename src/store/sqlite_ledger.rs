@@ -53,6 +53,9 @@ use super::{
 };
 use crate::money::Micros;
 
+/// How long a write waits for another connection's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The most writes one commit takes; more wait for the next.
 const MAX_GROUP: usize = 256;
 
@@ -237,7 +240,7 @@ impl LedgerWriter {
 
 fn open(path: &Path) -> StoreResult<Connection> {
     let conn = Connection::open(path)?;
-    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     // NORMAL in WAL mode survives a process crash, as for the other
     // connections (the journal mode is the file's, set when it was opened);
     // no commit checkpoints, which would put a checkpoint's fsync on the
@@ -352,16 +355,30 @@ fn run(writer: &Mutex<Writer>, queue: mpsc::Receiver<Op>, checkpoint: mpsc::Sync
             truncate_wal(&writer.conn);
         }
     }
+    // The store is gone: a journal whose every line is committed goes too.
+    let writer = writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !writer.open && writer.pending.is_empty() {
+        writer.journal.remove();
+    }
 }
 
 impl Writer {
     /// Opens a transaction unless one is open, writing the pending
-    /// reservations first.
-    fn begin(&mut self) -> rusqlite::Result<()> {
+    /// reservations first. Without `wait`, gives up at once when another
+    /// connection holds the write lock (a caller's thread must not block on
+    /// it for the busy timeout).
+    fn begin(&mut self, wait: bool) -> rusqlite::Result<()> {
         if self.open {
             return Ok(());
         }
-        control(&self.conn, "BEGIN IMMEDIATE")?;
+        if wait {
+            control(&self.conn, "BEGIN IMMEDIATE")?;
+        } else {
+            self.conn.busy_timeout(Duration::ZERO)?;
+            let begun = control(&self.conn, "BEGIN IMMEDIATE");
+            self.conn.busy_timeout(BUSY_TIMEOUT)?;
+            begun?;
+        }
         self.open = true;
         for reservation in &self.pending {
             if let Err(e) = force(&self.conn, &mut self.totals, reservation) {
@@ -383,7 +400,7 @@ impl Writer {
         if !self.pending.is_empty() || self.broken.is_some() {
             return None;
         }
-        if self.begin().is_err() {
+        if self.begin(false).is_err() {
             return None;
         }
         let answer = reserve(&self.conn, &mut self.totals, reservation);
@@ -425,7 +442,7 @@ impl Writer {
             }
             return false;
         }
-        if let Err(e) = self.begin() {
+        if let Err(e) = self.begin(true) {
             fail(group.into_iter().map(|op| op.reply).collect(), format!("cannot begin a ledger write: {e}"));
             return false;
         }
