@@ -191,9 +191,14 @@ impl LedgerWriter {
     /// otherwise through the writer thread's queue.
     pub(super) async fn reserve(&self, reservation: &NewReservation) -> StoreResult<ReserveOutcome> {
         let inline = self.writer.try_lock().ok().and_then(|mut writer| writer.reserve_now(reservation));
-        if let Some(answer) = inline {
-            let (reply, _) = oneshot::channel();
-            self.ops.send(Op { write: Write::Commit, reply }).map_err(|_| stopped())?;
+        if let Some((answer, opened)) = inline {
+            // One commit for the transaction: the reservations that join it
+            // before the writer thread takes it share the one asked for by
+            // the reservation that opened it.
+            if opened {
+                let (reply, _) = oneshot::channel();
+                self.ops.send(Op { write: Write::Commit, reply }).map_err(|_| stopped())?;
+            }
             return answer;
         }
         match self.write(Write::Reserve(Box::new(reservation.clone()))).await? {
@@ -394,15 +399,21 @@ impl Writer {
     }
 
     /// A reservation made on the caller's thread, in the open transaction
-    /// (opened if need be); `None` when it must go through the queue (a
-    /// failed transaction's reservations are not written yet).
-    fn reserve_now(&mut self, reservation: &NewReservation) -> Option<StoreResult<ReserveOutcome>> {
+    /// (opened if need be, which the second value says); `None` when it
+    /// must go through the queue (a failed transaction's reservations are
+    /// not written yet, or another connection holds the write lock).
+    fn reserve_now(&mut self, reservation: &NewReservation) -> Option<(StoreResult<ReserveOutcome>, bool)> {
         if !self.pending.is_empty() || self.broken.is_some() {
             return None;
         }
+        let opened = !self.open;
         if self.begin(false).is_err() {
             return None;
         }
+        Some((self.reserve_open(reservation), opened))
+    }
+
+    fn reserve_open(&mut self, reservation: &NewReservation) -> StoreResult<ReserveOutcome> {
         let answer = reserve(&self.conn, &mut self.totals, reservation);
         match &answer {
             Ok(ReserveOutcome::Reserved) => {
@@ -410,9 +421,7 @@ impl Writer {
                     // Written but not journaled: it cannot be answered before
                     // the commit, so it is undone with its transaction.
                     self.broken = Some(format!("cannot write to the reservation journal: {e}"));
-                    return Some(Err(StoreError::Ledger(format!(
-                        "the ledger cannot take reservations: {e}"
-                    ))));
+                    return Err(StoreError::Ledger(format!("the ledger cannot take reservations: {e}")));
                 }
                 self.journaled.push(reservation.clone());
             }
@@ -422,7 +431,7 @@ impl Writer {
                 self.broken = Some(e.to_string());
             }
         }
-        Some(answer)
+        answer
     }
 
     /// Applies a group of writes in the open transaction (or a new one) and
