@@ -42,6 +42,10 @@ struct Args {
     /// The gateway's runtime worker threads (`TOKIO_WORKER_THREADS`);
     /// unset, tokio's default: one per core.
     gateway_threads: Option<usize>,
+    /// Ledger rows written before the gateway starts, as a long-running
+    /// gateway's database would hold (random request ids, as clients'
+    /// own ids and earlier versions' ids are).
+    ledger_rows: u64,
 }
 
 fn args() -> Args {
@@ -53,6 +57,7 @@ fn args() -> Args {
         log: "info,sqlx=warn".into(),
         stream: false,
         gateway_threads: None,
+        ledger_rows: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -65,6 +70,7 @@ fn args() -> Args {
             "--log" => args.log = value(),
             "--stream" => args.stream = true,
             "--gateway-threads" => args.gateway_threads = Some(value().parse().expect("gateway threads")),
+            "--ledger-rows" => args.ledger_rows = value().parse().expect("ledger rows"),
             "--bench" => {}
             other => panic!("unknown flag {other}"),
         }
@@ -370,6 +376,39 @@ async fn concurrent_streams(endpoints: &Endpoints, n: usize) -> (usize, usize, D
     (ok, n - ok, started.elapsed())
 }
 
+/// Creates the database (the gateway's migrations) and writes `rows`
+/// settled ledger rows into it, spread over the last day.
+fn prefill(database: &Path, rows: u64) {
+    let started = Instant::now();
+    let url = format!("sqlite://{}", database.display());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async { drop(ccgate::store::connect(&url).await.expect("create the database")) });
+    let mut conn = rusqlite::Connection::open(database).expect("open the database");
+    let tx = conn.transaction().expect("begin");
+    {
+        let mut insert = tx
+            .prepare(
+                "INSERT INTO requests (request_id, created_at_ms, finished_at_ms, project_id, endpoint, \
+                 model_requested, model_used, status, http_status, input_tokens, output_tokens, cost_micros) \
+                 VALUES (?1, ?2, ?2, 'default', '/v1/chat/completions', 'haiku', \
+                 'claude-haiku-4-5-20251001', 'succeeded', 200, 20, 10, 60)",
+            )
+            .expect("prepare");
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        for i in 0..rows {
+            let at = now_ms - 86_400_000 + (i * 86_400_000 / rows) as i64;
+            insert.execute(rusqlite::params![uuid::Uuid::new_v4().to_string(), at]).expect("insert");
+        }
+    }
+    tx.commit().expect("commit");
+    let size = std::fs::metadata(database).map(|m| m.len()).unwrap_or(0);
+    eprintln!(
+        "ledger prefilled: {rows} rows, {:.0} MiB, in {:.1} s",
+        size as f64 / 1048576.0,
+        started.elapsed().as_secs_f64()
+    );
+}
+
 fn bins() -> (PathBuf, PathBuf) {
     let gateway = PathBuf::from(env!("CARGO_BIN_EXE_ccgate"));
     let sim = gateway.parent().unwrap_or(Path::new(".")).join("ccgate-sim");
@@ -386,6 +425,10 @@ fn main() {
     raise_fd_limit();
     let (gateway_bin, sim_bin) = bins();
     let dir = tempfile::tempdir().expect("temp dir");
+    let database = dir.path().join("bench.db");
+    if args.ledger_rows > 0 {
+        prefill(&database, args.ledger_rows);
+    }
 
     let mut sim_cmd = Command::new(&sim_bin);
     sim_cmd.args(["--listen", "127.0.0.1:0"]).env("RUST_LOG", "warn");
@@ -405,7 +448,7 @@ fn main() {
     gw_cmd
         .args(["serve", "--listen", "127.0.0.1:0"])
         .arg("--database-url")
-        .arg(format!("sqlite://{}", dir.path().join("bench.db").display()))
+        .arg(format!("sqlite://{}", database.display()))
         .env("ANTHROPIC_BASE_URL", &sim.url)
         .env("ANTHROPIC_API_KEY", "sk-bench")
         .env("CCGATE_DEFAULT_BACKEND", "api")

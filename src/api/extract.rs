@@ -88,11 +88,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Context {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let request_id = parts
-            .extensions
-            .get::<RequestId>()
-            .map(|r| r.0.clone())
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let request_id =
+            parts.extensions.get::<RequestId>().map(|r| r.0.clone()).unwrap_or_else(super::new_request_id);
         let received_at = parts.extensions.get::<Instant>().copied().unwrap_or_else(Instant::now);
         let project_header = match parts.headers.get("x-project-id") {
             None => None,

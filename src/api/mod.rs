@@ -159,7 +159,7 @@ async fn request_id(mut request: Request, next: Next) -> Response {
                 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
         })
         .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        .unwrap_or_else(new_request_id);
     request.extensions_mut().insert(RequestId(id.clone()));
     request.extensions_mut().insert(received_at);
     let method = request.method().clone();
@@ -180,6 +180,14 @@ async fn request_id(mut request: Request, next: Next) -> Response {
 }
 
 /// Paths anyone may read without a key.
+/// A request id of the gateway's own: a UUID of version 7, which starts
+/// with the time, so the ledger's index on request ids grows at its end (a
+/// commit of many rows writes one or two of its pages, where random ids
+/// wrote one page each).
+pub fn new_request_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
 fn is_public(path: &str) -> bool {
     matches!(path, "/" | "/health" | "/openapi.json" | "/redoc")
         || path == "/docs"
