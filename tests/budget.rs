@@ -415,6 +415,18 @@ async fn refused_alone(db: &TestDb) {
     assert_eq!(store.ledger("shared", 100).await.unwrap().len(), 37);
 }
 
+/// A SQLite store (and its file's path) with project "p" limited to 10,000
+/// micro-dollars a day, and a budget over it run by `instance`.
+async fn sqlite_budget(instance: &str) -> (TestDb, String, Arc<dyn Store>, Budget) {
+    let db = TestDb::sqlite();
+    let path = db.url.strip_prefix("sqlite://").unwrap().to_string();
+    let store = store::connect(&db.url).await.unwrap();
+    project(&store, "p", Limits { daily: Some(Micros(10_000)), weekly: None, monthly: None }).await;
+    let clock = Arc::new(ccgate::clock::SystemClock);
+    let budget = Budget::new(Arc::clone(&store), clock, instance.into(), Duration::from_secs(600));
+    (db, path, store, budget)
+}
+
 /// A reservation the SQLite writer answered before its commit, when the
 /// writer died in between, is in its journal: the next store to open the
 /// database (or a recovery pass) writes it as a ledger row, counts it
@@ -423,16 +435,7 @@ async fn refused_alone(db: &TestDb) {
 /// alone.
 #[tokio::test]
 async fn a_dead_writers_journal_brings_back_its_uncommitted_reservations() {
-    let db = TestDb::sqlite();
-    let path = db.url.strip_prefix("sqlite://").unwrap().to_string();
-    let store = store::connect(&db.url).await.unwrap();
-    project(&store, "p", Limits { daily: Some(Micros(10_000)), weekly: None, monthly: None }).await;
-    let budget = Budget::new(
-        Arc::clone(&store),
-        Arc::new(ccgate::clock::SystemClock),
-        "live".into(),
-        Duration::from_secs(600),
-    );
+    let (db, path, store, budget) = sqlite_budget("live").await;
     let committed = budget.reserve(reservation("committed-1".into(), "p", 2_000)).await.unwrap();
 
     // What a writer that died would have left: a committed reservation and
@@ -503,16 +506,7 @@ async fn a_dead_writers_journal_brings_back_its_uncommitted_reservations() {
 /// once the lock is free.
 #[tokio::test]
 async fn a_reservation_waits_for_another_writer_off_the_runtime_thread() {
-    let db = TestDb::sqlite();
-    let path = db.url.strip_prefix("sqlite://").unwrap().to_string();
-    let store = store::connect(&db.url).await.unwrap();
-    project(&store, "p", Limits { daily: Some(Micros(10_000)), weekly: None, monthly: None }).await;
-    let budget = Budget::new(
-        Arc::clone(&store),
-        Arc::new(ccgate::clock::SystemClock),
-        "i".into(),
-        Duration::from_secs(600),
-    );
+    let (_db, path, _, budget) = sqlite_budget("i").await;
     let other = rusqlite::Connection::open(&path).unwrap();
     other.execute_batch("BEGIN IMMEDIATE").unwrap();
     let task = tokio::spawn({
