@@ -159,7 +159,9 @@ impl LedgerWriter {
             .map_err(|e| StoreError::Ledger(format!("cannot create the reservation journal: {e}")))?;
         let checkpointer = open(path)?;
         let (nudge, nudges) = mpsc::sync_channel(1);
-        spawn("ccgate-checkpoint", move || checkpoint(checkpointer, nudges))?;
+        let database = std::fs::File::open(path)
+            .map_err(|e| StoreError::Ledger(format!("cannot open {}: {e}", path.display())))?;
+        spawn("ccgate-checkpoint", move || checkpoint(checkpointer, database, nudges))?;
         let mut writer = Writer {
             conn,
             journal,
@@ -279,11 +281,23 @@ fn spawn(name: &str, work: impl FnOnce() + Send + 'static) -> StoreResult<()> {
 /// stays about `RESTART_FRAMES` pages long instead of growing for as long as
 /// the writes go on. (A truncating checkpoint would also shrink the file,
 /// but freeing its blocks held writers back for tens of milliseconds.)
-fn checkpoint(conn: Connection, nudges: mpsc::Receiver<()>) {
+///
+/// A passive pass that does not reach the WAL's end does not sync the
+/// database file, so the pages it copied stayed dirty until the restarting
+/// checkpoint synced them all while holding writers back: 18 ms when
+/// request ids were random on a ledger of a million rows (each commit
+/// dirtied index pages all over the file). The database file is synced
+/// after every passive pass instead, here, on no request's path.
+fn checkpoint(conn: Connection, database: std::fs::File, nudges: mpsc::Receiver<()>) {
     loop {
         let stopping =
             matches!(nudges.recv_timeout(CHECKPOINT_EVERY), Err(mpsc::RecvTimeoutError::Disconnected));
         let frames = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get::<_, i64>(1));
+        if frames.is_ok() {
+            if let Err(e) = database.sync_data() {
+                tracing::warn!(error = %e, "cannot sync the SQLite database file");
+            }
+        }
         let result = match frames {
             Ok(frames) if frames > RESTART_FRAMES => {
                 conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
