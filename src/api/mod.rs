@@ -179,7 +179,6 @@ async fn request_id(mut request: Request, next: Next) -> Response {
     response
 }
 
-/// Paths anyone may read without a key.
 /// A request id of the gateway's own: a UUID of version 7, which starts
 /// with the time, so the ledger's index on request ids grows at its end (a
 /// commit of many rows writes one or two of its pages, where random ids
@@ -188,6 +187,7 @@ pub fn new_request_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
+/// Paths anyone may read without a key.
 fn is_public(path: &str) -> bool {
     matches!(path, "/" | "/health" | "/openapi.json" | "/redoc")
         || path == "/docs"

@@ -61,9 +61,7 @@ impl Journal {
 
     /// Removes the file when the writer stops with every line committed.
     pub(super) fn remove(&self) {
-        if let Err(e) = std::fs::remove_file(&self.path) {
-            tracing::warn!(path = %self.path.display(), error = %e, "cannot remove the reservation journal");
-        }
+        remove(&self.path);
     }
 
     /// Empties the file once it has grown. Only after a commit that holds
@@ -88,9 +86,13 @@ pub(super) struct Orphan {
 impl Orphan {
     /// Removes the file, once its reservations are in the database.
     pub(super) fn remove(self) {
-        if let Err(e) = std::fs::remove_file(&self.path) {
-            tracing::warn!(path = %self.path.display(), error = %e, "cannot remove a replayed journal");
-        }
+        remove(&self.path);
+    }
+}
+
+fn remove(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot remove a reservation journal");
     }
 }
 

@@ -226,6 +226,11 @@ impl LedgerWriter {
     /// Returns once every write answered so far is in the database, so a
     /// read that follows sees it.
     pub(super) async fn flush(&self) -> StoreResult<()> {
+        // Nothing open and nothing pending: everything answered is in the
+        // database already, and the read needs no trip to the writer thread.
+        if self.writer.try_lock().is_ok_and(|writer| !writer.open && writer.answers_early()) {
+            return Ok(());
+        }
         self.write(Write::Commit).await.map(drop)
     }
 
@@ -417,7 +422,7 @@ impl Writer {
     /// must go through the queue (a failed transaction's reservations are
     /// not written yet, or another connection holds the write lock).
     fn reserve_now(&mut self, reservation: &NewReservation) -> Option<(StoreResult<ReserveOutcome>, bool)> {
-        if !self.pending.is_empty() || self.broken.is_some() {
+        if !self.answers_early() {
             return None;
         }
         let opened = !self.open;
@@ -429,23 +434,33 @@ impl Writer {
 
     fn reserve_open(&mut self, reservation: &NewReservation) -> StoreResult<ReserveOutcome> {
         let answer = reserve(&self.conn, &mut self.totals, reservation);
-        match &answer {
-            Ok(ReserveOutcome::Reserved) => {
-                if let Err(e) = self.journal.append(reservation) {
-                    // Written but not journaled: it cannot be answered before
-                    // the commit, so it is undone with its transaction.
-                    self.broken = Some(format!("cannot write to the reservation journal: {e}"));
-                    return Err(StoreError::Ledger(format!("the ledger cannot take reservations: {e}")));
-                }
-                self.journaled.push(reservation.clone());
-            }
-            Ok(ReserveOutcome::Exhausted { .. }) => {}
-            Err(e) if refused_alone(e) => {}
-            Err(e) => {
-                self.broken = Some(e.to_string());
+        self.note_failure(&answer);
+        if matches!(answer, Ok(ReserveOutcome::Reserved)) {
+            if let Err(e) = self.journal_answered(reservation.clone()) {
+                // Written but not journaled: it cannot be answered before
+                // the commit, so it is undone with its transaction.
+                self.broken = Some(format!("cannot write to the reservation journal: {e}"));
+                return Err(StoreError::Ledger(format!("the ledger cannot take reservations: {e}")));
             }
         }
         answer
+    }
+
+    /// A write that failed for a reason not its own dooms the transaction.
+    fn note_failure<T>(&mut self, answer: &StoreResult<T>) {
+        if let Err(e) = answer {
+            if !refused_alone(e) {
+                self.broken.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+
+    /// Journals a reservation about to be answered "reserved" before its
+    /// commit, and keeps it with the open transaction.
+    fn journal_answered(&mut self, reservation: NewReservation) -> std::io::Result<()> {
+        self.journal.append(&reservation)?;
+        self.journaled.push(reservation);
+        Ok(())
     }
 
     /// Applies a group of writes in the open transaction (or a new one) and
@@ -472,11 +487,7 @@ impl Writer {
         let mut answered = Vec::with_capacity(writes);
         for Op { write, reply } in group {
             let answer = self.apply(&write);
-            if let Err(e) = &answer {
-                if !refused_alone(e) {
-                    self.broken.get_or_insert_with(|| e.to_string());
-                }
-            }
+            self.note_failure(&answer);
             if let (Write::Reserve(reservation), true) = (write, self.answers_early()) {
                 let reserved = matches!(answer, Ok(Answer::Reserve(ReserveOutcome::Reserved)));
                 if !reserved {
@@ -484,10 +495,9 @@ impl Writer {
                     let _ = reply.send(answer);
                     continue;
                 }
-                match self.journal.append(&reservation) {
+                match self.journal_answered(*reservation) {
                     Ok(()) => {
                         let _ = reply.send(answer);
-                        self.journaled.push(*reservation);
                         continue;
                     }
                     // Answered after the commit instead.
