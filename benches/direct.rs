@@ -150,6 +150,65 @@ fn memory_mib(pid: u32) -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// CPU time (user + system, all threads) a process has used so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    // SAFETY: a plain query of a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    // utime and stime are fields 14 and 15 of the whole line (11 and 12 here).
+    Duration::from_secs_f64((ticks(11) + ticks(12)) as f64 / hz)
+}
+
+/// Context switches so far of all of a process's threads (those alive now).
+fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .flatten()
+        .map(|task| {
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            status
+                .lines()
+                .filter(|l| {
+                    l.starts_with("voluntary_ctxt_switches") || l.starts_with("nonvoluntary_ctxt_switches")
+                })
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+/// CPU used by each process of the benchmark over a run.
+struct CpuMeter {
+    pids: [u32; 3],
+    start: [Duration; 3],
+    switches: u64,
+}
+
+impl CpuMeter {
+    /// The load generator (this process), the simulator and the gateway.
+    fn start(sim: u32, gateway: u32) -> CpuMeter {
+        let pids = [std::process::id(), sim, gateway];
+        CpuMeter { pids, start: pids.map(cpu_time), switches: context_switches(gateway) }
+    }
+
+    /// The gateway's context switches per request.
+    fn gateway_switches(&self, requests: f64) -> f64 {
+        context_switches(self.pids[2]).saturating_sub(self.switches) as f64 / requests.max(1.0)
+    }
+
+    /// Microseconds of CPU per request for each of the three processes.
+    fn per_request_us(&self, requests: f64) -> [f64; 3] {
+        let mut used = [0.0; 3];
+        for (i, pid) in self.pids.iter().enumerate() {
+            used[i] = (cpu_time(*pid).saturating_sub(self.start[i])).as_secs_f64() * 1e6 / requests.max(1.0);
+        }
+        used
+    }
+}
+
 /// Samples a process's RSS every 50 ms while alive; keeps the peak.
 struct RssSampler {
     peak_kib: Arc<AtomicU64>,
@@ -462,6 +521,7 @@ fn main() {
     }
     let gateway = start(gw_cmd, true, "addr=");
     let gateway_pid = gateway.child.id();
+    let sim_pid = sim.child.id();
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
@@ -485,15 +545,18 @@ fn main() {
         let answers = if args.stream { "streamed answers" } else { "whole answers" };
         println!("## Open loop ({} s per rate, {answers}; latency from send to end of body)\n", args.secs);
         println!(
-            "| rate/s | target | achieved/s | errors | p50 ms | p99 ms | max ms | sent late p99 ms | ccgate peak RSS MiB |"
+            "| rate/s | target | achieved/s | errors | p50 ms | p99 ms | max ms | sent late p99 ms | CPU µs/request (sim / ccgate) | ccgate context switches/request | ccgate peak RSS MiB |"
         );
-        println!("|---|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|");
         for &rate in &args.rates {
             let mut p = Vec::new();
             for target in [Target::Sim, Target::Gateway] {
                 let sampler = RssSampler::start(gateway_pid);
                 let before = overhead_totals(&endpoints).await;
+                let cpu = CpuMeter::start(sim_pid, gateway_pid);
                 let stats = open_loop(&endpoints, target, rate, args.secs).await;
+                let [_, sim_cpu, gateway_cpu] = cpu.per_request_us(stats.latencies.len() as f64);
+                let switches = cpu.gateway_switches(stats.latencies.len() as f64);
                 let after = overhead_totals(&endpoints).await;
                 if target == Target::Gateway && after.1 > before.1 {
                     inside.push((rate, 1000.0 * (after.0 - before.0) / (after.1 - before.1)));
@@ -502,7 +565,7 @@ fn main() {
                 let max = stats.latencies.last().copied().unwrap_or_default();
                 let name = if target == Target::Sim { "sim" } else { "ccgate → sim" };
                 println!(
-                    "| {rate} | {name} | {:.0} | {} | {:.3} | {:.3} | {:.1} | {:.2} | {:.1} |",
+                    "| {rate} | {name} | {:.0} | {} | {:.3} | {:.3} | {:.1} | {:.2} | {sim_cpu:.1} / {gateway_cpu:.1} | {switches:.2} | {:.1} |",
                     stats.achieved_rps,
                     stats.errors,
                     ms(p50),
@@ -514,7 +577,7 @@ fn main() {
                 p.push((p50, p99));
             }
             println!(
-                "| {rate} | **added by ccgate** | | | **{:.3}** | **{:.3}** | | | |",
+                "| {rate} | **added by ccgate** | | | **{:.3}** | **{:.3}** | | | | | |",
                 ms(p[1].0.saturating_sub(p[0].0)),
                 ms(p[1].1.saturating_sub(p[0].1))
             );
@@ -525,14 +588,23 @@ fn main() {
         }
 
         println!("\n## Closed loop, {} callers, {} s, {answers} (max throughput)\n", args.concurrency, args.secs);
-        println!("| target | requests/s | errors | ccgate peak RSS MiB |");
-        println!("|---|---|---|---|");
+        println!("CPU per request: user + system time of each process over the run, divided by the requests answered.\n");
+        println!("| target | requests/s | errors | CPU µs/request: generator / sim / ccgate | ccgate context switches/request | ccgate peak RSS MiB |");
+        println!("|---|---|---|---|---|---|");
         let mut max = Vec::new();
         for target in [Target::Sim, Target::Gateway] {
             let sampler = RssSampler::start(gateway_pid);
+            let cpu = CpuMeter::start(sim_pid, gateway_pid);
+            let started = Instant::now();
             let (rps, errors) = closed_loop(&endpoints, target, args.concurrency, args.secs).await;
+            let answered = rps * started.elapsed().as_secs_f64();
+            let [generator, sim, gateway] = cpu.per_request_us(answered);
+            let switches = cpu.gateway_switches(answered);
             let name = if target == Target::Sim { "sim" } else { "ccgate → sim" };
-            println!("| {name} | {rps:.0} | {errors} | {:.1} |", sampler.peak_mib());
+            println!(
+                "| {name} | {rps:.0} | {errors} | {generator:.1} / {sim:.1} / {gateway:.1} | {switches:.2} | {:.1} |",
+                sampler.peak_mib()
+            );
             max.push(rps);
         }
         println!("\nccgate sustains {:.0}% of the simulator's maximum.\n", 100.0 * max[1] / max[0]);

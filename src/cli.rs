@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 use crate::admin_cli;
@@ -120,7 +121,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = Settings::load(args.config.as_deref(), std::env::vars(), args.overrides())?;
-    let _logging = init_logging(settings.log_format);
+    let _logging = init_logging(settings.log_format).context("cannot start the logging thread")?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
@@ -128,25 +129,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     crate::server::run(state, listener, crate::server::shutdown_signal()).await
 }
 
-/// Logs go to stderr from a thread of their own, written in batches: a
-/// request's log line never waits for the pipe. Nothing is dropped (a full
-/// buffer makes the logging thread wait instead); the guard flushes what
-/// is left when it is dropped.
-pub fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// Logs go to stderr from a thread of their own, written in batches
+/// (`log_writer`): a request's log line never waits for the pipe, nor wakes
+/// a thread. Nothing is dropped (a full buffer makes writers wait instead);
+/// the guard writes what is left when it is dropped.
+pub fn init_logging(format: LogFormat) -> std::io::Result<crate::log_writer::LogGuard> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CCGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        // The default (128,000 lines) is a preallocated 5 MB; bursts of this
-        // size only ever wait a moment for the writer thread.
-        .buffered_lines_limit(8_192)
-        .thread_name("ccgate-log")
-        .finish(std::io::BufWriter::new(std::io::stderr()));
+    let (writer, guard) = crate::log_writer::start(std::io::stderr())?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(writer);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
-    guard
+    Ok(guard)
 }

@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod limits;
+pub mod log_writer;
 pub mod metrics;
 pub mod money;
 pub mod pricing;

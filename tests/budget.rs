@@ -427,6 +427,28 @@ async fn sqlite_budget(instance: &str) -> (TestDb, String, Arc<dyn Store>, Budge
     (db, path, store, budget)
 }
 
+/// A journal line of a dead writer: a reservation of project "p", already
+/// past its expiry.
+fn journaled_reservation(id: &str, amount: i64, now: chrono::DateTime<Utc>) -> String {
+    serde_json::to_string(&store::NewReservation {
+        request_id: id.into(),
+        created_at_ms: now.timestamp_millis(),
+        project_id: "p".into(),
+        key_id: None,
+        endpoint: "/v1/chat/completions".into(),
+        model_requested: Some("haiku".into()),
+        model_used: Some("claude-haiku-4-5-20251001".into()),
+        amount: Micros(amount),
+        periods: PeriodKind::ALL.map(|kind| store::PeriodSlot {
+            kind,
+            start: ccgate::budget::period::bounds(kind, now).0.timestamp(),
+        }),
+        owner: "dead-instance".into(),
+        expires_at_ms: now.timestamp_millis() - 1,
+    })
+    .unwrap()
+}
+
 /// A reservation the SQLite writer answered before its commit, when the
 /// writer died in between, is in its journal: the next store to open the
 /// database (or a recovery pass) writes it as a ledger row, counts it
@@ -441,25 +463,7 @@ async fn a_dead_writers_journal_brings_back_its_uncommitted_reservations() {
     // What a writer that died would have left: a committed reservation and
     // one it answered but never committed (already past its expiry).
     let now = Utc::now();
-    let line = |id: &str, amount: i64| {
-        serde_json::to_string(&store::NewReservation {
-            request_id: id.into(),
-            created_at_ms: now.timestamp_millis(),
-            project_id: "p".into(),
-            key_id: None,
-            endpoint: "/v1/chat/completions".into(),
-            model_requested: Some("haiku".into()),
-            model_used: Some("claude-haiku-4-5-20251001".into()),
-            amount: Micros(amount),
-            periods: PeriodKind::ALL.map(|kind| store::PeriodSlot {
-                kind,
-                start: ccgate::budget::period::bounds(kind, now).0.timestamp(),
-            }),
-            owner: "dead-instance".into(),
-            expires_at_ms: now.timestamp_millis() - 1,
-        })
-        .unwrap()
-    };
+    let line = |id: &str, amount: i64| journaled_reservation(id, amount, now);
     let orphan = format!("{path}.reservations.dead-1");
     std::fs::write(&orphan, format!("{}\n{}\n", line("committed-1", 2_000), line("orphan-1", 5_000)))
         .unwrap();
@@ -527,4 +531,48 @@ async fn a_reservation_waits_for_another_writer_off_the_runtime_thread() {
     assert!(budget.settle(held, done).await.unwrap());
     let usage = budget.usage("p", PeriodKind::Day).await.unwrap();
     assert_eq!((usage.spent, usage.reserved), (Micros(400), Micros(0)));
+}
+
+/// A settlement the SQLite writer answered before its commit is in its
+/// journal too: when the writer died before the commit, replaying the
+/// journal settles the request at what it really cost, not the full
+/// reservation that recovery would otherwise charge. A settlement of a row
+/// already settled changes nothing.
+#[tokio::test]
+async fn a_dead_writers_journal_brings_back_its_uncommitted_settlements() {
+    let (db, path, _, budget) = sqlite_budget("live").await;
+    let now = Utc::now();
+    let day = ccgate::budget::period::bounds(PeriodKind::Day, now).0.timestamp();
+    // Settled and committed here; the dead writer's journal settles it again.
+    let settled = budget.reserve(reservation("settled-1".into(), "p", 1_000)).await.unwrap();
+    let done = Completion { status: "succeeded".into(), cost: Micros(300), ..Completion::default() };
+    assert!(budget.settle(settled, done.clone()).await.unwrap());
+
+    let reservation_line = journaled_reservation("orphan-2", 5_000, now);
+    let settlement_line = |id: &str, cost: i64| {
+        let completion = Completion {
+            finished_at_ms: now.timestamp_millis(),
+            status: "succeeded".into(),
+            http_status: Some(200),
+            input_tokens: 12,
+            output_tokens: 34,
+            cost: Micros(cost),
+            ..Completion::default()
+        };
+        serde_json::json!({ "settled": id, "completion": completion }).to_string()
+    };
+    let orphan = format!("{path}.reservations.dead-2");
+    let journal =
+        [reservation_line, settlement_line("orphan-2", 1_234), settlement_line("settled-1", 900)].join("\n");
+    std::fs::write(&orphan, journal + "\n").unwrap();
+
+    let second = store::connect(&db.url).await.unwrap();
+    assert!(!std::path::Path::new(&orphan).exists(), "a replayed journal is removed");
+    let row = second.ledger_row("orphan-2").await.unwrap().expect("the reservation has its row");
+    assert_eq!((row.status.as_str(), row.cost, row.output_tokens), ("succeeded", Micros(1_234), 34));
+    let row = second.ledger_row("settled-1").await.unwrap().unwrap();
+    assert_eq!(row.cost, Micros(300), "a row settled already keeps its settlement");
+    let totals = second.period_totals("p", PeriodKind::Day, day).await.unwrap();
+    assert_eq!((totals.spent, totals.reserved), (Micros(1_534), Micros(0)));
+    assert_eq!(budget.recover(Duration::from_secs(60)).await.unwrap(), 0, "nothing left to recover");
 }

@@ -135,7 +135,7 @@ pub enum ReserveOutcome {
 }
 
 /// The end of a request: what it cost and how it went.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Completion {
     pub finished_at_ms: i64,
     pub model_used: Option<String>,

@@ -1,11 +1,12 @@
-//! The reservation journal, which lets the SQLite ledger writer answer a
-//! reservation before the commit that holds it.
+//! The journal, which lets the SQLite ledger writer answer a reservation or
+//! a settlement before the commit that holds it.
 //!
 //! A reservation is checked and written inside the writer's transaction as
 //! before; what changes is when its caller hears "reserved". Waiting for the
 //! commit put about a tenth of a millisecond (the WAL's writes and locks) on
 //! every request's path. Instead the writer appends the reservation to this
-//! file, one `write` of one line, and answers; the commit follows. The line
+//! file, one `write` of one line, and answers; the commit follows. A
+//! settlement is journaled the same way, so it needs no wait either. A line
 //! is as durable as the commit would have been (the database's commits are
 //! not synced either, `synchronous = NORMAL`): both survive the process
 //! dying, neither a power cut.
@@ -13,11 +14,12 @@
 //! Each writer has its own file beside the database
 //! (`<database>.reservations.<pid>-<random>`), locked with `flock` for as
 //! long as the writer lives. A file whose lock is free belongs to a writer
-//! that died: its lines are replayed into the database (those already
-//! committed are found there and skipped), and it is removed. That happens
-//! when a store opens the database and at every recovery pass, before
-//! abandoned reservations are looked for, so a reservation answered just
-//! before a crash becomes an `in_progress` row that recovery then releases.
+//! that died: its lines are replayed into the database in order (those
+//! already committed are found there and skipped), and it is removed. That
+//! happens when a store opens the database and at every recovery pass,
+//! before abandoned reservations are looked for: a reservation answered just
+//! before a crash becomes an `in_progress` row, settled by its settlement's
+//! line when the journal has one, and otherwise released by recovery.
 //! The writer empties its own file after a commit once the file has grown,
 //! since by then every line in it is in the database.
 
@@ -26,7 +28,21 @@ use std::io::{BufRead, BufReader, Write as _};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use super::NewReservation;
+use serde::{Deserialize, Serialize};
+
+use super::{Completion, NewReservation};
+
+/// One line of a journal: a write answered before its commit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub(super) enum Line {
+    /// A settlement, told apart by its `settled` field (the request's id).
+    Settlement {
+        settled: String,
+        completion: Completion,
+    },
+    Reservation(NewReservation),
+}
 
 /// Size past which the writer empties its journal after a commit.
 const CLEAR_AT: u64 = 1 << 20;
@@ -49,10 +65,10 @@ impl Journal {
         Ok(Journal { file, path, len: 0, line: Vec::with_capacity(512) })
     }
 
-    /// Appends one reservation as one line, in one write.
-    pub(super) fn append(&mut self, reservation: &NewReservation) -> std::io::Result<()> {
+    /// Appends one line, in one write.
+    pub(super) fn append(&mut self, line: &Line) -> std::io::Result<()> {
         self.line.clear();
-        serde_json::to_writer(&mut self.line, reservation)?;
+        serde_json::to_writer(&mut self.line, line)?;
         self.line.push(b'\n');
         self.file.write_all(&self.line)?;
         self.len += self.line.len() as u64;
@@ -80,11 +96,11 @@ impl Journal {
 pub(super) struct Orphan {
     pub(super) path: PathBuf,
     _file: File,
-    pub(super) reservations: Vec<NewReservation>,
+    pub(super) lines: Vec<Line>,
 }
 
 impl Orphan {
-    /// Removes the file, once its reservations are in the database.
+    /// Removes the file, once its lines are in the database.
     pub(super) fn remove(self) {
         remove(&self.path);
     }
@@ -116,11 +132,11 @@ pub(super) fn orphans(database: &Path) -> Vec<Orphan> {
         if !lock(&file) {
             continue;
         }
-        let mut reservations = Vec::new();
+        let mut lines = Vec::new();
         for line in BufReader::new(&file).split(b'\n') {
             let Ok(line) = line else { break };
-            match serde_json::from_slice::<NewReservation>(&line) {
-                Ok(reservation) => reservations.push(reservation),
+            match serde_json::from_slice::<Line>(&line) {
+                Ok(line) => lines.push(line),
                 // Only a line cut short by a full disk could be unreadable.
                 Err(e) if !line.is_empty() => {
                     tracing::warn!(path = %path.display(), error = %e, "skipping an unreadable journal line")
@@ -128,7 +144,7 @@ pub(super) fn orphans(database: &Path) -> Vec<Orphan> {
                 Err(_) => {}
             }
         }
-        found.push(Orphan { path, _file: file, reservations });
+        found.push(Orphan { path, _file: file, lines });
     }
     found
 }

@@ -11,15 +11,21 @@
 //! transaction that writes the reservation, so concurrent requests cannot
 //! overspend.
 //!
-//! A reservation is answered as soon as its statements have run and it is
-//! in this writer's journal (`sqlite_journal`), before the commit: the
-//! commit's WAL writes are off the request's path. Should the commit then
-//! fail, the answered reservations are written again, unchecked, at the
-//! start of every next transaction until one commits (and none is answered
-//! early meanwhile); should the process die first, the journal brings them
-//! back. A refusal (no room, no such project, an id already recorded) is
-//! answered at once too: it wrote nothing. Settlements and ledger rows of
-//! refused requests are answered after their commit.
+//! A reservation or a settlement is answered as soon as its statements have
+//! run and it is in this writer's journal (`sqlite_journal`), before the
+//! commit: the commit's WAL writes are off the request's path. Both are
+//! made on their caller's thread when the connection is free, so neither
+//! waits for this thread to wake. The transaction then stays open for
+//! `COMMIT_WINDOW` for others to join, and this thread commits it: one
+//! commit and one wake-up for all the writes of the window, where each
+//! request cost two of each. Should the commit fail, the answered writes are
+//! applied again, reservations unchecked, at the start of every next
+//! transaction until one commits (and none is answered early meanwhile);
+//! should the process die first, the journal brings them back. A refusal
+//! (no room, no such project, an id already recorded) is answered at once
+//! too: it wrote nothing. Ledger rows of refused requests are answered
+//! after their commit, and a read of the ledger first has everything
+//! answered so far committed.
 //!
 //! A group keeps the period totals it touches in memory (`GroupTotals`):
 //! each is read once, checked and changed there by every write of the group
@@ -40,13 +46,13 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
 use super::queries::to_i64;
-use super::sqlite_journal::{orphans, Journal, Orphan};
+use super::sqlite_journal::{orphans, Journal, Line, Orphan};
 use super::{
     Completion, LedgerEntry, NewReservation, PeriodKind, PeriodTotals, ReserveOutcome, StoreError,
     StoreResult,
@@ -58,6 +64,13 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The most writes one commit takes; more wait for the next.
 const MAX_GROUP: usize = 256;
+
+/// How long a transaction stays open for more writes to join its commit.
+/// The reservations and settlements in it were answered already (from the
+/// journal), so the wait costs their callers nothing; it saves commits and
+/// wake-ups of the writer thread. It holds SQLite's write lock that long,
+/// which the gateway's other writes wait for (a reader never does).
+const COMMIT_WINDOW: Duration = Duration::from_millis(2);
 
 /// How often the WAL is copied back into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
@@ -122,8 +135,10 @@ pub(super) struct LedgerWriter {
 /// One write and the caller waiting for its answer.
 struct Op {
     write: Write,
-    reply: oneshot::Sender<StoreResult<Answer>>,
+    reply: Reply,
 }
+
+type Reply = oneshot::Sender<StoreResult<Answer>>;
 
 enum Write {
     Reserve(Box<NewReservation>),
@@ -131,9 +146,12 @@ enum Write {
     Record(Box<LedgerEntry>),
     /// Replays the journals of writers that are gone.
     Replay,
-    /// Commits what callers wrote on their own threads; answered once
+    /// Commits now what callers wrote on their own threads; answered once
     /// everything answered before it is in the database.
     Commit,
+    /// A caller opened a transaction on its own thread: it is committed at
+    /// the end of its window.
+    Opened,
 }
 
 enum Answer {
@@ -166,6 +184,7 @@ impl LedgerWriter {
             conn,
             journal,
             open: false,
+            opened_at: Instant::now(),
             totals: GroupTotals::default(),
             broken: None,
             journaled: Vec::new(),
@@ -192,15 +211,8 @@ impl LedgerWriter {
     /// thread switch either way, the commit left to the writer thread);
     /// otherwise through the writer thread's queue.
     pub(super) async fn reserve(&self, reservation: &NewReservation) -> StoreResult<ReserveOutcome> {
-        let inline = self.writer.try_lock().ok().and_then(|mut writer| writer.reserve_now(reservation));
-        if let Some((answer, opened)) = inline {
-            // One commit for the transaction: the reservations that join it
-            // before the writer thread takes it share the one asked for by
-            // the reservation that opened it.
-            if opened {
-                let (reply, _) = oneshot::channel();
-                self.ops.send(Op { write: Write::Commit, reply }).map_err(|_| stopped())?;
-            }
+        let inline = self.inline(|writer| writer.reserve_now(reservation))?;
+        if let Some(answer) = inline {
             return answer;
         }
         match self.write(Write::Reserve(Box::new(reservation.clone()))).await? {
@@ -209,11 +221,36 @@ impl LedgerWriter {
         }
     }
 
+    /// Settles on the caller's thread when the connection is free, as
+    /// `reserve` does; otherwise through the queue.
     pub(super) async fn settle(&self, request_id: &str, completion: &Completion) -> StoreResult<bool> {
+        let inline = self.inline(|writer| writer.settle_now(request_id, completion))?;
+        if let Some(answer) = inline {
+            return answer;
+        }
         match self.write(Write::Settle(request_id.to_string(), Box::new(completion.clone()))).await? {
             Answer::Settle(settled) => Ok(settled),
             _ => Err(mismatch()),
         }
+    }
+
+    /// Runs a write on the caller's thread when the connection is free and
+    /// the write may be answered early (`None` otherwise). The writer thread
+    /// learns of a transaction the write opened, to commit it at the end of
+    /// its window; the writes that join it meanwhile share that commit.
+    fn inline<T>(
+        &self,
+        write: impl FnOnce(&mut Writer) -> Option<(StoreResult<T>, bool)>,
+    ) -> StoreResult<Option<StoreResult<T>>> {
+        let Some((answer, opened)) = self.writer.try_lock().ok().and_then(|mut writer| write(&mut writer))
+        else {
+            return Ok(None);
+        };
+        if opened {
+            let (reply, _) = oneshot::channel();
+            self.ops.send(Op { write: Write::Opened, reply }).map_err(|_| stopped())?;
+        }
+        Ok(Some(answer))
     }
 
     pub(super) async fn record(&self, entry: &LedgerEntry) -> StoreResult<()> {
@@ -333,56 +370,88 @@ fn wal_path(database: &Path) -> std::path::PathBuf {
 }
 
 /// The connection and the transaction open on it, shared by the writer
-/// thread and reservations made on their callers' threads.
+/// thread and the writes made on their callers' threads.
 struct Writer {
     conn: Connection,
     journal: Journal,
     /// Whether a transaction is open (`BEGIN IMMEDIATE` done, no commit yet).
     open: bool,
+    /// When the open transaction was begun.
+    opened_at: Instant,
     /// The open transaction's period totals.
     totals: GroupTotals,
     /// A write of the open transaction failed for a reason not its own:
     /// the transaction will be rolled back.
     broken: Option<String>,
-    /// Reservations of the open transaction already answered "reserved".
-    journaled: Vec<NewReservation>,
-    /// Reservations answered early whose transaction then failed: written
-    /// again first thing in every transaction until one commits, and none
-    /// is answered early meanwhile.
-    pending: Vec<NewReservation>,
+    /// Writes of the open transaction already answered.
+    journaled: Vec<Line>,
+    /// Writes answered early whose transaction then failed: applied again
+    /// first thing in every transaction until one commits, and none is
+    /// answered early meanwhile.
+    pending: Vec<Line>,
     /// Dead writers' journals replayed by the open transaction, removed
     /// once it commits.
     replayed: Vec<Orphan>,
     database: std::path::PathBuf,
 }
 
+/// The writer thread: applies the writes sent to it as they come, answering
+/// reservations and settlements at once (from the journal), and commits the
+/// open transaction at the end of its window, or at once when a read or a
+/// replay waits for the commit.
 fn run(writer: &Mutex<Writer>, queue: mpsc::Receiver<Op>, checkpoint: mpsc::SyncSender<()>, wal: &Path) {
     let mut commits = 0u64;
-    while let Ok(first) = queue.recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match queue.try_recv() {
-                Ok(op) => group.push(op),
-                Err(_) => break,
+    // Writes answered once their commit is known.
+    let mut waiting = Vec::new();
+    let mut now = false;
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let received = match deadline {
+            Some(_) if now => Err(mpsc::RecvTimeoutError::Timeout),
+            Some(at) => queue.recv_timeout(at.saturating_duration_since(Instant::now())),
+            None => queue.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+        };
+        let mut writer = writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let stopping = match received {
+            Ok(first) => {
+                let mut group = vec![first];
+                while group.len() < MAX_GROUP {
+                    match queue.try_recv() {
+                        Ok(op) => group.push(op),
+                        Err(_) => break,
+                    }
+                }
+                now |= writer.take(group, &mut waiting);
+                false
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => false,
+            Err(mpsc::RecvTimeoutError::Disconnected) => true,
+        };
+        let due = now
+            || stopping
+            || waiting.len() >= MAX_GROUP
+            || (writer.open && writer.opened_at.elapsed() >= COMMIT_WINDOW);
+        if due && writer.commit(std::mem::take(&mut waiting)) {
+            commits += 1;
+            if commits % NUDGE_EVERY == 0 {
+                // A checkpoint already asked for is enough.
+                let _ = checkpoint.try_send(());
+            }
+            if commits % WAL_CHECK_EVERY == 0 && wal_too_large(wal) {
+                truncate_wal(&writer.conn);
             }
         }
-        let mut writer = writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !writer.commit_group(group) {
-            continue;
+        if due {
+            now = false;
         }
-        commits += 1;
-        if commits % NUDGE_EVERY == 0 {
-            // A checkpoint already asked for is enough.
-            let _ = checkpoint.try_send(());
+        deadline = writer.open.then(|| writer.opened_at + COMMIT_WINDOW);
+        if stopping {
+            // The store is gone: a journal whose every line is committed goes too.
+            if !writer.open && writer.pending.is_empty() {
+                writer.journal.remove();
+            }
+            return;
         }
-        if commits % WAL_CHECK_EVERY == 0 && wal_too_large(wal) {
-            truncate_wal(&writer.conn);
-        }
-    }
-    // The store is gone: a journal whose every line is committed goes too.
-    let writer = writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !writer.open && writer.pending.is_empty() {
-        writer.journal.remove();
     }
 }
 
@@ -404,8 +473,9 @@ impl Writer {
             begun?;
         }
         self.open = true;
-        for reservation in &self.pending {
-            if let Err(e) = force(&self.conn, &mut self.totals, reservation) {
+        self.opened_at = Instant::now();
+        for line in &self.pending {
+            if let Err(e) = reapply(&self.conn, &mut self.totals, line) {
                 self.broken.get_or_insert_with(|| e.to_string());
             }
         }
@@ -436,14 +506,40 @@ impl Writer {
         let answer = reserve(&self.conn, &mut self.totals, reservation);
         self.note_failure(&answer);
         if matches!(answer, Ok(ReserveOutcome::Reserved)) {
-            if let Err(e) = self.journal_answered(reservation.clone()) {
-                // Written but not journaled: it cannot be answered before
-                // the commit, so it is undone with its transaction.
-                self.broken = Some(format!("cannot write to the reservation journal: {e}"));
-                return Err(StoreError::Ledger(format!("the ledger cannot take reservations: {e}")));
-            }
+            self.journal_now(Line::Reservation(reservation.clone()))?;
         }
         answer
+    }
+
+    /// A settlement made on the caller's thread, as `reserve_now` makes a
+    /// reservation.
+    fn settle_now(&mut self, request_id: &str, completion: &Completion) -> Option<(StoreResult<bool>, bool)> {
+        if !self.answers_early() {
+            return None;
+        }
+        let opened = !self.open;
+        if self.begin(false).is_err() {
+            return None;
+        }
+        let answer = settle(&self.conn, &mut self.totals, request_id, completion);
+        self.note_failure(&answer);
+        if matches!(answer, Ok(true)) {
+            let line = Line::Settlement { settled: request_id.to_string(), completion: completion.clone() };
+            if let Err(e) = self.journal_now(line) {
+                return Some((Err(e), opened));
+            }
+        }
+        Some((answer, opened))
+    }
+
+    /// Journals a write made on its caller's thread. One that cannot be
+    /// journaled cannot be answered before the commit, so it is undone with
+    /// its transaction.
+    fn journal_now(&mut self, line: Line) -> StoreResult<()> {
+        self.journal_answered(line).map_err(|e| {
+            self.broken = Some(format!("cannot write to the ledger's journal: {e}"));
+            StoreError::Ledger(format!("the ledger cannot take writes: {e}"))
+        })
     }
 
     /// A write that failed for a reason not its own dooms the transaction.
@@ -455,56 +551,87 @@ impl Writer {
         }
     }
 
-    /// Journals a reservation about to be answered "reserved" before its
-    /// commit, and keeps it with the open transaction.
-    fn journal_answered(&mut self, reservation: NewReservation) -> std::io::Result<()> {
-        self.journal.append(&reservation)?;
-        self.journaled.push(reservation);
+    /// Journals a write about to be answered before its commit, and keeps
+    /// it with the open transaction.
+    fn journal_answered(&mut self, line: Line) -> std::io::Result<()> {
+        self.journal.append(&line)?;
+        self.journaled.push(line);
         Ok(())
     }
 
-    /// Applies a group of writes in the open transaction (or a new one) and
-    /// commits it. Reservations (and refusals) are answered as they are
-    /// applied, when the journal holds them; the other writes once the
-    /// commit is known. False when there was nothing to commit.
-    fn commit_group(&mut self, group: Vec<Op>) -> bool {
-        let fail = |group: Vec<oneshot::Sender<StoreResult<Answer>>>, message: String| {
-            for reply in group {
-                let _ = reply.send(Err(StoreError::Ledger(message.clone())));
-            }
-        };
-        let writes = group.iter().filter(|op| !matches!(op.write, Write::Commit)).count();
-        if writes == 0 && !self.open {
+    /// Applies a group of writes and commits it at once (the replay when a
+    /// store opens).
+    fn commit_group(&mut self, group: Vec<Op>) {
+        let mut waiting = Vec::new();
+        self.take(group, &mut waiting);
+        self.commit(waiting);
+    }
+
+    /// Applies a group of writes in the open transaction (or a new one).
+    /// Reservations, settlements and refusals are answered as they are
+    /// applied, when the journal holds them; the other writes wait in
+    /// `waiting` for the commit. True when one of them wants the commit now
+    /// (a read waiting for it, or a replay).
+    fn take(&mut self, group: Vec<Op>, waiting: &mut Vec<(StoreResult<Answer>, Reply)>) -> bool {
+        let now = group.iter().any(|op| matches!(op.write, Write::Commit | Write::Replay));
+        let writes = group.iter().filter(|op| !matches!(op.write, Write::Commit | Write::Opened)).count();
+        if writes == 0 {
+            // Nothing to write: what is open (if anything) is committed in
+            // its time, or now for a read.
             for op in group {
-                let _ = op.reply.send(Ok(Answer::Record));
+                waiting.push((Ok(Answer::Record), op.reply));
             }
-            return false;
+            return now;
         }
         if let Err(e) = self.begin(true) {
-            fail(group.into_iter().map(|op| op.reply).collect(), format!("cannot begin a ledger write: {e}"));
+            let message = format!("cannot begin a ledger write: {e}");
+            for op in group {
+                let _ = op.reply.send(Err(StoreError::Ledger(message.clone())));
+            }
             return false;
         }
-        let mut answered = Vec::with_capacity(writes);
         for Op { write, reply } in group {
             let answer = self.apply(&write);
             self.note_failure(&answer);
-            if let (Write::Reserve(reservation), true) = (write, self.answers_early()) {
-                let reserved = matches!(answer, Ok(Answer::Reserve(ReserveOutcome::Reserved)));
-                if !reserved {
+            if self.answers_early() {
+                let line = match (write, &answer) {
+                    (Write::Reserve(r), Ok(Answer::Reserve(ReserveOutcome::Reserved))) => {
+                        Some(Line::Reservation(*r))
+                    }
+                    (Write::Settle(id, c), Ok(Answer::Settle(true))) => {
+                        Some(Line::Settlement { settled: id, completion: *c })
+                    }
                     // A refusal wrote nothing, whatever the commit does.
-                    let _ = reply.send(answer);
-                    continue;
-                }
-                match self.journal_answered(*reservation) {
-                    Ok(()) => {
+                    (Write::Reserve(_) | Write::Settle(..), _) => {
                         let _ = reply.send(answer);
                         continue;
                     }
-                    // Answered after the commit instead.
-                    Err(e) => tracing::warn!(error = %e, "cannot write to the reservation journal"),
+                    _ => None,
+                };
+                if let Some(line) = line {
+                    match self.journal_answered(line) {
+                        Ok(()) => {
+                            let _ = reply.send(answer);
+                            continue;
+                        }
+                        // Answered after the commit instead.
+                        Err(e) => tracing::warn!(error = %e, "cannot write to the ledger's journal"),
+                    }
                 }
             }
-            answered.push((answer, reply));
+            waiting.push((answer, reply));
+        }
+        now
+    }
+
+    /// Commits the open transaction, then answers the writes that waited
+    /// for it. False when nothing was open.
+    fn commit(&mut self, waiting: Vec<(StoreResult<Answer>, Reply)>) -> bool {
+        if !self.open {
+            for (answer, reply) in waiting {
+                let _ = reply.send(answer);
+            }
+            return false;
         }
         let totals = std::mem::take(&mut self.totals);
         let committed = match self.broken.take() {
@@ -523,7 +650,9 @@ impl Writer {
             self.pending.extend(journaled);
             self.replayed.clear();
             tracing::error!(pending = self.pending.len(), error = %message, "a ledger group was rolled back");
-            fail(answered.into_iter().map(|(_, reply)| reply).collect(), message);
+            for (_, reply) in waiting {
+                let _ = reply.send(Err(StoreError::Ledger(message.clone())));
+            }
             return true;
         }
         self.pending.clear();
@@ -532,7 +661,7 @@ impl Writer {
         for orphan in self.replayed.drain(..) {
             orphan.remove();
         }
-        for (answer, reply) in answered {
+        for (answer, reply) in waiting {
             let _ = reply.send(answer);
         }
         true
@@ -547,17 +676,17 @@ impl Writer {
             Write::Replay => {
                 let mut written = 0;
                 for orphan in orphans(&self.database) {
-                    for reservation in &orphan.reservations {
-                        written += usize::from(force(conn, totals, reservation)?);
+                    for line in &orphan.lines {
+                        written += usize::from(reapply(conn, totals, line)?);
                     }
                     self.replayed.push(orphan);
                 }
                 if written > 0 {
-                    tracing::warn!(written, "reservations of a stopped gateway recovered from its journal");
+                    tracing::warn!(written, "writes of a stopped gateway recovered from its journal");
                 }
                 Ok(Answer::Replayed(written))
             }
-            Write::Commit => Ok(Answer::Record),
+            Write::Commit | Write::Opened => Ok(Answer::Record),
         }
     }
 }
@@ -677,9 +806,19 @@ fn reserve(conn: &Connection, totals: &mut GroupTotals, r: &NewReservation) -> S
     Ok(ReserveOutcome::Reserved)
 }
 
-/// Writes a reservation already answered "reserved" (by a transaction that
-/// then failed, or by a writer that stopped before its commit), without a
-/// limit check: its request is running. False when its row is there already.
+/// Applies again a write answered before its commit (by a transaction that
+/// then failed, or by a writer that stopped before its commit): a
+/// reservation without a limit check (its request ran), a settlement if its
+/// row is still in progress. False when the write was in the database already.
+fn reapply(conn: &Connection, totals: &mut GroupTotals, line: &Line) -> StoreResult<bool> {
+    match line {
+        Line::Reservation(reservation) => force(conn, totals, reservation),
+        Line::Settlement { settled, completion } => settle(conn, totals, settled, completion),
+    }
+}
+
+/// Writes a reservation without a limit check. False when its row is there
+/// already.
 fn force(conn: &Connection, totals: &mut GroupTotals, r: &NewReservation) -> StoreResult<bool> {
     match write_reservation(conn, totals, r) {
         Ok(()) => Ok(true),
