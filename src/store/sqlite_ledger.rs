@@ -403,15 +403,14 @@ fn run(writer: &Mutex<Writer>, queue: mpsc::Receiver<Op>, checkpoint: mpsc::Sync
     let mut commits = 0u64;
     // Writes answered once their commit is known.
     let mut waiting = Vec::new();
-    let mut now = false;
     let mut deadline: Option<Instant> = None;
     loop {
         let received = match deadline {
-            Some(_) if now => Err(mpsc::RecvTimeoutError::Timeout),
             Some(at) => queue.recv_timeout(at.saturating_duration_since(Instant::now())),
             None => queue.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
         };
         let mut writer = writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut now = false;
         let stopping = match received {
             Ok(first) => {
                 let mut group = vec![first];
@@ -421,7 +420,7 @@ fn run(writer: &Mutex<Writer>, queue: mpsc::Receiver<Op>, checkpoint: mpsc::Sync
                         Err(_) => break,
                     }
                 }
-                now |= writer.take(group, &mut waiting);
+                now = writer.take(group, &mut waiting);
                 false
             }
             Err(mpsc::RecvTimeoutError::Timeout) => false,
@@ -440,9 +439,6 @@ fn run(writer: &Mutex<Writer>, queue: mpsc::Receiver<Op>, checkpoint: mpsc::Sync
             if commits % WAL_CHECK_EVERY == 0 && wal_too_large(wal) {
                 truncate_wal(&writer.conn);
             }
-        }
-        if due {
-            now = false;
         }
         deadline = writer.open.then(|| writer.opened_at + COMMIT_WINDOW);
         if stopping {
