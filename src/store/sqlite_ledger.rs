@@ -44,7 +44,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
@@ -65,19 +65,6 @@ const RETRY_EVERY: Duration = Duration::from_micros(200);
 
 /// The most writes one commit takes; more wait for the next.
 const MAX_GROUP: usize = 256;
-
-/// How long a transaction stays open for more writes to join its commit.
-/// The reservations and settlements in it were answered already (from the
-/// journal), so a longer window would cost their callers nothing and save
-/// commits and wake-ups of the writer thread (2 ms: a fifth less CPU per
-/// request at 1,000/s). But it holds SQLite's write lock that long, and
-/// under load the windows follow each other so closely that the gateway's
-/// other writes (sqlx's connection, whose busy handler sleeps in growing
-/// steps) found the lock free too rarely: creating a project took 0.3–4.9 s
-/// at the maximum with 2 ms, up to 0.34 s at 1,000/s with 0.5 ms, and under
-/// 10 ms with none. So the writer commits as soon as it is told of a
-/// transaction; the writes that join before it wakes share the commit.
-const COMMIT_WINDOW: Duration = Duration::ZERO;
 
 /// How often the WAL is copied back into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
@@ -153,12 +140,9 @@ enum Write {
     Record(Box<LedgerEntry>),
     /// Replays the journals of writers that are gone.
     Replay,
-    /// Commits now what callers wrote on their own threads; answered once
+    /// Commits what callers wrote on their own threads; answered once
     /// everything answered before it is in the database.
     Commit,
-    /// A caller opened a transaction on its own thread: it is committed at
-    /// the end of its window (`COMMIT_WINDOW`).
-    Opened,
 }
 
 enum Answer {
@@ -192,7 +176,6 @@ impl LedgerWriter {
             conn,
             journal,
             open: false,
-            opened_at: Instant::now(),
             totals: GroupTotals::default(),
             broken: None,
             journaled: Vec::new(),
@@ -244,8 +227,8 @@ impl LedgerWriter {
 
     /// Runs a write on the caller's thread when the connection is free and
     /// the write may be answered early (`None` otherwise). The writer thread
-    /// learns of a transaction the write opened, to commit it at the end of
-    /// its window; the writes that join it meanwhile share that commit.
+    /// learns of a transaction the write opened, to commit it; the writes
+    /// that join it before the thread wakes share that commit.
     fn inline<T>(
         &self,
         write: impl FnOnce(&mut Writer) -> Option<(StoreResult<T>, bool)>,
@@ -256,7 +239,7 @@ impl LedgerWriter {
         };
         if opened {
             let (reply, _) = oneshot::channel();
-            self.ops.send(Op { write: Write::Opened, reply }).map_err(|_| stopped())?;
+            self.ops.send(Op { write: Write::Commit, reply }).map_err(|_| stopped())?;
         }
         Ok(Some(answer))
     }
@@ -399,8 +382,6 @@ struct Writer {
     journal: Journal,
     /// Whether a transaction is open (`BEGIN IMMEDIATE` done, no commit yet).
     open: bool,
-    /// When the open transaction was begun.
-    opened_at: Instant,
     /// The open transaction's period totals.
     totals: GroupTotals,
     /// A write of the open transaction failed for a reason not its own:
@@ -418,42 +399,32 @@ struct Writer {
     database: std::path::PathBuf,
 }
 
-/// The writer thread: applies the writes sent to it as they come, answering
+/// The writer thread: applies each group of writes sent to it, answering
 /// reservations and settlements at once (from the journal), and commits the
-/// open transaction at the end of its window, or at once when a read or a
-/// replay waits for the commit.
+/// open transaction with every write that joined it since it was opened.
+///
+/// It commits as soon as it wakes, without waiting for more writes to join.
+/// The reservations and settlements in a transaction were answered already,
+/// so a window of a few milliseconds would cost their callers nothing and
+/// would save commits and wake-ups (2 ms: a fifth less CPU per request at
+/// 1,000/s). But it holds SQLite's write lock that long, and under load the
+/// windows followed each other so closely that the gateway's other writes
+/// (sqlx's connection, whose busy handler sleeps in growing steps) found
+/// the lock free too rarely: creating a project took 0.3–4.9 s at the
+/// maximum with 2 ms, up to 0.34 s at 1,000/s with 0.5 ms, and under 10 ms
+/// with none.
 fn run(writer: &Mutex<Writer>, queue: mpsc::Receiver<Op>, checkpoint: mpsc::SyncSender<()>, wal: &Path) {
     let mut commits = 0u64;
-    // Writes answered once their commit is known.
-    let mut waiting = Vec::new();
-    let mut deadline: Option<Instant> = None;
-    loop {
-        let received = match deadline {
-            Some(at) => queue.recv_timeout(at.saturating_duration_since(Instant::now())),
-            None => queue.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
-        };
-        let mut writer = writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut now = false;
-        let stopping = match received {
-            Ok(first) => {
-                let mut group = vec![first];
-                while group.len() < MAX_GROUP {
-                    match queue.try_recv() {
-                        Ok(op) => group.push(op),
-                        Err(_) => break,
-                    }
-                }
-                now = writer.take(group, &mut waiting);
-                false
+    while let Ok(first) = queue.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(op) => group.push(op),
+                Err(_) => break,
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => false,
-            Err(mpsc::RecvTimeoutError::Disconnected) => true,
-        };
-        let due = now
-            || stopping
-            || waiting.len() >= MAX_GROUP
-            || (writer.open && writer.opened_at.elapsed() >= COMMIT_WINDOW);
-        if due && writer.commit(std::mem::take(&mut waiting)) {
+        }
+        let mut writer = writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if writer.commit_group(group) {
             commits += 1;
             if commits % NUDGE_EVERY == 0 {
                 // A checkpoint already asked for is enough.
@@ -463,14 +434,12 @@ fn run(writer: &Mutex<Writer>, queue: mpsc::Receiver<Op>, checkpoint: mpsc::Sync
                 truncate_wal(&writer.conn);
             }
         }
-        deadline = writer.open.then(|| writer.opened_at + COMMIT_WINDOW);
-        if stopping {
-            // The store is gone: a journal whose every line is committed goes too.
-            if !writer.open && writer.pending.is_empty() {
-                writer.journal.remove();
-            }
-            return;
-        }
+    }
+    // The store is gone. Every transaction a caller opened was followed by
+    // a `Commit` in the queue; a journal whose every line is committed goes.
+    let writer = writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !writer.open && writer.pending.is_empty() {
+        writer.journal.remove();
     }
 }
 
@@ -492,7 +461,6 @@ impl Writer {
             begun?;
         }
         self.open = true;
-        self.opened_at = Instant::now();
         for line in &self.pending {
             if let Err(e) = reapply(&self.conn, &mut self.totals, line) {
                 self.broken.get_or_insert_with(|| e.to_string());
@@ -578,36 +546,21 @@ impl Writer {
         Ok(())
     }
 
-    /// Applies a group of writes and commits it at once (the replay when a
-    /// store opens).
-    fn commit_group(&mut self, group: Vec<Op>) {
-        let mut waiting = Vec::new();
-        self.take(group, &mut waiting);
-        self.commit(waiting);
-    }
-
-    /// Applies a group of writes in the open transaction (or a new one).
-    /// Reservations, settlements and refusals are answered as they are
-    /// applied, when the journal holds them; the other writes wait in
-    /// `waiting` for the commit. True when one of them wants the commit now
-    /// (a read waiting for it, or a replay).
-    fn take(&mut self, group: Vec<Op>, waiting: &mut Vec<(StoreResult<Answer>, Reply)>) -> bool {
-        let now = group.iter().any(|op| matches!(op.write, Write::Commit | Write::Replay));
-        let writes = group.iter().filter(|op| !matches!(op.write, Write::Commit | Write::Opened)).count();
-        if writes == 0 {
-            // Nothing to write: what is open (if anything) is committed in
-            // its time, or now for a read.
-            for op in group {
-                waiting.push((Ok(Answer::Record), op.reply));
+    /// Applies a group of writes in the open transaction (or a new one) and
+    /// commits it. Reservations, settlements and refusals are answered as
+    /// they are applied, when the journal holds them; the other writes once
+    /// the commit is known. False when there was nothing to commit.
+    fn commit_group(&mut self, group: Vec<Op>) -> bool {
+        let mut waiting = Vec::with_capacity(group.len());
+        // A read waits for the writes answered before a failed commit too.
+        if !self.pending.is_empty() || group.iter().any(|op| !matches!(op.write, Write::Commit)) {
+            if let Err(e) = self.begin(true) {
+                let message = format!("cannot begin a ledger write: {e}");
+                for op in group {
+                    let _ = op.reply.send(Err(StoreError::Ledger(message.clone())));
+                }
+                return false;
             }
-            return now;
-        }
-        if let Err(e) = self.begin(true) {
-            let message = format!("cannot begin a ledger write: {e}");
-            for op in group {
-                let _ = op.reply.send(Err(StoreError::Ledger(message.clone())));
-            }
-            return false;
         }
         for Op { write, reply } in group {
             let answer = self.apply(&write);
@@ -640,7 +593,7 @@ impl Writer {
             }
             waiting.push((answer, reply));
         }
-        now
+        self.commit(waiting)
     }
 
     /// Commits the open transaction, then answers the writes that waited
@@ -705,7 +658,7 @@ impl Writer {
                 }
                 Ok(Answer::Replayed(written))
             }
-            Write::Commit | Write::Opened => Ok(Answer::Record),
+            Write::Commit => Ok(Answer::Record),
         }
     }
 }
