@@ -5,16 +5,17 @@
 //! alongside the writer.
 
 use std::str::FromStr;
-use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
 use super::agents::impl_agent_store;
 use super::batches::impl_batch_store;
 use super::keys::impl_key_store;
 use super::queries::impl_store;
-use super::sqlite_ledger::LedgerWriter;
+use super::sqlite_ledger::{retry_soon, LedgerWriter};
 use super::tasks::impl_task_store;
 use super::{Completion, LedgerEntry, NewReservation, ReserveOutcome, StoreResult};
 
@@ -36,15 +37,21 @@ impl SqliteStore {
             // NORMAL in WAL mode survives a process crash; only an OS crash can
             // lose the last commits, and never corrupts the file.
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true)
             // The ledger writer's checkpointer thread does them all.
             .pragma("wal_autocheckpoint", "0");
-        let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .after_connect(|conn, _| Box::pin(retry_soon_on(conn)))
+            .connect_with(options.clone())
+            .await?;
         MIGRATOR.run(&writer).await?;
         let ledger = LedgerWriter::start(options.get_filename())?;
-        let reader =
-            SqlitePoolOptions::new().max_connections(4).connect_with(options.read_only(true)).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .after_connect(|conn, _| Box::pin(retry_soon_on(conn)))
+            .connect_with(options.read_only(true))
+            .await?;
         Ok(SqliteStore { writer, reader, ledger })
     }
 
@@ -73,8 +80,49 @@ impl SqliteStore {
     }
 }
 
+/// Gives one of sqlx's connections the ledger connection's wait for another
+/// connection's write lock (`sqlite_ledger::retry_soon`: a retry every
+/// 200 µs, up to 10 s) in place of SQLite's busy timeout. The busy timeout
+/// sleeps in growing steps (1, 2, 5 … 100 ms), and the ledger takes the
+/// lock for a commit every few hundred microseconds under load, so an
+/// admin write or a batch's could sleep tens of milliseconds past the
+/// moment the lock was free, again and again.
+async fn retry_soon_on(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+    let mut handle = conn.lock_handle().await?;
+    // SAFETY: the handle is an open connection, locked for this call so no
+    // statement runs on it meanwhile. The `Connection` made from it does not
+    // close it when dropped, and the busy handler is a plain function that
+    // holds no state of that `Connection`.
+    let raw = unsafe { rusqlite::Connection::from_handle(handle.as_raw_handle().as_ptr()) };
+    raw.and_then(|raw| raw.busy_handler(Some(retry_soon)))
+        .map_err(|e| sqlx::Error::Configuration(Box::new(e)))
+}
+
 impl_batch_store!(SqliteStore, Sqlite);
 impl_key_store!(SqliteStore);
 impl_task_store!(SqliteStore);
 impl_agent_store!(SqliteStore);
 impl_store!(SqliteStore, Sqlite);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SQLite keeps one wait per connection: installing a busy handler
+    /// clears the busy timeout, which `PRAGMA busy_timeout` then reads as 0.
+    #[tokio::test]
+    async fn sqlx_connections_wait_for_the_lock_with_the_ledgers_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("busy.db").display());
+        let store = SqliteStore::connect(&url).await.unwrap();
+        for pool in [&store.writer, &store.reader] {
+            let timeout: i64 = sqlx::query_scalar("PRAGMA busy_timeout").fetch_one(pool).await.unwrap();
+            assert_eq!(timeout, 0, "a busy timeout replaced the retry handler");
+        }
+        // Without the handler, sqlx's busy timeout is in force.
+        let plain = SqlitePoolOptions::new().connect_with(SqliteConnectOptions::from_str(&url).unwrap());
+        let timeout: i64 =
+            sqlx::query_scalar("PRAGMA busy_timeout").fetch_one(&plain.await.unwrap()).await.unwrap();
+        assert!(timeout > 0);
+    }
+}

@@ -39,7 +39,8 @@
 //! caller in it gets the error.
 //!
 //! Other writers (sqlx's, for everything else) take the same database lock
-//! with `BEGIN IMMEDIATE`; both wait for each other through the busy timeout.
+//! with `BEGIN IMMEDIATE`; each waits for the other by retrying every 200 µs
+//! (`retry_soon`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -297,7 +298,7 @@ fn open(path: &Path) -> StoreResult<Connection> {
 /// met a short write of another connection a few times in a row slept for
 /// tens or hundreds of milliseconds after the lock was free, and every
 /// reservation queued behind it waited as long.
-fn retry_soon(attempt: i32) -> bool {
+pub(super) fn retry_soon(attempt: i32) -> bool {
     let waited = RETRY_EVERY * u32::try_from(attempt).unwrap_or(0);
     if waited >= BUSY_TIMEOUT {
         return false;
