@@ -121,6 +121,19 @@ async fn a_message_has_text_usage_cost_and_a_ledger_row() {
 }
 
 /// Splits an SSE body into (event name, JSON data) pairs.
+/// Each event's name and, for blocks and deltas, their type
+/// (`content_block_start:thinking`), leaving text deltas out.
+fn shape_without_text(events: &[(String, Value)]) -> Vec<String> {
+    events
+        .iter()
+        .map(|(name, data)| {
+            let kind = data["content_block"]["type"].as_str().or(data["delta"]["type"].as_str());
+            format!("{name}{}", kind.map(|k| format!(":{k}")).unwrap_or_default())
+        })
+        .filter(|s| !s.starts_with("content_block_delta:text_delta"))
+        .collect()
+}
+
 fn sse_events(text: &str) -> Vec<(String, Value)> {
     text.split("\n\n")
         .filter(|frame| !frame.trim().is_empty())
@@ -911,14 +924,7 @@ async fn extended_thinking_comes_back_signed_and_goes_back_with_the_tool_result(
         .await
         .unwrap();
     let events = sse_events(&text);
-    let shape: Vec<String> = events
-        .iter()
-        .map(|(name, data)| {
-            let kind = data["content_block"]["type"].as_str().or(data["delta"]["type"].as_str());
-            format!("{name}{}", kind.map(|k| format!(":{k}")).unwrap_or_default())
-        })
-        .filter(|s| !s.starts_with("content_block_delta:text_delta"))
-        .collect();
+    let shape = shape_without_text(&events);
     assert_eq!(
         shape,
         [
@@ -955,9 +961,10 @@ async fn extended_thinking_comes_back_signed_and_goes_back_with_the_tool_result(
 /// setting: `disabled` (or none) turns its thinking off, `enabled` sets its
 /// budget, `adaptive` leaves it to Claude Code, which budgets the output cap
 /// less one; under a cap too small for the API's smallest budget (1,024
-/// tokens, which the simulated upstream enforces too), off.
+/// tokens, which the simulated upstream enforces too), off. The thinking
+/// Claude Code passes on comes back signed, whole or streamed.
 #[tokio::test]
-async fn the_cli_backend_passes_the_thinking_setting_to_claude_code() {
+async fn the_cli_backend_passes_the_thinking_setting_to_claude_code_and_returns_its_thinking() {
     let db = TestDb::sqlite();
     let app = TestApp::spawn(&db, Options::default()).await;
     let disabled = json!({"type": "disabled"});
@@ -979,12 +986,53 @@ async fn the_cli_backend_passes_the_thinking_setting_to_claude_code() {
             body["thinking"] = asked;
         }
         let response = post(&app, "/v1/messages", "sk-anything").json(&body).send().await.unwrap();
-        assert_eq!(response.status(), 200, "{:?}", response.text().await);
+        assert_eq!(response.status(), 200);
+        let message: Value = response.json().await.unwrap();
         let seen = app.sim.sim.requests();
         let upstream =
             &seen.iter().rev().find(|r| r.last_user_text.contains(&format!("think {i}"))).unwrap().body;
         assert_eq!(upstream["thinking"], sent, "case {i}");
         assert_eq!(upstream["max_tokens"], max_tokens);
+        let kinds: Vec<&str> =
+            message["content"].as_array().unwrap().iter().map(|b| b["type"].as_str().unwrap()).collect();
+        if sent["type"] == "enabled" {
+            assert_eq!(kinds, ["thinking", "text"], "case {i}: {message}");
+            let thinking = &message["content"][0];
+            assert!(
+                thinking["thinking"].as_str().is_some_and(|t| t.starts_with("Simulated thinking")),
+                "{thinking}"
+            );
+            assert!(thinking["signature"].as_str().is_some_and(|s| s.starts_with("sim_sig_")), "{thinking}");
+        } else {
+            assert_eq!(kinds, ["text"], "case {i}: {message}");
+        }
     }
+
+    // Streamed: the thinking block first, its text and signature as deltas.
+    let mut body = messages_body("haiku", "think streamed [sim:words=2]");
+    body["max_tokens"] = json!(4000);
+    body["thinking"] = json!({"type": "enabled", "budget_tokens": 2000});
+    body["stream"] = json!(true);
+    let text =
+        post(&app, "/v1/messages", "sk-anything").json(&body).send().await.unwrap().text().await.unwrap();
+    let events = sse_events(&text);
+    let shape: Vec<String> = shape_without_text(&events).into_iter().filter(|s| s != "ping").collect();
+    assert_eq!(
+        shape,
+        [
+            "message_start",
+            "content_block_start:thinking",
+            "content_block_delta:thinking_delta",
+            "content_block_delta:signature_delta",
+            "content_block_stop",
+            "content_block_start:text",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ],
+        "{text}"
+    );
+    let thought: String = events.iter().filter_map(|(_, d)| d["delta"]["thinking"].as_str()).collect();
+    assert!(thought.starts_with("Simulated thinking"), "{thought}");
     app.stop().await;
 }

@@ -24,7 +24,7 @@ use super::messages_request;
 use super::messages_sse::{
     data_of, parse_data, ContentBlock, Delta, ErrorResponse, SseLines, StreamEvent, WholeBlock, WholeMessage,
 };
-use super::{Event, Job, PoolStats, RunEnd, RunReport, Worker};
+use super::{send_all, Event, Job, PoolStats, RunEnd, RunReport, ThinkingPart, Worker};
 use crate::chat::{Thinking, ThinkingPiece, ToolCall, ToolCallDelta};
 use crate::config::ApiKey;
 use crate::pricing::{PriceTable, TokenUsage};
@@ -421,30 +421,16 @@ async fn apply(
             })
         }
         StreamEvent::ContentBlockStart { content_block: ContentBlock::Thinking { thinking }, .. } => {
-            report.first_token_at.get_or_insert_with(Instant::now);
-            report.thinking.push(Thinking::Text { thinking: thinking.clone(), signature: String::new() });
-            let mut pieces = vec![ThinkingPiece::Start { redacted: None }];
-            if !thinking.is_empty() {
-                pieces.push(ThinkingPiece::Text(thinking));
-            }
-            return send_thinking(events, pieces).await;
+            return send_thinking(events, report.think(ThinkingPart::Start { thinking })).await;
         }
         StreamEvent::ContentBlockStart { content_block: ContentBlock::RedactedThinking { data }, .. } => {
-            report.first_token_at.get_or_insert_with(Instant::now);
-            report.thinking.push(Thinking::Redacted { data: data.clone() });
-            return send_thinking(events, vec![ThinkingPiece::Start { redacted: Some(data) }]).await;
+            return send_thinking(events, report.think(ThinkingPart::Redacted { data })).await;
         }
-        StreamEvent::ContentBlockDelta { delta: Delta::ThinkingDelta { thinking: piece }, .. } => {
-            if let Some(Thinking::Text { thinking, .. }) = report.thinking.last_mut() {
-                thinking.push_str(&piece);
-            }
-            return send_thinking(events, vec![ThinkingPiece::Text(piece)]).await;
+        StreamEvent::ContentBlockDelta { delta: Delta::ThinkingDelta { thinking }, .. } => {
+            return send_thinking(events, report.think(ThinkingPart::Text(thinking))).await;
         }
-        StreamEvent::ContentBlockDelta { delta: Delta::SignatureDelta { signature: piece }, .. } => {
-            if let Some(Thinking::Text { signature, .. }) = report.thinking.last_mut() {
-                signature.push_str(&piece);
-            }
-            return send_thinking(events, vec![ThinkingPiece::Signature(piece)]).await;
+        StreamEvent::ContentBlockDelta { delta: Delta::SignatureDelta { signature }, .. } => {
+            return send_thinking(events, report.think(ThinkingPart::Signature(signature))).await;
         }
         StreamEvent::MessageStop => {
             // A call without input streamed no argument text.
@@ -465,12 +451,8 @@ async fn apply(
 
 /// Passes pieces of thinking on; `Some` when the caller is gone.
 async fn send_thinking(events: &mpsc::Sender<Event>, pieces: Vec<ThinkingPiece>) -> Option<Attempt> {
-    for piece in pieces {
-        if events.send(Event::Thinking(piece)).await.is_err() {
-            return Some(Attempt::End(RunEnd::Cancelled));
-        }
-    }
-    None
+    let sent = send_all(events, pieces.into_iter().map(Event::Thinking)).await;
+    (!sent).then_some(Attempt::End(RunEnd::Cancelled))
 }
 
 /// Applies a stream event that is not part of a tool call.

@@ -18,7 +18,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::stream_json::{parse_line, CliLine, CliResult};
-use super::{AgentJob, Event, Job, PoolStats, RunEnd, RunReport, ToolActivity, Worker};
+use super::{send_all, AgentJob, Event, Job, PoolStats, RunEnd, RunReport, ToolActivity, Worker};
+use crate::chat::ThinkingPiece;
 use crate::money::Micros;
 use crate::pricing::TokenUsage;
 
@@ -527,8 +528,9 @@ impl Conversation<'_> {
         if !written {
             return (state, RunEnd::Crashed { message: String::new() });
         }
-        // Set when the reply hit its output cap: the text up to there.
-        let mut capped_at: Option<usize> = None;
+        // Set when the reply hit its output cap: how much text and how
+        // many thinking blocks it had by then.
+        let mut capped_at: Option<(usize, usize)> = None;
         let end = loop {
             let line = tokio::select! {
                 biased;
@@ -556,14 +558,7 @@ impl Conversation<'_> {
             let step = apply(&mut state, parsed);
             let step = match step {
                 Step::Tools(activity) => {
-                    let mut gone = false;
-                    for event in activity {
-                        gone = events.send(Event::Tool(event)).await.is_err();
-                        if gone {
-                            break;
-                        }
-                    }
-                    if gone {
+                    if !send_all(events, activity.into_iter().map(Event::Tool)).await {
                         break RunEnd::Cancelled;
                     }
                     Step::Continue
@@ -576,7 +571,7 @@ impl Conversation<'_> {
                 // reserved) and then fail; OpenAI clients expect the text
                 // so far with finish_reason "length". An interrupt ends the
                 // turn, and the result line after it still has the cost.
-                capped_at = Some(state.report.text.len());
+                capped_at = Some((state.report.text.len(), state.report.thinking.len()));
                 let interrupt =
                     r#"{"type":"control_request","request_id":"cap","request":{"subtype":"interrupt"}}"#;
                 if write_line(self.stdin, interrupt).await.is_err() {
@@ -587,7 +582,12 @@ impl Conversation<'_> {
                 Step::Continue | Step::Tools(_) => {}
                 // A continuation the CLI began before the interrupt landed
                 // is not part of the reply.
-                Step::Emit(Event::Text(_)) if capped_at.is_some() => {}
+                Step::Emit(Event::Text(_)) | Step::Thinking(_) if capped_at.is_some() => {}
+                Step::Thinking(pieces) => {
+                    if !send_all(events, pieces.into_iter().map(Event::Thinking)).await {
+                        break RunEnd::Cancelled;
+                    }
+                }
                 Step::Emit(event) => {
                     if events.send(event).await.is_err() {
                         break RunEnd::Cancelled;
@@ -600,8 +600,9 @@ impl Conversation<'_> {
                 Step::Done(end) => break end,
             }
         };
-        if let Some(len) = capped_at {
-            state.report.text.truncate(len);
+        if let Some((text, thinking)) = capped_at {
+            state.report.text.truncate(text);
+            state.report.thinking.truncate(thinking);
         }
         (state, end)
     }
@@ -640,6 +641,8 @@ pub(super) async fn write_line(stdin: &mut ChildStdin, line: &str) -> std::io::R
 pub(super) enum Step {
     Continue,
     Emit(Event),
+    /// Pieces of the model's thinking, in order.
+    Thinking(Vec<ThinkingPiece>),
     /// An agent's tool uses or results, in order.
     Tools(Vec<ToolActivity>),
     Done(RunEnd),
@@ -669,6 +672,7 @@ pub(super) fn apply(state: &mut RunState, line: CliLine) -> Step {
             report.text.push_str(&text);
             Step::Emit(Event::Text(text))
         }
+        CliLine::Thinking(part) => Step::Thinking(report.think(part)),
         CliLine::MessageDelta { output_tokens, stop_reason } => {
             state.stream_usage.output_tokens += output_tokens.unwrap_or(0);
             if stop_reason.is_some() {

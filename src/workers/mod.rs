@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::chat::ThinkingPiece;
 use crate::money::Micros;
 use crate::pricing::TokenUsage;
 
@@ -149,7 +150,7 @@ pub struct RunReport {
     pub stop_reason: Option<String>,
     /// The stop sequence the upstream stopped at (direct backend).
     pub stop_sequence: Option<String>,
-    /// The model's extended thinking, in order (direct backend).
+    /// The model's extended thinking, in order.
     pub thinking: Vec<crate::chat::Thinking>,
     pub num_turns: u64,
     pub started_at: Instant,
@@ -177,6 +178,58 @@ impl RunReport {
             finished_at: None,
         }
     }
+
+    /// Adds a part of the model's thinking, as a stream delivers it, to the
+    /// report; returns the pieces to pass on.
+    pub fn think(&mut self, part: ThinkingPart) -> Vec<ThinkingPiece> {
+        use crate::chat::Thinking;
+        match part {
+            ThinkingPart::Start { thinking } => {
+                self.first_token_at.get_or_insert_with(Instant::now);
+                self.thinking.push(Thinking::Text { thinking: thinking.clone(), signature: String::new() });
+                let mut pieces = vec![ThinkingPiece::Start { redacted: None }];
+                pieces.extend((!thinking.is_empty()).then_some(ThinkingPiece::Text(thinking)));
+                pieces
+            }
+            ThinkingPart::Redacted { data } => {
+                self.first_token_at.get_or_insert_with(Instant::now);
+                self.thinking.push(Thinking::Redacted { data: data.clone() });
+                vec![ThinkingPiece::Start { redacted: Some(data) }]
+            }
+            ThinkingPart::Text(piece) => {
+                if let Some(Thinking::Text { thinking, .. }) = self.thinking.last_mut() {
+                    thinking.push_str(&piece);
+                }
+                vec![ThinkingPiece::Text(piece)]
+            }
+            ThinkingPart::Signature(piece) => {
+                if let Some(Thinking::Text { signature, .. }) = self.thinking.last_mut() {
+                    signature.push_str(&piece);
+                }
+                vec![ThinkingPiece::Signature(piece)]
+            }
+        }
+    }
+}
+
+/// Sends events in order; false once the caller is gone.
+pub(super) async fn send_all(events: &mpsc::Sender<Event>, all: impl IntoIterator<Item = Event>) -> bool {
+    for event in all {
+        if events.send(event).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// A part of a thinking block as the Messages API streams it (and the CLI
+/// passes its events on): a block's start, a redacted block, or a delta.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ThinkingPart {
+    Start { thinking: String },
+    Redacted { data: String },
+    Text(String),
+    Signature(String),
 }
 
 #[async_trait]

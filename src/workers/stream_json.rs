@@ -5,6 +5,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::ThinkingPart;
 use crate::pricing::TokenUsage;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -20,6 +21,8 @@ pub enum CliLine {
         usage: TokenUsage,
     },
     TextDelta(String),
+    /// A part of the model's extended thinking.
+    Thinking(ThinkingPart),
     /// An upstream message ended; `output_tokens` is its final count.
     MessageDelta {
         output_tokens: Option<u64>,
@@ -127,10 +130,26 @@ fn parse_stream_event(event: &Value) -> CliLine {
             let message = event.get("message").unwrap_or(&Value::Null);
             CliLine::MessageStart { model: str_of(message, "model"), usage: usage_of(message.get("usage")) }
         }
+        Some("content_block_start") => {
+            let block = event.get("content_block").unwrap_or(&Value::Null);
+            match block.get("type").and_then(Value::as_str) {
+                Some("thinking") => CliLine::Thinking(ThinkingPart::Start {
+                    thinking: str_of(block, "thinking").unwrap_or_default(),
+                }),
+                Some("redacted_thinking") => CliLine::Thinking(ThinkingPart::Redacted {
+                    data: str_of(block, "data").unwrap_or_default(),
+                }),
+                _ => CliLine::Other,
+            }
+        }
         Some("content_block_delta") => {
             let delta = event.get("delta").unwrap_or(&Value::Null);
-            match (delta.get("type").and_then(Value::as_str), delta.get("text").and_then(Value::as_str)) {
-                (Some("text_delta"), Some(text)) => CliLine::TextDelta(text.to_string()),
+            match delta.get("type").and_then(Value::as_str) {
+                Some("text_delta") => str_of(delta, "text").map_or(CliLine::Other, CliLine::TextDelta),
+                Some("thinking_delta") => str_of(delta, "thinking")
+                    .map_or(CliLine::Other, |t| CliLine::Thinking(ThinkingPart::Text(t))),
+                Some("signature_delta") => str_of(delta, "signature")
+                    .map_or(CliLine::Other, |s| CliLine::Thinking(ThinkingPart::Signature(s))),
                 _ => CliLine::Other,
             }
         }
@@ -291,6 +310,30 @@ mod tests {
         assert_eq!(result.subtype, "error_max_budget_usd");
         assert_eq!(result.total_cost_usd, 0.00135);
         assert_eq!(result.result, None);
+    }
+
+    /// Lines Claude Code 2.1.197 printed with `MAX_THINKING_TOKENS` set
+    /// (session fields left out).
+    #[test]
+    fn thinking_blocks_are_parsed_from_stream_events() {
+        let lines = [
+            r#"{"type":"stream_event","event":{"content_block":{"signature":"","thinking":"","type":"thinking"},"index":0,"type":"content_block_start"}}"#,
+            r#"{"type":"stream_event","event":{"delta":{"thinking":"Simulated thinking.","type":"thinking_delta"},"index":0,"type":"content_block_delta"}}"#,
+            r#"{"type":"stream_event","event":{"delta":{"signature":"sim_sig_0830","type":"signature_delta"},"index":0,"type":"content_block_delta"}}"#,
+            r#"{"type":"stream_event","event":{"content_block":{"data":"opaque","type":"redacted_thinking"},"index":1,"type":"content_block_start"}}"#,
+            r#"{"type":"stream_event","event":{"content_block":{"text":"","type":"text"},"index":2,"type":"content_block_start"}}"#,
+        ];
+        let parsed: Vec<CliLine> = lines.iter().map(|l| parse_line(l).unwrap()).collect();
+        assert_eq!(
+            parsed,
+            [
+                CliLine::Thinking(ThinkingPart::Start { thinking: String::new() }),
+                CliLine::Thinking(ThinkingPart::Text("Simulated thinking.".into())),
+                CliLine::Thinking(ThinkingPart::Signature("sim_sig_0830".into())),
+                CliLine::Thinking(ThinkingPart::Redacted { data: "opaque".into() }),
+                CliLine::Other,
+            ]
+        );
     }
 
     #[test]
