@@ -537,7 +537,8 @@ async fn a_reservation_waits_for_another_writer_off_the_runtime_thread() {
 /// journal too: when the writer died before the commit, replaying the
 /// journal settles the request at what it really cost, not the full
 /// reservation that recovery would otherwise charge. A settlement of a row
-/// already settled changes nothing.
+/// already settled changes nothing, and a refused request's row is written
+/// once however often its line appears.
 #[tokio::test]
 async fn a_dead_writers_journal_brings_back_its_uncommitted_settlements() {
     let (db, path, _, budget) = sqlite_budget("live").await;
@@ -561,9 +562,25 @@ async fn a_dead_writers_journal_brings_back_its_uncommitted_settlements() {
         };
         serde_json::json!({ "settled": id, "completion": completion }).to_string()
     };
+    let record_line = serde_json::json!({ "recorded": store::LedgerEntry {
+        request_id: "refused-2".into(),
+        created_at_ms: now.timestamp_millis(),
+        project_id: "p".into(),
+        key_id: None,
+        endpoint: "/v1/chat/completions".into(),
+        model_requested: None,
+        completion: Completion { status: "rejected".into(), http_status: Some(429), ..Completion::default() },
+    }})
+    .to_string();
     let orphan = format!("{path}.reservations.dead-2");
-    let journal =
-        [reservation_line, settlement_line("orphan-2", 1_234), settlement_line("settled-1", 900)].join("\n");
+    let journal = [
+        reservation_line,
+        settlement_line("orphan-2", 1_234),
+        settlement_line("settled-1", 900),
+        record_line.clone(),
+        record_line,
+    ]
+    .join("\n");
     std::fs::write(&orphan, journal + "\n").unwrap();
 
     let second = store::connect(&db.url).await.unwrap();
@@ -572,7 +589,60 @@ async fn a_dead_writers_journal_brings_back_its_uncommitted_settlements() {
     assert_eq!((row.status.as_str(), row.cost, row.output_tokens), ("succeeded", Micros(1_234), 34));
     let row = second.ledger_row("settled-1").await.unwrap().unwrap();
     assert_eq!(row.cost, Micros(300), "a row settled already keeps its settlement");
+    let row = second.ledger_row("refused-2").await.unwrap().expect("a refused request's row is written once");
+    assert_eq!((row.status.as_str(), row.http_status), ("rejected", Some(429)));
     let totals = second.period_totals("p", PeriodKind::Day, day).await.unwrap();
     assert_eq!((totals.spent, totals.reserved), (Micros(1_534), Micros(0)));
     assert_eq!(budget.recover(Duration::from_secs(60)).await.unwrap(), 0, "nothing left to recover");
+}
+
+/// A commit that fails (here a trigger refuses every write of the period
+/// totals, which each commit makes) loses nothing answered before it: the
+/// reservation and a refused request's row were answered from the journal,
+/// and both are written again by the next commit that succeeds.
+#[tokio::test]
+async fn writes_answered_before_a_failed_commit_are_written_by_the_next_one() {
+    let (_db, path, store, budget) = sqlite_budget("live").await;
+    let sql = rusqlite::Connection::open(&path).unwrap();
+    sql.execute_batch(
+        "CREATE TABLE fail_commits (x INTEGER);
+         INSERT INTO fail_commits VALUES (1);
+         CREATE TRIGGER fail_insert BEFORE INSERT ON period_totals WHEN EXISTS (SELECT 1 FROM fail_commits)
+           BEGIN SELECT RAISE(ABORT, 'injected failure'); END;
+         CREATE TRIGGER fail_update BEFORE UPDATE ON period_totals WHEN EXISTS (SELECT 1 FROM fail_commits)
+           BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+    )
+    .unwrap();
+    let kept = budget.reserve(reservation("kept-1".into(), "p", 1_000)).await.unwrap();
+    let refused = store::LedgerEntry {
+        request_id: "refused-1".into(),
+        created_at_ms: Utc::now().timestamp_millis(),
+        project_id: "p".into(),
+        key_id: None,
+        endpoint: "/v1/chat/completions".into(),
+        model_requested: Some("opus".into()),
+        completion: Completion {
+            status: "rejected".into(),
+            http_status: Some(429),
+            error_message: Some("over budget".into()),
+            ..Completion::default()
+        },
+    };
+    budget.record(refused).await.expect("a refusal's row is answered although its commit fails");
+    // Reads wait for a commit, which fails as long as the trigger does.
+    assert!(store.ledger_row("kept-1").await.is_err());
+
+    sql.execute("DELETE FROM fail_commits", []).unwrap();
+    let row = store.ledger_row("kept-1").await.unwrap().expect("the reservation is written");
+    assert_eq!(row.status, "in_progress");
+    let row = store.ledger_row("refused-1").await.unwrap().expect("the refusal's row is written");
+    assert_eq!((row.status.as_str(), row.http_status), ("rejected", Some(429)));
+    let day = ccgate::budget::period::bounds(PeriodKind::Day, Utc::now()).0.timestamp();
+    let totals = store.period_totals("p", PeriodKind::Day, day).await.unwrap();
+    assert_eq!((totals.spent, totals.reserved), (Micros(0), Micros(1_000)));
+
+    let done = Completion { status: "succeeded".into(), cost: Micros(300), ..Completion::default() };
+    assert!(budget.settle(kept, done).await.unwrap());
+    let totals = store.period_totals("p", PeriodKind::Day, day).await.unwrap();
+    assert_eq!((totals.spent, totals.reserved), (Micros(300), Micros(0)));
 }

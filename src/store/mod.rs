@@ -153,7 +153,7 @@ pub struct Completion {
 
 /// A ledger row for a request that never held a reservation (refused
 /// before it could: bad input, unknown project, over budget…).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LedgerEntry {
     pub request_id: String,
     pub created_at_ms: i64,

@@ -6,7 +6,9 @@
 //! commit put about a tenth of a millisecond (the WAL's writes and locks) on
 //! every request's path. Instead the writer appends the reservation to this
 //! file, one `write` of one line, and answers; the commit follows. A
-//! settlement is journaled the same way, so it needs no wait either. A line
+//! settlement is journaled the same way, so it needs no wait either, and so
+//! is the ledger row of a refused request, which then survives a failed
+//! commit (it is written again with the next one) as well as a crash. A line
 //! is as durable as the commit would have been (the database's commits are
 //! not synced either, `synchronous = NORMAL`): both survive the process
 //! dying, neither a power cut.
@@ -30,7 +32,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Completion, NewReservation};
+use super::{Completion, LedgerEntry, NewReservation};
 
 /// One line of a journal: a write answered before its commit.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,6 +42,10 @@ pub(super) enum Line {
     Settlement {
         settled: String,
         completion: Completion,
+    },
+    /// A refused request's row, told apart by its `recorded` field.
+    Record {
+        recorded: LedgerEntry,
     },
     Reservation(NewReservation),
 }

@@ -18,12 +18,14 @@
 //! waits for this thread to wake; this thread then commits the transaction,
 //! with every write that joined it meanwhile. Should the commit fail, the answered writes are
 //! applied again, reservations unchecked, at the start of every next
-//! transaction until one commits (and none is answered early meanwhile);
+//! transaction until one commits (and no reservation or settlement is
+//! answered early meanwhile);
 //! should the process die first, the journal brings them back. A refusal
 //! (no room, no such project, an id already recorded) is answered at once
-//! too: it wrote nothing. Ledger rows of refused requests are answered
-//! after their commit, and a read of the ledger first has everything
-//! answered so far committed.
+//! too: it wrote nothing. The ledger row of a refused request is journaled
+//! and answered the same way, and goes in again after a failed commit even
+//! while reservations wait for one; a read of the ledger first has
+//! everything answered so far committed.
 //!
 //! A group keeps the period totals it touches in memory (`GroupTotals`):
 //! each is read once, checked and changed there by every write of the group
@@ -391,8 +393,8 @@ struct Writer {
     /// Writes of the open transaction already answered.
     journaled: Vec<Line>,
     /// Writes answered early whose transaction then failed: applied again
-    /// first thing in every transaction until one commits, and none is
-    /// answered early meanwhile.
+    /// first thing in every transaction until one commits, and no
+    /// reservation or settlement is answered early meanwhile.
     pending: Vec<Line>,
     /// Dead writers' journals replayed by the open transaction, removed
     /// once it commits.
@@ -566,8 +568,16 @@ impl Writer {
         for Op { write, reply } in group {
             let answer = self.apply(&write);
             self.note_failure(&answer);
-            if self.answers_early() {
+            // A refused request's row checks nothing, so it is answered
+            // from the journal even while earlier writes are pending: if
+            // this commit fails too, it is written again with theirs.
+            let record = match (&write, &answer) {
+                (Write::Record(entry), Ok(_)) => Some(Line::Record { recorded: (**entry).clone() }),
+                _ => None,
+            };
+            if record.is_some() || self.answers_early() {
                 let line = match (write, &answer) {
+                    (Write::Record(_), Ok(_)) => record,
                     (Write::Reserve(r), Ok(Answer::Reserve(ReserveOutcome::Reserved))) => {
                         Some(Line::Reservation(*r))
                     }
@@ -575,7 +585,8 @@ impl Writer {
                         Some(Line::Settlement { settled: id, completion: *c })
                     }
                     // A refusal wrote nothing, whatever the commit does.
-                    (Write::Reserve(_) | Write::Settle(..), _) => {
+                    (Write::Reserve(_) | Write::Settle(..), _)
+                    | (Write::Record(_), Err(StoreError::Conflict(_))) => {
                         let _ = reply.send(answer);
                         continue;
                     }
@@ -782,11 +793,17 @@ fn reserve(conn: &Connection, totals: &mut GroupTotals, r: &NewReservation) -> S
 /// Applies again a write answered before its commit (by a transaction that
 /// then failed, or by a writer that stopped before its commit): a
 /// reservation without a limit check (its request ran), a settlement if its
-/// row is still in progress. False when the write was in the database already.
+/// row is still in progress, a refused request's row unless it is there.
+/// False when the write was in the database already.
 fn reapply(conn: &Connection, totals: &mut GroupTotals, line: &Line) -> StoreResult<bool> {
     match line {
         Line::Reservation(reservation) => force(conn, totals, reservation),
         Line::Settlement { settled, completion } => settle(conn, totals, settled, completion),
+        Line::Record { recorded } => match record(conn, recorded) {
+            Ok(()) => Ok(true),
+            Err(StoreError::Conflict(_)) => Ok(false),
+            Err(e) => Err(e),
+        },
     }
 }
 
