@@ -80,6 +80,8 @@ pub struct Metrics {
     pub overhead_seconds: Histogram,
     pub tokens: Family<TokenLabels, Counter>,
     pub cost_usd: Family<UsageLabels, Counter<f64, AtomicU64>>,
+    /// What runs cost past their reservations (see `observe_overrun`).
+    pub overrun_usd: Family<UsageLabels, Counter<f64, AtomicU64>>,
     pub budget_remaining_usd: Family<BudgetLabels, Gauge<f64, AtomicU64>>,
     workers: Family<WorkerLabels, Gauge>,
     worker_events: Family<WorkerEventLabels, Counter>,
@@ -154,6 +156,14 @@ impl Metrics {
         registry.register("tokens", "Tokens by project, model and direction (input/output)", tokens.clone());
         let cost_usd = Family::<UsageLabels, Counter<f64, AtomicU64>>::default();
         registry.register("cost_usd", "Cost by project and model, in USD", cost_usd.clone());
+        let overrun_usd = Family::<UsageLabels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "reservation_overrun_usd",
+            "What runs cost past their budget reservations, by project and model, in USD (charged in full; \
+             only possible on the CLI backend when Claude Code continues a reply cut at max_tokens before \
+             ccgate stops it, or when the upstream bills more than its documented prices)",
+            overrun_usd.clone(),
+        );
         let budget_remaining_usd = Family::<BudgetLabels, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "budget_remaining_usd",
@@ -203,6 +213,7 @@ impl Metrics {
             overhead_seconds,
             tokens,
             cost_usd,
+            overrun_usd,
             budget_remaining_usd,
             workers,
             worker_events,
@@ -240,6 +251,14 @@ impl Metrics {
         self.cost_usd
             .get_or_create(&UsageLabels { project: project.to_string(), model: model.to_string() })
             .inc_by(cost_usd);
+    }
+
+    /// A run that cost more than it reserved: the reservation is meant to be
+    /// an upper bound, so the excess is worth an operator's attention.
+    pub fn observe_overrun(&self, project: &str, model: &str, excess_usd: f64) {
+        self.overrun_usd
+            .get_or_create(&UsageLabels { project: project.to_string(), model: model.to_string() })
+            .inc_by(excess_usd);
     }
 
     /// Renders the registry, first bringing pool figures and budgets (given

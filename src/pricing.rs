@@ -16,8 +16,16 @@ const BUILTIN: &str = include_str!("../prices.toml");
 struct PriceFile {
     effective_date: String,
     cache_read_factor: f64,
+    /// Five-minute cache writes, the API's default.
     cache_write_factor: f64,
+    /// One-hour cache writes (`"ttl": "1h"`); older tables lack it.
+    #[serde(default = "one_hour_write_factor")]
+    cache_write_1h_factor: f64,
     models: Vec<ModelEntry>,
+}
+
+fn one_hour_write_factor() -> f64 {
+    2.0
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -45,6 +53,7 @@ pub struct Model {
     pub output_per_mtok: Micros,
     pub cache_read_per_mtok: Micros,
     pub cache_write_per_mtok: Micros,
+    pub cache_write_1h_per_mtok: Micros,
     pub context_window: u64,
     pub max_output_tokens: u64,
 }
@@ -62,7 +71,8 @@ impl Model {
         let total = per_mtok(self.input_per_mtok, usage.input_tokens)
             + per_mtok(self.output_per_mtok, usage.output_tokens)
             + per_mtok(self.cache_read_per_mtok, usage.cache_read_tokens)
-            + per_mtok(self.cache_write_per_mtok, usage.cache_write_tokens);
+            + per_mtok(self.cache_write_per_mtok, usage.cache_write_tokens - usage.one_hour_writes())
+            + per_mtok(self.cache_write_1h_per_mtok, usage.one_hour_writes());
         Micros(total.div_ceil(1_000_000).min(i64::MAX as u128) as i64)
     }
 }
@@ -78,6 +88,14 @@ pub struct TokenUsage {
     pub output_tokens: u64,
     pub cache_read_tokens: u64,
     pub cache_write_tokens: u64,
+    /// Of `cache_write_tokens`, those written for an hour (priced higher).
+    pub cache_write_1h_tokens: u64,
+}
+
+impl TokenUsage {
+    fn one_hour_writes(&self) -> u64 {
+        self.cache_write_1h_tokens.min(self.cache_write_tokens)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -127,6 +145,9 @@ impl PriceTable {
                 output_per_mtok: Micros::from_usd_ceil(m.output_usd_per_mtok),
                 cache_read_per_mtok: Micros::from_usd_ceil(m.input_usd_per_mtok * file.cache_read_factor),
                 cache_write_per_mtok: Micros::from_usd_ceil(m.input_usd_per_mtok * file.cache_write_factor),
+                cache_write_1h_per_mtok: Micros::from_usd_ceil(
+                    m.input_usd_per_mtok * file.cache_write_1h_factor,
+                ),
                 id: m.id,
                 aliases: m.aliases,
                 tier: m.tier,
@@ -199,6 +220,9 @@ mod tests {
             ..TokenUsage::default()
         };
         assert_eq!(haiku.cost(&usage), Micros(100_000 + 1_250_000));
+        // Of the writes, those for an hour cost twice the input price.
+        let usage = TokenUsage { cache_write_1h_tokens: 400_000, ..usage };
+        assert_eq!(haiku.cost(&usage), Micros(100_000 + 750_000 + 800_000));
     }
 
     #[test]

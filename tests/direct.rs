@@ -127,6 +127,7 @@ async fn usage_and_cost_in_the_ledger_are_usage_times_price_with_cache_priced_ap
         output_tokens: output as u64,
         cache_read_tokens: cache_read as u64,
         cache_write_tokens: cache_write as u64,
+        ..TokenUsage::default()
     };
     assert!(usage.input_tokens > 0 && usage.output_tokens > 0, "{usage:?}");
     let haiku = app.state.prices.resolve("haiku").unwrap().clone();
@@ -522,5 +523,63 @@ async fn a_batch_on_the_direct_backend_runs_on_its_slots_not_the_cli_pools() {
     assert_eq!(wait_open_replies(&app, 4).await, Ok(()), "the batch's requests did not run at once");
     let done = api.wait_done(&id, Duration::from_secs(30)).await;
     assert_eq!(done["request_counts"]["completed"], 4, "{done}");
+    app.stop().await;
+}
+
+/// A request with prompt-cache markers may have its whole input written to
+/// the cache, which costs more than fresh input: its reservation prices the
+/// input at the cache-write price (1.25 times the input price for the
+/// default five minutes, twice for an hour). A run that still costs more
+/// than it reserved (here the upstream reports a million cache writes) is
+/// charged in full and counted in `ccgate_reservation_overrun_usd`.
+#[tokio::test]
+async fn cache_markers_reserve_cache_write_prices_and_overruns_are_counted() {
+    let (_db, app) = spawn(haiku_direct).await;
+    let reserved = |marker: Option<Value>, id: &'static str| {
+        let mut system = json!({"type": "text", "text": "Answer briefly, in plain words, and nothing else."});
+        if let Some(marker) = marker {
+            system["cache_control"] = marker;
+        }
+        let body = json!({"model": "haiku", "max_tokens": 100, "system": [system],
+            "messages": [{"role": "user", "content": "Hello there [sim:words=3]"}]});
+        let app = &app;
+        async move {
+            let response = client()
+                .post(format!("{}/v1/messages", app.url))
+                .header("x-request-id", id)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            app.wait_settled("default").await;
+            app.state.budget.store().ledger_row(id).await.unwrap().expect("ledger row").reserved.0
+        }
+    };
+    let plain = reserved(None, "plain").await;
+    let five_minutes = reserved(Some(json!({"type": "ephemeral"})), "five-minutes").await;
+    let one_hour = reserved(Some(json!({"type": "ephemeral", "ttl": "1h"})), "one-hour").await;
+    let haiku = app.state.prices.resolve("haiku").unwrap().clone();
+    let output = haiku.cost(&TokenUsage { output_tokens: 100, ..TokenUsage::default() }).0;
+    let input = plain - output;
+    assert!(input > 0);
+    assert!((five_minutes - (output + input * 5 / 4)).abs() <= 1, "{plain} {five_minutes}");
+    assert!((one_hour - (output + input * 2)).abs() <= 1, "{plain} {one_hour}");
+
+    let body = chat_body("haiku", "Hi [sim:cache_write=1000000]");
+    let response =
+        client().post(format!("{}/v1/chat/completions", app.url)).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let cost: f64 = response.headers()["x-ccgate-cost-usd"].to_str().unwrap().parse().unwrap();
+    assert!(cost > 1.25, "a million five-minute cache writes on haiku: {cost}");
+    app.wait_settled("default").await;
+    let metrics = client().get(format!("{}/metrics", app.url)).send().await.unwrap().text().await.unwrap();
+    let overrun: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("ccgate_reservation_overrun_usd_total") && l.contains(HAIKU))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .expect("an overrun sample");
+    assert!(overrun > 1.0 && overrun < cost, "overrun {overrun} of a {cost} run");
     app.stop().await;
 }

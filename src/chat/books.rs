@@ -78,6 +78,19 @@ pub(super) async fn conclude_as(
         ttft_ms = completion.ttft_ms.unwrap_or(0),
         "run finished"
     );
+    if completion.cost > reservation.amount {
+        let model = completion.model_used.as_deref().unwrap_or(&model.id);
+        let excess = Micros(completion.cost.0 - reservation.amount.0);
+        state.metrics.observe_overrun(&request.project_id, model, excess.as_usd());
+        tracing::warn!(
+            request_id = %request.request_id,
+            project = %request.project_id,
+            model,
+            reserved_usd = reservation.amount.as_usd(),
+            cost_usd = completion.cost.as_usd(),
+            "a run cost more than its reservation; it is charged in full"
+        );
+    }
     if let Err(e) = state.budget.settle(reservation, completion).await {
         tracing::error!(request_id = %request.request_id, error = %e, "failed to settle a reservation");
     }

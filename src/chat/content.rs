@@ -149,6 +149,17 @@ pub struct ToolCallDelta {
     pub arguments: String,
 }
 
+/// Whether a request asks for prompt caching (`cache_control` on a turn or
+/// a tool) and, if it does, whether for an hour (`"ttl": "1h"`) anywhere.
+pub fn cache_lifetime(messages: &[super::Message], tools: Option<&ClientTools>) -> Option<bool> {
+    let on_tools = tools.into_iter().flat_map(|t| t.tools.iter().filter_map(|tool| tool.cache.as_ref()));
+    messages
+        .iter()
+        .filter_map(|m| m.cache.as_ref())
+        .chain(on_tools)
+        .fold(None, |one_hour, marker| Some(one_hour.unwrap_or(false) || marker["ttl"] == "1h"))
+}
+
 /// An upper bound on the input tokens that images, tool calls, tool
 /// results and tool definitions add (the text transcript counts the rest).
 pub fn token_upper_bound(messages: &[super::Message], tools: Option<&ClientTools>) -> u64 {

@@ -7,7 +7,7 @@ use crate::app::AppState;
 use crate::config::Backend;
 use crate::error::ApiError;
 use crate::money::Micros;
-use crate::pricing::Model;
+use crate::pricing::{Model, TokenUsage};
 
 /// The model a request runs on and its output cap.
 pub(super) struct Choice {
@@ -84,11 +84,22 @@ pub(super) fn plan(state: &AppState, request: &ChatRequest, choice: &Choice) -> 
             code: Some("context_length_exceeded"),
         });
     }
-    let amount = model.cost(&crate::pricing::TokenUsage {
-        input_tokens: input_bound,
-        output_tokens: output_bound,
-        ..Default::default()
-    });
+    let plain = TokenUsage { input_tokens: input_bound, output_tokens: output_bound, ..Default::default() };
+    let amount = match content::cache_lifetime(&request.messages, request.tools.as_ref()) {
+        // With prompt-cache markers any input token may be written to the
+        // cache, which costs more than reading it fresh (twice the input
+        // price for an hour's entry).
+        Some(one_hour) => {
+            let written = TokenUsage {
+                cache_write_tokens: input_bound,
+                cache_write_1h_tokens: if one_hour { input_bound } else { 0 },
+                output_tokens: output_bound,
+                ..Default::default()
+            };
+            model.cost(&plain).max(model.cost(&written))
+        }
+        None => model.cost(&plain),
+    };
     Ok(Plan { model, prompt, amount, input_tokens: input_bound, output_tokens: output_bound })
 }
 

@@ -134,6 +134,13 @@ pub struct Usage {
     pub output_tokens: Option<u64>,
     pub cache_read_input_tokens: Option<u64>,
     pub cache_creation_input_tokens: Option<u64>,
+    /// How the cache writes split by lifetime.
+    pub cache_creation: Option<CacheCreation>,
+}
+
+#[derive(Debug, Default, Deserialize, PartialEq)]
+pub struct CacheCreation {
+    pub ephemeral_1h_input_tokens: Option<u64>,
 }
 
 impl Usage {
@@ -143,6 +150,10 @@ impl Usage {
             (self.output_tokens, &mut usage.output_tokens),
             (self.cache_read_input_tokens, &mut usage.cache_read_tokens),
             (self.cache_creation_input_tokens, &mut usage.cache_write_tokens),
+            (
+                self.cache_creation.as_ref().and_then(|c| c.ephemeral_1h_input_tokens),
+                &mut usage.cache_write_1h_tokens,
+            ),
         ];
         for (reported, field) in fields {
             if let Some(value) = reported {
@@ -255,7 +266,13 @@ mod tests {
         assert_eq!(delta.stop_reason.as_deref(), Some("end_turn"));
         assert_eq!(
             usage,
-            TokenUsage { input_tokens: 12, output_tokens: 9, cache_read_tokens: 30, cache_write_tokens: 4 }
+            TokenUsage {
+                input_tokens: 12,
+                output_tokens: 9,
+                cache_read_tokens: 30,
+                cache_write_tokens: 4,
+                ..TokenUsage::default()
+            }
         );
         let text = r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi"}}"#;
         assert_eq!(
@@ -329,6 +346,19 @@ mod tests {
         assert_eq!(data_of("event: ping"), None);
     }
 
+    /// The API splits cache writes by lifetime; an hour's cost more.
+    #[test]
+    fn one_hour_cache_writes_are_read_apart() {
+        let usage: Usage = serde_json::from_str(
+            r#"{"input_tokens":3,"output_tokens":4,"cache_creation_input_tokens":700,
+                "cache_creation":{"ephemeral_5m_input_tokens":300,"ephemeral_1h_input_tokens":400}}"#,
+        )
+        .expect("parses");
+        let mut read = TokenUsage::default();
+        usage.apply_to(&mut read);
+        assert_eq!((read.cache_write_tokens, read.cache_write_1h_tokens), (700, 400));
+    }
+
     #[test]
     fn a_whole_message_is_read() {
         let body = r#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-x",
@@ -361,7 +391,13 @@ mod tests {
         message.usage.expect("usage").apply_to(&mut usage);
         assert_eq!(
             usage,
-            TokenUsage { input_tokens: 3, output_tokens: 4, cache_read_tokens: 5, cache_write_tokens: 0 }
+            TokenUsage {
+                input_tokens: 3,
+                output_tokens: 4,
+                cache_read_tokens: 5,
+                cache_write_tokens: 0,
+                ..TokenUsage::default()
+            }
         );
     }
 }

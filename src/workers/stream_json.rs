@@ -83,6 +83,8 @@ struct Usage {
     cache_read_input_tokens: u64,
     #[serde(default)]
     cache_creation_input_tokens: u64,
+    #[serde(default)]
+    cache_creation: Option<super::messages_sse::CacheCreation>,
 }
 
 impl From<Usage> for TokenUsage {
@@ -92,6 +94,7 @@ impl From<Usage> for TokenUsage {
             output_tokens: u.output_tokens,
             cache_read_tokens: u.cache_read_input_tokens,
             cache_write_tokens: u.cache_creation_input_tokens,
+            cache_write_1h_tokens: u.cache_creation.and_then(|c| c.ephemeral_1h_input_tokens).unwrap_or(0),
         }
     }
 }

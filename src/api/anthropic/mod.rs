@@ -475,8 +475,13 @@ mod tests {
         let mut report = RunReport::new(crate::workers::RunEnd::Completed);
         report.text = "hello".into();
         report.stop_reason = Some("max_tokens".into());
-        report.usage =
-            TokenUsage { input_tokens: 3, output_tokens: 5, cache_read_tokens: 7, cache_write_tokens: 11 };
+        report.usage = TokenUsage {
+            input_tokens: 3,
+            output_tokens: 5,
+            cache_read_tokens: 7,
+            cache_write_tokens: 11,
+            ..TokenUsage::default()
+        };
         let message = serde_json::to_value(MessageObject::from_report("r1", "claude-haiku", report)).unwrap();
         assert_eq!(
             message,
