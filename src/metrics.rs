@@ -159,9 +159,10 @@ impl Metrics {
         let overrun_usd = Family::<UsageLabels, Counter<f64, AtomicU64>>::default();
         registry.register(
             "reservation_overrun_usd",
-            "What runs cost past their budget reservations, by project and model, in USD (charged in full; \
-             only possible on the CLI backend when Claude Code continues a reply cut at max_tokens before \
-             ccgate stops it, or when the upstream bills more than its documented prices)",
+            "What runs cost past their budget reservations, by project and model, in USD (charged in full: \
+             on the CLI backend when Claude Code continues a reply cut at max_tokens before ccgate stops it \
+             or ends an agent run one turn past its cap; on either when the upstream reports usage beyond \
+             the request's bounds)",
             overrun_usd.clone(),
         );
         let budget_remaining_usd = Family::<BudgetLabels, Gauge<f64, AtomicU64>>::default();
