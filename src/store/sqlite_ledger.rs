@@ -37,8 +37,9 @@
 //! budget, an id already recorded) has changed nothing when it is refused:
 //! each checks before it writes, its totals change only once its ledger row
 //! is written, and a constraint violation undoes only its statement. Any
-//! other failure (the disk, say) rolls the whole group back and every
-//! caller in it gets the error.
+//! other failure (the disk, say) rolls the whole group back: the writes
+//! answered from the journal go in again with the next commit, and the
+//! callers still waiting for this one get the error.
 //!
 //! Other writers (sqlx's, for everything else) take the same database lock
 //! with `BEGIN IMMEDIATE`; each waits for the other by retrying every 200 µs
