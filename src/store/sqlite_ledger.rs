@@ -206,7 +206,7 @@ impl LedgerWriter {
     /// thread switch either way, the commit left to the writer thread);
     /// otherwise through the writer thread's queue.
     pub(super) async fn reserve(&self, reservation: &NewReservation) -> StoreResult<ReserveOutcome> {
-        let inline = self.inline(|writer| writer.reserve_now(reservation))?;
+        let inline = self.inline(|writer| writer.reserve_open(reservation))?;
         if let Some(answer) = inline {
             return answer;
         }
@@ -219,7 +219,7 @@ impl LedgerWriter {
     /// Settles on the caller's thread when the connection is free, as
     /// `reserve` does; otherwise through the queue.
     pub(super) async fn settle(&self, request_id: &str, completion: &Completion) -> StoreResult<bool> {
-        let inline = self.inline(|writer| writer.settle_now(request_id, completion))?;
+        let inline = self.inline(|writer| writer.settle_open(request_id, completion))?;
         if let Some(answer) = inline {
             return answer;
         }
@@ -230,14 +230,15 @@ impl LedgerWriter {
     }
 
     /// Runs a write on the caller's thread when the connection is free and
-    /// the write may be answered early (`None` otherwise). The writer thread
-    /// learns of a transaction the write opened, to commit it; the writes
-    /// that join it before the thread wakes share that commit.
+    /// the write may be answered early (`None` otherwise; see
+    /// `Writer::now`). The writer thread learns of a transaction the write
+    /// opened, to commit it; the writes that join it before the thread wakes
+    /// share that commit.
     fn inline<T>(
         &self,
-        write: impl FnOnce(&mut Writer) -> Option<(StoreResult<T>, bool)>,
+        write: impl FnOnce(&mut Writer) -> StoreResult<T>,
     ) -> StoreResult<Option<StoreResult<T>>> {
-        let Some((answer, opened)) = self.writer.try_lock().ok().and_then(|mut writer| write(&mut writer))
+        let Some((answer, opened)) = self.writer.try_lock().ok().and_then(|mut writer| writer.now(write))
         else {
             return Ok(None);
         };
@@ -479,11 +480,14 @@ impl Writer {
         self.pending.is_empty() && self.broken.is_none()
     }
 
-    /// A reservation made on the caller's thread, in the open transaction
-    /// (opened if need be, which the second value says); `None` when it
-    /// must go through the queue (a failed transaction's reservations are
-    /// not written yet, or another connection holds the write lock).
-    fn reserve_now(&mut self, reservation: &NewReservation) -> Option<(StoreResult<ReserveOutcome>, bool)> {
+    /// A write made on the caller's thread, in the open transaction (opened
+    /// if need be, which the second value says); `None` when it must go
+    /// through the queue (a failed transaction's writes are not written
+    /// again yet, or another connection holds the write lock).
+    fn now<T>(
+        &mut self,
+        write: impl FnOnce(&mut Writer) -> StoreResult<T>,
+    ) -> Option<(StoreResult<T>, bool)> {
         if !self.answers_early() {
             return None;
         }
@@ -491,9 +495,10 @@ impl Writer {
         if self.begin(false).is_err() {
             return None;
         }
-        Some((self.reserve_open(reservation), opened))
+        Some((write(self), opened))
     }
 
+    /// A reservation in the open transaction, journaled when reserved.
     fn reserve_open(&mut self, reservation: &NewReservation) -> StoreResult<ReserveOutcome> {
         let answer = reserve(&self.conn, &mut self.totals, reservation);
         self.note_failure(&answer);
@@ -503,25 +508,17 @@ impl Writer {
         answer
     }
 
-    /// A settlement made on the caller's thread, as `reserve_now` makes a
-    /// reservation.
-    fn settle_now(&mut self, request_id: &str, completion: &Completion) -> Option<(StoreResult<bool>, bool)> {
-        if !self.answers_early() {
-            return None;
-        }
-        let opened = !self.open;
-        if self.begin(false).is_err() {
-            return None;
-        }
+    /// A settlement in the open transaction, journaled when it settled.
+    fn settle_open(&mut self, request_id: &str, completion: &Completion) -> StoreResult<bool> {
         let answer = settle(&self.conn, &mut self.totals, request_id, completion);
         self.note_failure(&answer);
         if matches!(answer, Ok(true)) {
-            let line = Line::Settlement { settled: request_id.to_string(), completion: completion.clone() };
-            if let Err(e) = self.journal_now(line) {
-                return Some((Err(e), opened));
-            }
+            self.journal_now(Line::Settlement {
+                settled: request_id.to_string(),
+                completion: completion.clone(),
+            })?;
         }
-        Some((answer, opened))
+        answer
     }
 
     /// Journals a write made on its caller's thread. One that cannot be
@@ -573,13 +570,10 @@ impl Writer {
             // A refused request's row checks nothing, so it is answered
             // from the journal even while earlier writes are pending: if
             // this commit fails too, it is written again with theirs.
-            let record = match (&write, &answer) {
-                (Write::Record(entry), Ok(_)) => Some(Line::Record { recorded: (**entry).clone() }),
-                _ => None,
-            };
-            if record.is_some() || self.answers_early() {
+            let recorded = matches!((&write, &answer), (Write::Record(_), Ok(_)));
+            if recorded || self.answers_early() {
                 let line = match (write, &answer) {
-                    (Write::Record(_), Ok(_)) => record,
+                    (Write::Record(entry), Ok(_)) => Some(Line::Record { recorded: *entry }),
                     (Write::Reserve(r), Ok(Answer::Reserve(ReserveOutcome::Reserved))) => {
                         Some(Line::Reservation(*r))
                     }
