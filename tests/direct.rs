@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use ccgate::config::Settings;
 use ccgate::pricing::TokenUsage;
-use common::{chat_body, client, wait_for, Options, TestApp, TestDb};
+use common::{chat_body, client, metric_sample, wait_for, Options, TestApp, TestDb};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
@@ -574,12 +574,8 @@ async fn cache_markers_reserve_cache_write_prices_and_overruns_are_counted() {
     assert!(cost > 1.25, "a million five-minute cache writes on haiku: {cost}");
     app.wait_settled("default").await;
     let metrics = client().get(format!("{}/metrics", app.url)).send().await.unwrap().text().await.unwrap();
-    let overrun: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("ccgate_reservation_overrun_usd_total") && l.contains(HAIKU))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .expect("an overrun sample");
+    let overrun =
+        metric_sample(&metrics, "ccgate_reservation_overrun_usd_total", &[HAIKU]).expect("an overrun sample");
     assert!(overrun > 1.0 && overrun < cost, "overrun {overrun} of a {cost} run");
     app.stop().await;
 }

@@ -2,20 +2,10 @@
 
 mod common;
 
-use common::{chat_body, client, Options, TestApp, TestDb};
+use common::{chat_body, client, metric_sample as sample, Options, TestApp, TestDb};
 use serde_json::json;
 
 const ADMIN: &str = "admin-key-for-metrics-0123456789";
-
-/// The value of the first sample whose line starts with `prefix` and
-/// contains every `needle`.
-fn sample(text: &str, prefix: &str, needles: &[&str]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && l.starts_with(prefix))
-        .find(|l| needles.iter().all(|n| l.contains(n)))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
 
 async fn scrape(url: &str, token: Option<&str>) -> reqwest::Response {
     let mut request = client().get(format!("{url}/metrics"));

@@ -431,3 +431,13 @@ impl Drop for GatewayProcess {
         let _ = self.child.wait();
     }
 }
+
+/// The value of the first `/metrics` sample whose line starts with `prefix`
+/// and contains every `needle`.
+pub fn metric_sample(text: &str, prefix: &str, needles: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && l.starts_with(prefix))
+        .find(|l| needles.iter().all(|n| l.contains(n)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
