@@ -16,6 +16,7 @@ use crate::pricing::{Model, PriceTable};
 use crate::store::Store;
 use crate::workers::anthropic::{AnthropicApi, ApiSettings};
 use crate::workers::cli::{ClaudeCli, CliSettings};
+use crate::workers::gate::SpendGate;
 use crate::workers::warm::{WarmPool, WarmSettings};
 use crate::workers::{PoolStats, Worker, WorkerPool};
 
@@ -64,6 +65,10 @@ impl AppState {
         };
         std::fs::create_dir_all(&settings.work_dir)?;
         let stats = Arc::new(PoolStats::default());
+        let gate = match settings.spend_gate {
+            true => Some(Arc::new(SpendGate::start(&cli_upstream(&settings), Arc::new(prices.clone()))?)),
+            false => None,
+        };
         let cli = Arc::new(ClaudeCli::new(
             CliSettings {
                 bin: resolve_bin(&settings.claude_bin),
@@ -72,6 +77,7 @@ impl AppState {
                 max_retries: settings.cli_max_retries,
                 extra_env: settings.worker_env.clone(),
                 passthrough: settings.worker_env_passthrough.clone(),
+                gate,
             },
             Arc::clone(&stats),
         ));
@@ -198,6 +204,18 @@ impl Shared {
             warm: None,
         }
     }
+}
+
+/// The upstream Claude Code workers call: the one their environment names
+/// (`worker_env`, else the gateway's own), else `anthropic_base_url`.
+fn cli_upstream(settings: &Settings) -> String {
+    settings
+        .worker_env
+        .get("ANTHROPIC_BASE_URL")
+        .cloned()
+        .or_else(|| std::env::var("ANTHROPIC_BASE_URL").ok())
+        .filter(|url| !url.is_empty())
+        .unwrap_or_else(|| settings.anthropic_base_url.clone())
 }
 
 /// The direct backend's pool, if any model uses it.

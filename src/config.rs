@@ -92,6 +92,10 @@ pub struct Settings {
     /// Keep pre-started CLI processes and reuse them (`/clear` between
     /// requests); off: every request starts a cold `claude -p`.
     pub warm_pool: bool,
+    /// Send Claude Code workers' upstream calls through the gateway, which
+    /// lets a run's later calls go only within what is left of its
+    /// reservation; off: workers call the upstream themselves.
+    pub spend_gate: bool,
     /// Resident memory all warm processes together may use, in MiB.
     pub warm_memory_mb: u64,
     /// Requests one warm process serves before it is replaced.
@@ -223,6 +227,7 @@ impl Default for Settings {
             batch_max_file_lines: 50_000,
             batch_max_body_bytes: 64 * 1024 * 1024,
             warm_pool: true,
+            spend_gate: true,
             warm_memory_mb: 2048,
             warm_max_requests: 200,
             warm_idle_secs: 300,

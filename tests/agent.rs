@@ -457,3 +457,38 @@ async fn policies_and_sessions_are_kept_in_postgres_too() {
     app.stop().await;
     db.cleanup().await;
 }
+
+/// Claude Code checks its own `--max-budget-usd` only after each turn, so
+/// an agent could start a turn it cannot pay for. Its calls go through the
+/// spend gate instead, which refuses a turn whose worst case no longer
+/// fits in what is left of the reservation: the run stops at its cap, and
+/// what it cost stays within what was reserved.
+#[tokio::test]
+async fn an_agent_turn_that_could_cost_more_than_is_left_is_never_sent() {
+    let db = TestDb::sqlite();
+    let app = TestApp::spawn(&db, Options::default()).await;
+    let tree = tree();
+    // Room for the first turn (about 8,000 tokens of haiku input, cached)
+    // and not for a second one's worst case.
+    app.project_with_policy(
+        "acme",
+        json!({"allowed_roots": [tree.root], "allowed_tools": ["Read"], "max_turns": 5, "max_task_usd": 0.02}),
+    )
+    .await;
+    let path = tree.root.join("in.txt").display().to_string();
+    let prompt = format!(
+        r#"[sim:tool=Read {{"file_path":"{path}"}}] [sim:tool=Read {{"file_path":"{path}"}}] read it twice"#
+    );
+    let response = app.chat(agent_body("acme", &prompt, json!({"working_directory": tree.root}))).await;
+    let status = response.status();
+    let request_id = response.headers()["x-request-id"].to_str().unwrap().to_string();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, 502, "{body}");
+    assert!(error_message(&body).contains("spending cap"), "{body}");
+
+    assert_eq!(app.sim.sim.requests().len(), 1, "the second turn never reached the upstream");
+    app.wait_settled("acme").await;
+    let row = app.state.budget.store().ledger_row(&request_id).await.unwrap().expect("ledger row");
+    assert!(row.cost.0 > 0 && row.cost <= row.reserved, "{row:?}");
+    app.stop().await;
+}

@@ -249,6 +249,11 @@ async fn a_reply_that_reaches_max_tokens_ends_with_length_and_is_charged_exactly
         ..TokenUsage::default()
     });
     assert!(row.cost.0.abs_diff(own.0) <= 1, "charged {:?}, used {:?}", row.cost, own);
+    // The CLI asks the model to go on after a reply reaches its cap; the
+    // spend gate refused those calls (the first used the output reserved),
+    // so only the first reached the upstream.
+    let calls = app.sim.sim.requests();
+    assert_eq!(calls.len(), 1, "{:#?}", calls.iter().map(|c| &c.last_user_text).collect::<Vec<_>>());
 
     // The process was interrupted, not killed: it serves the next request.
     wait_idle(&app, 1).await;

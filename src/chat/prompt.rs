@@ -98,7 +98,12 @@ pub fn build(messages: &[Message]) -> Result<Prompt, PromptError> {
 /// reach a token per byte and beat it; the CLI's `--max-budget-usd` (the
 /// same amount) is the backstop for that.
 pub fn token_upper_bound(text: &str) -> u64 {
-    (text.len() as u64 * 2).div_ceil(5)
+    token_upper_bound_of_len(text.len())
+}
+
+/// `token_upper_bound` of a text `len` bytes long.
+pub fn token_upper_bound_of_len(len: usize) -> u64 {
+    (len as u64 * 2).div_ceil(5)
 }
 
 #[cfg(test)]

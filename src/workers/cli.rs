@@ -17,6 +17,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::gate::{GateRun, SpendGate, Ticket};
 use super::stream_json::{parse_line, CliLine, CliResult};
 use super::{send_all, AgentJob, Event, Job, PoolStats, RunEnd, RunReport, ToolActivity, Worker};
 use crate::chat::ThinkingPiece;
@@ -41,6 +42,8 @@ pub struct ClaudeCli {
     max_retries: u32,
     extra_env: BTreeMap<String, String>,
     passthrough: Vec<String>,
+    /// Where processes send their upstream calls, when the spend gate is on.
+    pub(super) gate: Option<Arc<SpendGate>>,
     pub(super) stats: Arc<PoolStats>,
 }
 
@@ -54,6 +57,8 @@ pub struct CliSettings {
     /// Names of further gateway variables workers inherit, besides
     /// [`INHERITED_VARS`] (never a [`is_gateway_secret`] one).
     pub passthrough: Vec<String>,
+    /// The spend gate, when processes' calls go through it.
+    pub gate: Option<Arc<SpendGate>>,
 }
 
 /// What a worker inherits from the gateway's environment: what the CLI and
@@ -122,15 +127,19 @@ impl ClaudeCli {
             max_retries: settings.max_retries,
             extra_env: settings.extra_env,
             passthrough: settings.passthrough,
+            gate: settings.gate,
             stats,
         }
     }
 
-    fn command(&self, job: &Job, system_file: Option<&PathBuf>) -> Command {
+    fn command(&self, job: &Job, system_file: Option<&PathBuf>, ticket: Option<&Ticket>) -> Command {
         let mut cmd = match &job.agent {
             Some(agent) => self.agent_command(&job.model, Output::of(job), agent),
             None => self.base_command(&job.model, Output::of(job)),
         };
+        if let Some(ticket) = ticket {
+            through_gate(&mut cmd, ticket);
+        }
         cmd.args(["--max-budget-usd", &format!("{:.6}", job.max_budget.as_usd())]);
         // An agent keeps the CLI's own system prompt (it explains the tools)
         // and gets the client's after it.
@@ -233,6 +242,21 @@ impl ClaudeCli {
         }
         cmd
     }
+}
+
+/// Points a process's upstream calls at its address on the spend gate
+/// (over the upstream the environment named), and keeps them off any
+/// HTTP proxy: the gate is on loopback.
+pub(super) fn through_gate(cmd: &mut Command, ticket: &Ticket) {
+    let no_proxy = cmd
+        .as_std()
+        .get_envs()
+        .filter(|(name, _)| *name == "NO_PROXY" || *name == "no_proxy")
+        .filter_map(|(_, value)| value.and_then(OsStr::to_str).filter(|v| !v.is_empty()))
+        .last()
+        .map(|v| format!("{v},127.0.0.1"))
+        .unwrap_or_else(|| "127.0.0.1".into());
+    cmd.env("ANTHROPIC_BASE_URL", ticket.base_url()).env("NO_PROXY", &no_proxy).env("no_proxy", &no_proxy);
 }
 
 /// The smallest thinking budget the Messages API accepts.
@@ -409,7 +433,9 @@ impl ClaudeCli {
         events: mpsc::Sender<Event>,
         cancel: CancellationToken,
     ) -> RunReport {
-        let mut command = self.command(job, system_file);
+        let ticket = self.gate.as_ref().map(|gate| gate.ticket());
+        let gate_run = ticket.as_ref().map(|ticket| ticket.open(job.max_budget));
+        let mut command = self.command(job, system_file, ticket.as_ref());
         if job.agent.as_ref().is_some_and(|agent| agent.skip_permissions) && bypass_refused(&command) {
             self.stats.spawn_failures.fetch_add(1, Ordering::Relaxed);
             return RunReport::new(RunEnd::SpawnFailed {
@@ -459,6 +485,7 @@ impl ClaudeCli {
             lines: &mut lines,
             stall_timeout: self.stall_timeout,
             stats: &self.stats,
+            gate: gate_run.as_deref(),
         };
         let (state, end) = conversation.run(job, &events, &cancel).await;
         // End of input: the CLI exits by itself once it has answered.
@@ -502,6 +529,8 @@ pub(super) struct Conversation<'a> {
     pub(super) lines: &'a mut Lines<BufReader<ChildStdout>>,
     pub(super) stall_timeout: Duration,
     pub(super) stats: &'a PoolStats,
+    /// The run's allowance at the spend gate, when there is one.
+    pub(super) gate: Option<&'a GateRun>,
 }
 
 impl Conversation<'_> {
@@ -604,6 +633,17 @@ impl Conversation<'_> {
             state.report.text.truncate(text);
             state.report.thinking.truncate(thinking);
         }
+        let end = match end {
+            // The CLI saw the gate's refusal as an upstream error.
+            RunEnd::Failed { .. } if self.gate.is_some_and(GateRun::refused) => RunEnd::Failed {
+                api_status: None,
+                subtype: "error_max_budget_usd".into(),
+                message: "its next call to the model could have cost more than what was left of the \
+                          request's reservation"
+                    .into(),
+            },
+            other => other,
+        };
         (state, end)
     }
 }
@@ -782,6 +822,7 @@ mod tests {
                 max_retries: 0,
                 extra_env: BTreeMap::new(),
                 passthrough: vec![],
+                gate: None,
             },
             Arc::default(),
         );

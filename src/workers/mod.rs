@@ -5,6 +5,8 @@
 
 pub mod anthropic;
 pub mod cli;
+pub mod gate;
+mod gate_meter;
 pub mod messages_request;
 pub mod messages_sse;
 pub mod pool;

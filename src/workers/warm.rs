@@ -27,7 +27,8 @@ use tokio::process::{ChildStdin, ChildStdout};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::cli::{write_line, ClaudeCli, Conversation, Group, Output};
+use super::cli::{through_gate, write_line, ClaudeCli, Conversation, Group, Output};
+use super::gate::Ticket;
 use super::stream_json::{parse_line, CliLine};
 use super::{Event, Job, RunEnd, RunReport, Worker};
 use crate::money::Micros;
@@ -86,6 +87,8 @@ struct WarmProcess {
     total_cost: Micros,
     served: u32,
     idle_since: Instant,
+    /// Its address at the spend gate, when the gate is on.
+    ticket: Option<Ticket>,
 }
 
 /// Counters for `/health` and `/metrics`.
@@ -379,6 +382,10 @@ impl WarmPool {
         if let Some(system) = &profile.system_prompt {
             cmd.args(["--system-prompt", system]);
         }
+        let ticket = self.cold.gate.as_ref().map(|gate| gate.ticket());
+        if let Some(ticket) = &ticket {
+            through_gate(&mut cmd, ticket);
+        }
         let mut child = cmd.spawn()?;
         self.cold.stats.spawned.fetch_add(1, Ordering::Relaxed);
         let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
@@ -421,6 +428,7 @@ impl WarmPool {
             total_cost: Micros::ZERO,
             served: 0,
             idle_since: Instant::now(),
+            ticket,
         })
     }
 
@@ -433,13 +441,18 @@ impl WarmPool {
         events: &mpsc::Sender<Event>,
         cancel: &CancellationToken,
     ) -> (RunReport, bool) {
+        let gate_run = process.ticket.as_ref().map(|ticket| ticket.open(job.max_budget));
         let conversation = Conversation {
             stdin: &mut process.stdin,
             lines: &mut process.lines,
             stall_timeout: self.cold.stall_timeout,
             stats: &self.cold.stats,
+            gate: gate_run.as_deref(),
         };
         let (state, end) = conversation.run(job, events, cancel).await;
+        if let Some(ticket) = &process.ticket {
+            ticket.close();
+        }
         let mut report = state.report;
         if report.reported_cost.is_none() || report.usage == TokenUsage::default() {
             report.usage = state.stream_usage;

@@ -1,0 +1,572 @@
+//! The spend gate: Claude Code workers reach the Messages API through the
+//! gateway, which lets each call of a run go only when its worst case fits
+//! in what is left of the run's reservation.
+//!
+//! Claude Code decides by itself how many calls a run makes: an agent's
+//! turns, its side calls, and up to three continuation calls after a reply
+//! reaches its output cap. Its own `--max-budget-usd` is checked only after
+//! each call (and over a warm process's whole life), so a run could end one
+//! call past what was reserved for it. Here every worker process gets a
+//! loopback base URL of its own (`ANTHROPIC_BASE_URL`, a secret in its
+//! path), and its calls are forwarded to the real upstream with their
+//! headers and bodies as they came. Each answer's usage is read as it
+//! passes, so the gate knows what the run has spent so far.
+//!
+//! A run's first call goes as it is: the reservation was priced from the
+//! same request. Every later call goes only with a `max_tokens` small
+//! enough that its input, at an upper bound of its tokens and the highest
+//! input price it can be charged, plus its whole output fit in what is left
+//! (the calls still under way counted at their worst); when not even one
+//! token of output would fit, it is refused with a 400, which the CLI does
+//! not retry, and the run ends at its spending cap.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderName, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use super::gate_meter::Meter;
+use crate::money::Micros;
+use crate::pricing::{Model, PriceTable, TokenUsage};
+
+/// The largest call body the gate takes (images travel base64 inside it).
+const MAX_CALL_BYTES: usize = 64 * 1024 * 1024;
+
+/// Forwards worker processes' calls to the upstream API.
+pub struct SpendGate {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+}
+
+struct Shared {
+    upstream: String,
+    client: reqwest::Client,
+    prices: Arc<PriceTable>,
+    /// Each live worker process's secret, and the run it serves now.
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+}
+
+/// One worker process's place at the gate.
+#[derive(Default)]
+struct Slot {
+    run: Mutex<Option<Arc<GateRun>>>,
+}
+
+/// One run's allowance and what its calls have used of it.
+pub struct GateRun {
+    limit: Micros,
+    books: Mutex<Books>,
+}
+
+#[derive(Default)]
+struct Books {
+    calls: u32,
+    /// What finished calls cost, from their usage.
+    spent: Micros,
+    /// The worst cases of the calls under way.
+    held: Micros,
+    refused: bool,
+}
+
+/// A worker process's pass through the gate: its base URL, and the run it
+/// serves. Dropped with the process.
+pub struct Ticket {
+    token: String,
+    base_url: String,
+    slot: Arc<Slot>,
+    shared: Weak<Shared>,
+}
+
+impl SpendGate {
+    /// Listens on a loopback port of its own, forwarding to `upstream`
+    /// (the base URL the workers would otherwise have called).
+    /// Needs a Tokio runtime, where it serves.
+    pub fn start(upstream: &str, prices: Arc<PriceTable>) -> anyhow::Result<SpendGate> {
+        let runtime = tokio::runtime::Handle::try_current()?;
+        let client = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            // The API never redirects; a worker's key goes nowhere else.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let shared = Arc::new(Shared {
+            upstream: upstream.trim_end_matches('/').to_string(),
+            client,
+            prices,
+            slots: Mutex::default(),
+        });
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let router = axum::Router::new()
+            .route("/gate/{token}/{*path}", axum::routing::any(forward))
+            .layer(DefaultBodyLimit::max(MAX_CALL_BYTES))
+            .with_state(Arc::clone(&shared));
+        let stop = CancellationToken::new();
+        let stopped = stop.clone().cancelled_owned();
+        runtime.spawn(async move {
+            let listener = match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => listener,
+                Err(e) => {
+                    tracing::error!(error = %e, "the spend gate cannot listen");
+                    return;
+                }
+            };
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stopped).await {
+                tracing::error!(error = %e, "the spend gate stopped serving");
+            }
+        });
+        Ok(SpendGate { addr, shared, stop })
+    }
+
+    /// A new worker process's pass: its own secret and base URL.
+    pub fn ticket(&self) -> Ticket {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let slot = Arc::new(Slot::default());
+        lock(&self.shared.slots).insert(token.clone(), Arc::clone(&slot));
+        Ticket {
+            base_url: format!("http://{}/gate/{token}", self.addr),
+            token,
+            slot,
+            shared: Arc::downgrade(&self.shared),
+        }
+    }
+}
+
+impl Drop for SpendGate {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Ticket {
+    /// What the process is given as `ANTHROPIC_BASE_URL`.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// Starts a run of `limit` on this process; its calls are held to it
+    /// until `close`.
+    pub fn open(&self, limit: Micros) -> Arc<GateRun> {
+        let run = Arc::new(GateRun { limit, books: Mutex::default() });
+        *lock(&self.slot.run) = Some(Arc::clone(&run));
+        run
+    }
+
+    /// Ends the run: calls the process makes from now on are refused.
+    pub fn close(&self) {
+        *lock(&self.slot.run) = None;
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.upgrade() {
+            lock(&shared.slots).remove(&self.token);
+        }
+    }
+}
+
+impl GateRun {
+    /// Whether a call of this run was refused for want of budget.
+    pub fn refused(&self) -> bool {
+        lock(&self.books).refused
+    }
+
+    /// What the run's finished calls cost, at the gate's prices.
+    pub fn spent(&self) -> Micros {
+        lock(&self.books).spent
+    }
+
+    /// Admits one call (see the module note).
+    fn admit(&self, call: &Call<'_>) -> Admission {
+        let mut books = lock(&self.books);
+        let first = books.calls == 0;
+        books.calls += 1;
+        let available = Micros(self.limit.0 - books.spent.0 - books.held.0);
+        let admission = if first { call.as_asked() } else { call.within(available) };
+        match &admission {
+            Admission::Pass { worst, .. } => books.held = Micros(books.held.0 + worst.0),
+            Admission::Refuse => books.refused = true,
+        }
+        admission
+    }
+
+    /// A call admitted with `worst` has ended, having cost `cost`.
+    pub(super) fn settle(&self, worst: Micros, cost: Micros) {
+        let mut books = lock(&self.books);
+        books.held = Micros(books.held.0 - worst.0);
+        books.spent = Micros(books.spent.0 + cost.0);
+    }
+}
+
+/// What the gate reads of a call's body.
+#[derive(Deserialize)]
+struct CallHead {
+    model: String,
+    max_tokens: u64,
+}
+
+/// The price of a call's input when it asks for prompt caching: writes
+/// cost more than plain input, and one-hour writes more again.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum InputRate {
+    Plain,
+    CacheWrite,
+    CacheWriteHour,
+}
+
+/// One call, as far as its price goes.
+struct Call<'a> {
+    model: &'a Model,
+    input_tokens: u64,
+    rate: InputRate,
+    max_tokens: u64,
+}
+
+#[derive(Debug, PartialEq)]
+enum Admission {
+    /// Goes, with this `max_tokens`; `worst` is the most it can cost.
+    Pass {
+        max_tokens: u64,
+        worst: Micros,
+    },
+    Refuse,
+}
+
+impl Call<'_> {
+    fn input_cost(&self) -> Micros {
+        let n = self.input_tokens;
+        self.model.cost(&match self.rate {
+            InputRate::Plain => TokenUsage { input_tokens: n, ..TokenUsage::default() },
+            InputRate::CacheWrite => TokenUsage { cache_write_tokens: n, ..TokenUsage::default() },
+            InputRate::CacheWriteHour => {
+                TokenUsage { cache_write_tokens: n, cache_write_1h_tokens: n, ..TokenUsage::default() }
+            }
+        })
+    }
+
+    fn worst(&self, max_tokens: u64) -> Micros {
+        let output = self.model.cost(&TokenUsage { output_tokens: max_tokens, ..TokenUsage::default() });
+        Micros(self.input_cost().0 + output.0)
+    }
+
+    fn as_asked(&self) -> Admission {
+        Admission::Pass { max_tokens: self.max_tokens, worst: self.worst(self.max_tokens) }
+    }
+
+    /// The most output that fits in `available` after the input, up to
+    /// what the call asked for; refused below one token.
+    fn within(&self, available: Micros) -> Admission {
+        let left = available.0 - self.input_cost().0;
+        if left <= 0 {
+            return Admission::Refuse;
+        }
+        let price = self.model.output_per_mtok.0.max(0) as u128;
+        let affordable = match price {
+            0 => self.max_tokens,
+            price => u64::try_from(left as u128 * 1_000_000 / price).unwrap_or(u64::MAX),
+        };
+        let max_tokens = affordable.min(self.max_tokens);
+        if max_tokens == 0 {
+            return Admission::Refuse;
+        }
+        Admission::Pass { max_tokens, worst: self.worst(max_tokens) }
+    }
+}
+
+/// The model a call is priced as: its own, or the dearest the table knows.
+fn price_model<'a>(prices: &'a PriceTable, name: &str) -> Option<&'a Model> {
+    prices
+        .resolve(name)
+        .or_else(|| prices.models().iter().max_by_key(|m| (m.output_per_mtok.0, m.input_per_mtok.0)))
+}
+
+fn input_rate(body: &[u8]) -> InputRate {
+    let has = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+    match (has(b"cache_control"), has(b"\"1h\"")) {
+        (false, _) => InputRate::Plain,
+        (true, false) => InputRate::CacheWrite,
+        (true, true) => InputRate::CacheWriteHour,
+    }
+}
+
+/// The body with `max_tokens` lowered, and a thinking budget that no
+/// longer fits under it lowered too (or thinking turned off, under the
+/// API's smallest budget).
+fn with_max_tokens(body: &[u8], max_tokens: u64) -> Option<Bytes> {
+    const MIN_THINKING_BUDGET: u64 = 1024;
+    let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    value["max_tokens"] = max_tokens.into();
+    let budget = value.pointer("/thinking/budget_tokens").and_then(serde_json::Value::as_u64);
+    if budget.is_some_and(|budget| budget >= max_tokens) {
+        value["thinking"] = if max_tokens > MIN_THINKING_BUDGET {
+            serde_json::json!({"type": "enabled", "budget_tokens": max_tokens - 1})
+        } else {
+            serde_json::json!({"type": "disabled"})
+        };
+    }
+    serde_json::to_vec(&value).ok().map(Bytes::from)
+}
+
+/// Headers that belong to one connection, or that the gate sets itself.
+/// `accept-encoding` stays behind so that answers come uncompressed, as
+/// the gate reads their usage.
+fn forwarded(name: &HeaderName) -> bool {
+    !matches!(
+        name.as_str(),
+        "host"
+            | "content-length"
+            | "connection"
+            | "keep-alive"
+            | "transfer-encoding"
+            | "upgrade"
+            | "te"
+            | "trailer"
+            | "proxy-connection"
+            | "accept-encoding"
+    )
+}
+
+async fn forward(
+    State(shared): State<Arc<Shared>>,
+    Path((token, path)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(slot) = lock(&shared.slots).get(&token).cloned() else {
+        return refusal(StatusCode::NOT_FOUND, "ccgate: no worker process has this address");
+    };
+    let mut url = format!("{}/{path}", shared.upstream);
+    if let Some(query) = uri.query() {
+        url.push('?');
+        url.push_str(query);
+    }
+    let metered = method == Method::POST && path == "v1/messages";
+    let (body, admitted) = if metered {
+        let Some(run) = lock(&slot.run).clone() else {
+            return refusal(StatusCode::BAD_REQUEST, "ccgate: this worker process is not serving a request");
+        };
+        match gate(&shared.prices, &run, body) {
+            Ok((body, model, worst)) => (body, Some((run, model, worst))),
+            Err(response) => return response,
+        }
+    } else {
+        (body, None)
+    };
+    let mut request = shared.client.request(method, &url).body(body);
+    for (name, value) in headers.iter().filter(|(name, _)| forwarded(name)) {
+        request = request.header(name, value);
+    }
+    let response = match request.send().await {
+        Ok(response) => response,
+        Err(e) => {
+            if let Some((run, _, worst)) = &admitted {
+                run.settle(*worst, Micros::ZERO);
+            }
+            tracing::warn!(error = %e, "the spend gate cannot reach the upstream API");
+            return refusal(StatusCode::BAD_GATEWAY, &format!("ccgate: cannot reach the upstream API: {e}"));
+        }
+    };
+    let status = response.status();
+    let mut answer = Response::builder().status(status.as_u16());
+    for (name, value) in response.headers().iter().filter(|(name, _)| forwarded(name)) {
+        answer = answer.header(name.as_str(), value.as_bytes());
+    }
+    let body = match admitted {
+        Some((run, model, worst)) if status.is_success() => {
+            let json = response
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+            Body::from_stream(Meter::new(response.bytes_stream(), json, run, model, worst))
+        }
+        Some((run, _, worst)) => {
+            // A refused call is not billed.
+            run.settle(worst, Micros::ZERO);
+            Body::from_stream(response.bytes_stream())
+        }
+        None => Body::from_stream(response.bytes_stream()),
+    };
+    answer.body(body).unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+}
+
+/// Admits a Messages call of `run`: the body to send (its `max_tokens`
+/// maybe lowered), the model it is priced as and its worst case; or the
+/// refusal to answer.
+#[expect(clippy::result_large_err, reason = "the error is the response to send")]
+fn gate(prices: &PriceTable, run: &GateRun, body: Bytes) -> Result<(Bytes, Model, Micros), Response> {
+    let Ok(head) = serde_json::from_slice::<CallHead>(&body) else {
+        return Err(refusal(StatusCode::BAD_REQUEST, "ccgate: a Messages call needs a model and max_tokens"));
+    };
+    let Some(model) = price_model(prices, &head.model) else {
+        return Err(refusal(StatusCode::BAD_REQUEST, "ccgate: the price table is empty"));
+    };
+    let call = Call {
+        model,
+        input_tokens: crate::chat::prompt::token_upper_bound_of_len(body.len()),
+        rate: input_rate(&body),
+        max_tokens: head.max_tokens,
+    };
+    match run.admit(&call) {
+        Admission::Refuse => Err(refusal(
+            StatusCode::BAD_REQUEST,
+            "ccgate: this call could cost more than what is left of the request's reservation; \
+             the run has reached its spending cap",
+        )),
+        Admission::Pass { max_tokens, worst } if max_tokens == head.max_tokens => {
+            Ok((body, model.clone(), worst))
+        }
+        Admission::Pass { max_tokens, worst } => match with_max_tokens(&body, max_tokens) {
+            Some(body) => Ok((body, model.clone(), worst)),
+            None => {
+                run.settle(worst, Micros::ZERO);
+                Err(refusal(StatusCode::BAD_REQUEST, "ccgate: a Messages call must be a JSON object"))
+            }
+        },
+    }
+}
+
+/// An error in the Messages API's shape.
+fn refusal(status: StatusCode, message: &str) -> Response {
+    let kind = match status {
+        StatusCode::NOT_FOUND => "not_found_error",
+        StatusCode::BAD_GATEWAY => "api_error",
+        _ => "invalid_request_error",
+    };
+    let body = serde_json::json!({"type": "error", "error": {"type": kind, "message": message}});
+    (status, axum::Json(body)).into_response()
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+impl GateRun {
+    pub(super) fn for_tests(limit: Micros) -> GateRun {
+        GateRun { limit, books: Mutex::default() }
+    }
+
+    pub(super) fn hold_for_tests(&self, worst: Micros) {
+        lock(&self.books).held = worst;
+    }
+
+    pub(super) fn held_for_tests(&self) -> Micros {
+        lock(&self.books).held
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn haiku() -> Model {
+        PriceTable::builtin().resolve("haiku").expect("haiku").clone()
+    }
+
+    fn call(model: &Model, input_tokens: u64, max_tokens: u64) -> Call<'_> {
+        Call { model, input_tokens, rate: InputRate::Plain, max_tokens }
+    }
+
+    #[test]
+    fn a_later_call_gets_the_output_that_fits_and_no_more() {
+        let haiku = haiku();
+        // haiku: $1 in, $5 out a million tokens; 1,000 input tokens cost
+        // 1,000 µ$, and each output token 5 µ$.
+        let c = call(&haiku, 1_000, 32_000);
+        assert_eq!(
+            c.within(Micros(1_000 + 5 * 100)),
+            Admission::Pass { max_tokens: 100, worst: Micros(1_500) }
+        );
+        assert_eq!(
+            c.within(Micros(1_000 + 5 * 100 + 4)),
+            Admission::Pass { max_tokens: 100, worst: Micros(1_500) }
+        );
+        assert_eq!(c.within(Micros(1_000 + 4)), Admission::Refuse);
+        assert_eq!(c.within(Micros(900)), Admission::Refuse);
+        assert_eq!(c.within(Micros(-5)), Admission::Refuse);
+        // Room for more than was asked: the call goes as asked.
+        let small = call(&haiku, 1_000, 10);
+        assert_eq!(small.within(Micros(1_000_000)), Admission::Pass { max_tokens: 10, worst: Micros(1_050) });
+    }
+
+    #[test]
+    fn cache_markers_price_the_input_as_cache_writes() {
+        assert_eq!(input_rate(br#"{"messages":[]}"#), InputRate::Plain);
+        assert_eq!(
+            input_rate(br#"{"system":[{"cache_control":{"type":"ephemeral"}}]}"#),
+            InputRate::CacheWrite
+        );
+        assert_eq!(
+            input_rate(br#"{"system":[{"cache_control":{"type":"ephemeral","ttl":"1h"}}]}"#),
+            InputRate::CacheWriteHour
+        );
+        let haiku = haiku();
+        let plain = call(&haiku, 1_000_000, 1).input_cost();
+        let write = Call { rate: InputRate::CacheWrite, ..call(&haiku, 1_000_000, 1) }.input_cost();
+        let hour = Call { rate: InputRate::CacheWriteHour, ..call(&haiku, 1_000_000, 1) }.input_cost();
+        assert_eq!(plain, Micros(1_000_000));
+        assert_eq!(write, Micros(1_250_000));
+        assert_eq!(hour, Micros(2_000_000));
+    }
+
+    #[test]
+    fn the_first_call_goes_as_asked_and_later_ones_share_what_is_left() {
+        let haiku = haiku();
+        let run = GateRun { limit: Micros(2_000), books: Mutex::default() };
+        // The first call is what the reservation was priced from.
+        let first = call(&haiku, 1_000, 1_000);
+        assert_eq!(run.admit(&first), Admission::Pass { max_tokens: 1_000, worst: Micros(6_000) });
+        // While it runs, its worst case is held: nothing is left.
+        assert_eq!(run.admit(&call(&haiku, 100, 10)), Admission::Refuse);
+        assert!(run.refused());
+        // It cost 1,000 of input and 20 tokens of output: 1,100 µ$.
+        run.settle(Micros(6_000), Micros(1_100));
+        assert_eq!(run.spent(), Micros(1_100));
+        // 900 µ$ left: 400 of input, then 100 tokens of output.
+        assert_eq!(
+            run.admit(&call(&haiku, 400, 32_000)),
+            Admission::Pass { max_tokens: 100, worst: Micros(900) }
+        );
+        assert_eq!(run.admit(&call(&haiku, 1, 1)), Admission::Refuse);
+    }
+
+    #[test]
+    fn a_lowered_cap_takes_the_thinking_budget_down_with_it() {
+        let body = br#"{"model":"m","max_tokens":32000,"thinking":{"type":"enabled","budget_tokens":31999}}"#;
+        let lowered: serde_json::Value =
+            serde_json::from_slice(&with_max_tokens(body, 5_000).unwrap()).unwrap();
+        assert_eq!(lowered["max_tokens"], 5_000);
+        assert_eq!(lowered["thinking"], serde_json::json!({"type": "enabled", "budget_tokens": 4_999}));
+        let off: serde_json::Value = serde_json::from_slice(&with_max_tokens(body, 900).unwrap()).unwrap();
+        assert_eq!(off["thinking"], serde_json::json!({"type": "disabled"}));
+        let plain = br#"{"model":"m","max_tokens":32000,"messages":[{"role":"user","content":"hi"}]}"#;
+        let lowered: serde_json::Value = serde_json::from_slice(&with_max_tokens(plain, 7).unwrap()).unwrap();
+        assert_eq!(lowered["max_tokens"], 7);
+        assert_eq!(lowered["messages"][0]["content"], "hi");
+        assert!(lowered.get("thinking").is_none());
+    }
+
+    #[test]
+    fn an_unknown_model_is_priced_as_the_dearest() {
+        let prices = PriceTable::builtin();
+        let dearest = price_model(&prices, "claude-unknown-9").unwrap();
+        assert!(prices.models().iter().all(|m| m.output_per_mtok <= dearest.output_per_mtok));
+        assert_eq!(
+            price_model(&prices, "claude-haiku-4-5-20251001").unwrap().id,
+            "claude-haiku-4-5-20251001"
+        );
+    }
+}
