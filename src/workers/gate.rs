@@ -196,7 +196,17 @@ impl GateRun {
         let admission = if first { call.as_asked() } else { call.within(available) };
         match &admission {
             Admission::Pass { worst, .. } => books.held = Micros(books.held.0 + worst.0),
-            Admission::Refuse => books.refused = true,
+            Admission::Refuse => {
+                books.refused = true;
+                tracing::info!(
+                    model = %call.model.id,
+                    call = books.calls,
+                    limit_usd = self.limit.as_usd(),
+                    spent_usd = books.spent.as_usd(),
+                    held_usd = books.held.as_usd(),
+                    "the spend gate refused a call that could cost more than what is left of its run's reservation"
+                );
+            }
         }
         admission
     }
