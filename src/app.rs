@@ -66,7 +66,11 @@ impl AppState {
         std::fs::create_dir_all(&settings.work_dir)?;
         let stats = Arc::new(PoolStats::default());
         let gate = match settings.spend_gate {
-            true => Some(Arc::new(SpendGate::start(&cli_upstream(&settings), Arc::new(prices.clone()))?)),
+            true => Some(Arc::new(SpendGate::start(
+                &cli_upstream(&settings),
+                Arc::new(prices.clone()),
+                Arc::clone(&stats),
+            )?)),
             false => None,
         };
         let cli = Arc::new(ClaudeCli::new(

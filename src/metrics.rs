@@ -180,7 +180,7 @@ impl Metrics {
         let worker_events = Family::<WorkerEventLabels, Counter>::default();
         registry.register(
             "worker_events",
-            "Worker process spawns, kills, timeouts, stalls and spawn failures",
+            "Worker process spawns, kills, timeouts, stalls, spawn failures, and calls the spend gate refused",
             worker_events.clone(),
         );
         let warm_processes = Family::<StateLabels, Gauge>::default();
@@ -292,6 +292,7 @@ impl Metrics {
             ("timeout", &stats.timeouts),
             ("stall", &stats.stalls),
             ("spawn_failure", &stats.spawn_failures),
+            ("gate_refusal", &stats.gate_refusals),
         ];
         for (event, source) in events {
             let counter = self.worker_events.get_or_create(&WorkerEventLabels { event });

@@ -490,5 +490,8 @@ async fn an_agent_turn_that_could_cost_more_than_is_left_is_never_sent() {
     app.wait_settled("acme").await;
     let row = app.state.budget.store().ledger_row(&request_id).await.unwrap().expect("ledger row");
     assert!(row.cost.0 > 0 && row.cost <= row.reserved, "{row:?}");
+    let metrics = client().get(format!("{}/metrics", app.url)).send().await.unwrap().text().await.unwrap();
+    let refused = common::metric_sample(&metrics, "ccgate_worker_events_total", &["gate_refusal"]);
+    assert_eq!(refused, Some(1.0), "{metrics}");
     app.stop().await;
 }

@@ -28,10 +28,13 @@ use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderName, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::gate_meter::Meter;
+use super::PoolStats;
+use crate::chat::content::IMAGE_TOKENS;
+use crate::chat::prompt::token_upper_bound_of_len;
 use crate::money::Micros;
 use crate::pricing::{Model, PriceTable, TokenUsage};
 
@@ -47,6 +50,7 @@ pub struct SpendGate {
 
 struct Shared {
     upstream: String,
+    stats: Arc<PoolStats>,
     client: reqwest::Client,
     prices: Arc<PriceTable>,
     /// Each live worker process's secret, and the run it serves now.
@@ -88,7 +92,11 @@ impl SpendGate {
     /// Listens on a loopback port of its own, forwarding to `upstream`
     /// (the base URL the workers would otherwise have called).
     /// Needs a Tokio runtime, where it serves.
-    pub fn start(upstream: &str, prices: Arc<PriceTable>) -> anyhow::Result<SpendGate> {
+    pub fn start(
+        upstream: &str,
+        prices: Arc<PriceTable>,
+        stats: Arc<PoolStats>,
+    ) -> anyhow::Result<SpendGate> {
         let runtime = tokio::runtime::Handle::try_current()?;
         let client = reqwest::Client::builder()
             .tcp_nodelay(true)
@@ -97,6 +105,7 @@ impl SpendGate {
             .build()?;
         let shared = Arc::new(Shared {
             upstream: upstream.trim_end_matches('/').to_string(),
+            stats,
             client,
             prices,
             slots: Mutex::default(),
@@ -219,13 +228,6 @@ impl GateRun {
     }
 }
 
-/// What the gate reads of a call's body.
-#[derive(Deserialize)]
-struct CallHead {
-    model: String,
-    max_tokens: u64,
-}
-
 /// The price of a call's input when it asks for prompt caching: writes
 /// cost more than plain input, and one-hour writes more again.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -310,22 +312,45 @@ fn input_rate(body: &[u8]) -> InputRate {
     }
 }
 
-/// The body with `max_tokens` lowered, and a thinking budget that no
-/// longer fits under it lowered too (or thinking turned off, under the
-/// API's smallest budget).
-fn with_max_tokens(body: &[u8], max_tokens: u64) -> Option<Bytes> {
+/// An upper bound on a call's input tokens: one per 2.5 bytes of its body,
+/// but an image's base64 data counts as the most tokens an image can be
+/// (`chat::content::IMAGE_TOKENS`), far fewer than its bytes would say.
+fn input_bound(call: &Value, len: usize) -> u64 {
+    fn images(value: &Value, found: &mut (u64, usize)) {
+        match value {
+            Value::Array(items) => items.iter().for_each(|item| images(item, found)),
+            Value::Object(fields) => {
+                let data = value.pointer("/source/data").and_then(Value::as_str);
+                match (fields.get("type").and_then(Value::as_str), data) {
+                    (Some("image"), Some(data)) => {
+                        found.0 += 1;
+                        found.1 += data.len();
+                    }
+                    _ => fields.values().for_each(|field| images(field, found)),
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut found = (0, 0);
+    images(call, &mut found);
+    let (count, bytes) = found;
+    token_upper_bound_of_len(len.saturating_sub(bytes)) + count * IMAGE_TOKENS
+}
+
+/// Lowers a call's `max_tokens`, and a thinking budget that no longer fits
+/// under it (or turns thinking off, under the API's smallest budget).
+fn lower_max_tokens(call: &mut Value, max_tokens: u64) {
     const MIN_THINKING_BUDGET: u64 = 1024;
-    let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    value["max_tokens"] = max_tokens.into();
-    let budget = value.pointer("/thinking/budget_tokens").and_then(serde_json::Value::as_u64);
+    call["max_tokens"] = max_tokens.into();
+    let budget = call.pointer("/thinking/budget_tokens").and_then(Value::as_u64);
     if budget.is_some_and(|budget| budget >= max_tokens) {
-        value["thinking"] = if max_tokens > MIN_THINKING_BUDGET {
+        call["thinking"] = if max_tokens > MIN_THINKING_BUDGET {
             serde_json::json!({"type": "enabled", "budget_tokens": max_tokens - 1})
         } else {
             serde_json::json!({"type": "disabled"})
         };
     }
-    serde_json::to_vec(&value).ok().map(Bytes::from)
 }
 
 /// Headers that belong to one connection, or that the gate sets itself.
@@ -370,7 +395,12 @@ async fn forward(
         };
         match gate(&shared.prices, &run, body) {
             Ok((body, model, worst)) => (body, Some((run, model, worst))),
-            Err(response) => return response,
+            Err(response) => {
+                if run.refused() {
+                    shared.stats.gate_refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                return response;
+            }
         }
     } else {
         (body, None)
@@ -417,17 +447,21 @@ async fn forward(
 /// refusal to answer.
 #[expect(clippy::result_large_err, reason = "the error is the response to send")]
 fn gate(prices: &PriceTable, run: &GateRun, body: Bytes) -> Result<(Bytes, Model, Micros), Response> {
-    let Ok(head) = serde_json::from_slice::<CallHead>(&body) else {
+    let parsed = serde_json::from_slice::<Value>(&body).ok();
+    let head = parsed
+        .as_ref()
+        .and_then(|call| Some((call["model"].as_str()?.to_string(), call["max_tokens"].as_u64()?)));
+    let (Some(mut parsed), Some((name, asked))) = (parsed, head) else {
         return Err(refusal(StatusCode::BAD_REQUEST, "ccgate: a Messages call needs a model and max_tokens"));
     };
-    let Some(model) = price_model(prices, &head.model) else {
+    let Some(model) = price_model(prices, &name) else {
         return Err(refusal(StatusCode::BAD_REQUEST, "ccgate: the price table is empty"));
     };
     let call = Call {
         model,
-        input_tokens: crate::chat::prompt::token_upper_bound_of_len(body.len()),
+        input_tokens: input_bound(&parsed, body.len()),
         rate: input_rate(&body),
-        max_tokens: head.max_tokens,
+        max_tokens: asked,
     };
     match run.admit(&call) {
         Admission::Refuse => Err(refusal(
@@ -435,16 +469,11 @@ fn gate(prices: &PriceTable, run: &GateRun, body: Bytes) -> Result<(Bytes, Model
             "ccgate: this call could cost more than what is left of the request's reservation; \
              the run has reached its spending cap",
         )),
-        Admission::Pass { max_tokens, worst } if max_tokens == head.max_tokens => {
-            Ok((body, model.clone(), worst))
+        Admission::Pass { max_tokens, worst } if max_tokens == asked => Ok((body, model.clone(), worst)),
+        Admission::Pass { max_tokens, worst } => {
+            lower_max_tokens(&mut parsed, max_tokens);
+            Ok((Bytes::from(parsed.to_string()), model.clone(), worst))
         }
-        Admission::Pass { max_tokens, worst } => match with_max_tokens(&body, max_tokens) {
-            Some(body) => Ok((body, model.clone(), worst)),
-            None => {
-                run.settle(worst, Micros::ZERO);
-                Err(refusal(StatusCode::BAD_REQUEST, "ccgate: a Messages call must be a JSON object"))
-            }
-        },
     }
 }
 
@@ -555,18 +584,37 @@ mod tests {
 
     #[test]
     fn a_lowered_cap_takes_the_thinking_budget_down_with_it() {
-        let body = br#"{"model":"m","max_tokens":32000,"thinking":{"type":"enabled","budget_tokens":31999}}"#;
-        let lowered: serde_json::Value =
-            serde_json::from_slice(&with_max_tokens(body, 5_000).unwrap()).unwrap();
+        let thinking = serde_json::json!({"model": "m", "max_tokens": 32000,
+            "thinking": {"type": "enabled", "budget_tokens": 31999}});
+        let mut lowered = thinking.clone();
+        lower_max_tokens(&mut lowered, 5_000);
         assert_eq!(lowered["max_tokens"], 5_000);
         assert_eq!(lowered["thinking"], serde_json::json!({"type": "enabled", "budget_tokens": 4_999}));
-        let off: serde_json::Value = serde_json::from_slice(&with_max_tokens(body, 900).unwrap()).unwrap();
+        let mut off = thinking;
+        lower_max_tokens(&mut off, 900);
         assert_eq!(off["thinking"], serde_json::json!({"type": "disabled"}));
-        let plain = br#"{"model":"m","max_tokens":32000,"messages":[{"role":"user","content":"hi"}]}"#;
-        let lowered: serde_json::Value = serde_json::from_slice(&with_max_tokens(plain, 7).unwrap()).unwrap();
-        assert_eq!(lowered["max_tokens"], 7);
-        assert_eq!(lowered["messages"][0]["content"], "hi");
-        assert!(lowered.get("thinking").is_none());
+        let mut plain = serde_json::json!({"model": "m", "max_tokens": 32000,
+            "messages": [{"role": "user", "content": "hi"}]});
+        lower_max_tokens(&mut plain, 7);
+        assert_eq!(plain["max_tokens"], 7);
+        assert_eq!(plain["messages"][0]["content"], "hi");
+        assert!(plain.get("thinking").is_none());
+    }
+
+    #[test]
+    fn an_image_counts_as_the_most_tokens_an_image_can_be_not_as_its_bytes() {
+        let data = "A".repeat(1_000_000);
+        let call = serde_json::json!({"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": data}},
+            {"type": "text", "text": "what is this?"},
+        ]}]});
+        let len = call.to_string().len();
+        let bound = input_bound(&call, len);
+        assert_eq!(bound, token_upper_bound_of_len(len - 1_000_000) + IMAGE_TOKENS);
+        let text =
+            serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x".repeat(1000)}]});
+        let len = text.to_string().len();
+        assert_eq!(input_bound(&text, len), token_upper_bound_of_len(len));
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub struct PoolStats {
     pub timeouts: AtomicU64,
     pub stalls: AtomicU64,
     pub spawn_failures: AtomicU64,
+    /// Calls the spend gate refused for want of budget.
+    pub gate_refusals: AtomicU64,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
