@@ -160,9 +160,8 @@ impl Metrics {
         registry.register(
             "reservation_overrun_usd",
             "What runs cost past their budget reservations, by project and model, in USD (charged in full: \
-             on the CLI backend when Claude Code continues a reply cut at max_tokens before ccgate stops it \
-             or ends an agent run one turn past its cap; on either when the upstream reports usage beyond \
-             the request's bounds)",
+             when the upstream reports more input than the bound a request or a call was priced with, or, \
+             with spend_gate off, when Claude Code makes a call past its run's reservation)",
             overrun_usd.clone(),
         );
         let budget_remaining_usd = Family::<BudgetLabels, Gauge<f64, AtomicU64>>::default();

@@ -597,9 +597,10 @@ impl Conversation<'_> {
             if capped_at.is_none() && state.report.stop_reason.as_deref() == Some("max_tokens") {
                 // The reply reached its output cap. The CLI would ask the
                 // model to go on (up to three more calls, past what was
-                // reserved) and then fail; OpenAI clients expect the text
-                // so far with finish_reason "length". An interrupt ends the
-                // turn, and the result line after it still has the cost.
+                // reserved, which the spend gate refuses) and then fail;
+                // OpenAI clients expect the text so far with finish_reason
+                // "length". An interrupt ends the turn, and the result line
+                // after it still has the cost.
                 capped_at = Some((state.report.text.len(), state.report.thinking.len()));
                 let interrupt =
                     r#"{"type":"control_request","request_id":"cap","request":{"subtype":"interrupt"}}"#;
