@@ -1,0 +1,95 @@
+//! The spend gate over HTTP, in front of the simulated upstream: a run's
+//! first call goes as asked, a later one with the output that fits in what
+//! is left, one that cannot fit is refused; calls from a process with no
+//! run, or from an address the gate never gave, go nowhere.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use ccgate::money::Micros;
+use ccgate::pricing::PriceTable;
+use ccgate::workers::gate::SpendGate;
+use ccgate::workers::PoolStats;
+use serde_json::{json, Value};
+
+const HAIKU: &str = "claude-haiku-4-5-20251001";
+
+fn call(max_tokens: u64, text: &str) -> Vec<u8> {
+    let call = json!({"model": HAIKU, "max_tokens": max_tokens, "stream": true,
+        "messages": [{"role": "user", "content": text}]});
+    serde_json::to_vec(&call).unwrap()
+}
+
+async fn post(url: &str, body: Vec<u8>) -> (u16, String) {
+    let response = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("x-api-key", "sk-worker")
+        .header("anthropic-version", "2023-06-01")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn later_calls_get_the_output_that_fits_and_one_that_cannot_fit_is_refused() {
+    let sim = ccgate_sim::spawn(Default::default()).await.unwrap();
+    let stats = Arc::new(PoolStats::default());
+    let gate =
+        SpendGate::start(&sim.base_url(), Arc::new(PriceTable::builtin()), Arc::clone(&stats)).unwrap();
+    let ticket = gate.ticket();
+    let url = format!("{}/v1/messages", ticket.base_url());
+
+    // A process with no run open makes no call.
+    let (status, body) = post(&url, call(100, "before any run")).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(sim.sim.requests().len(), 0);
+
+    // haiku: 1 µ$ an input token, 5 µ$ an output token.
+    let limit = 3_000;
+    let run = ticket.open(Micros(limit));
+    // The first call goes as asked, though its worst case (32,000 tokens
+    // of output) is far past the limit: the reservation was priced from it.
+    let (status, body) = post(&url, call(32_000, "first [sim:words=5]")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("message_stop") && body.contains("w5"), "passed on whole: {body}");
+    assert_eq!(sim.sim.requests()[0].body["max_tokens"], 32_000);
+    // What it cost, read from its usage as it passed.
+    let spent = run.spent().0;
+    assert!(spent > 0 && spent < 500, "{spent}");
+
+    // The second gets what is left after its input (one token per 2.5
+    // bytes of its body) in output tokens.
+    let second = call(32_000, "second [sim:words=5]");
+    let input = (second.len() as i64 * 2 + 4) / 5;
+    let fits = (limit - spent - input) / 5;
+    let (status, body) = post(&url, second).await;
+    assert_eq!(status, 200, "{body}");
+    let sent = &sim.sim.requests()[1].body;
+    assert_eq!(sent["max_tokens"], fits, "{sent}");
+    assert_eq!(sent["messages"][0]["content"], "second [sim:words=5]");
+    assert!(!run.refused());
+
+    // Input alone past what is left: refused, never sent.
+    let (status, body) = post(&url, call(10, &"x".repeat(10_000))).await;
+    assert_eq!(status, 400, "{body}");
+    let error: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["error"]["type"], "invalid_request_error");
+    assert!(error["error"]["message"].as_str().unwrap().contains("spending cap"), "{body}");
+    assert!(run.refused());
+    assert_eq!(stats.gate_refusals.load(Ordering::Relaxed), 1);
+    assert_eq!(sim.sim.requests().len(), 2);
+    assert!(run.spent().0 <= limit);
+
+    // Once the run is over, the process's calls go nowhere again.
+    ticket.close();
+    assert_eq!(post(&url, call(10, "after")).await.0, 400);
+    // An address the gate never gave.
+    let stranger = url.replace(ticket.base_url().rsplit('/').next().unwrap(), "not-a-worker");
+    assert_eq!(post(&stranger, call(10, "who")).await.0, 404);
+    drop(ticket);
+    assert_eq!(post(&url, call(10, "gone")).await.0, 404);
+    assert_eq!(sim.sim.requests().len(), 2);
+}
