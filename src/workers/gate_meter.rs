@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures::Stream;
 
-use super::gate::GateRun;
+use super::gate_run::GateRun;
 use super::messages_sse::{data_of, parse_data, SseLines, StreamEvent, WholeMessage};
 use crate::money::Micros;
 use crate::pricing::{Model, TokenUsage};
@@ -156,7 +156,7 @@ mod tests {
     }
 
     fn run(limit: i64) -> Arc<GateRun> {
-        Arc::new(GateRun::for_tests(Micros(limit)))
+        Arc::new(GateRun::new(Micros(limit)))
     }
 
     const STREAM: &[&str] = &[

@@ -7,6 +7,7 @@ pub mod anthropic;
 pub mod cli;
 pub mod gate;
 mod gate_meter;
+mod gate_run;
 pub mod messages_request;
 pub mod messages_sse;
 pub mod pool;
