@@ -211,12 +211,11 @@ async fn forward(
         };
         match gate(&shared.prices, &run, body) {
             Ok((body, model, worst)) => (body, Some((run, model, worst))),
-            Err(response) => {
-                if run.refused() {
-                    shared.stats.gate_refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                return response;
+            Err(NotSent::Refused) => {
+                shared.stats.gate_refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return refusal(StatusCode::BAD_REQUEST, REFUSED);
             }
+            Err(NotSent::Unreadable(message)) => return refusal(StatusCode::BAD_REQUEST, message),
         }
     } else {
         (body, None)
@@ -258,20 +257,31 @@ async fn forward(
     answer.body(body).unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
 }
 
+/// What the CLI is told when a call of its run does not fit.
+const REFUSED: &str = "ccgate: this call could cost more than what is left of the request's reservation; \
+                       the run has reached its spending cap";
+
+/// Why a Messages call is not sent.
+enum NotSent {
+    /// Its worst case does not fit in what is left of its run's reservation.
+    Refused,
+    /// The gate cannot price it.
+    Unreadable(&'static str),
+}
+
 /// Admits a Messages call of `run`: the body to send (its `max_tokens`
-/// maybe lowered), the model it is priced as and its worst case; or the
-/// refusal to answer.
-#[expect(clippy::result_large_err, reason = "the error is the response to send")]
-fn gate(prices: &PriceTable, run: &GateRun, body: Bytes) -> Result<(Bytes, Model, Micros), Response> {
+/// maybe lowered), the model it is priced as and its worst case; or why it
+/// is not sent.
+fn gate(prices: &PriceTable, run: &GateRun, body: Bytes) -> Result<(Bytes, Model, Micros), NotSent> {
     let parsed = serde_json::from_slice::<Value>(&body).ok();
     let head = parsed
         .as_ref()
         .and_then(|call| Some((call["model"].as_str()?.to_string(), call["max_tokens"].as_u64()?)));
     let (Some(mut parsed), Some((name, asked))) = (parsed, head) else {
-        return Err(refusal(StatusCode::BAD_REQUEST, "ccgate: a Messages call needs a model and max_tokens"));
+        return Err(NotSent::Unreadable("ccgate: a Messages call needs a model and max_tokens"));
     };
     let Some(model) = price_model(prices, &name) else {
-        return Err(refusal(StatusCode::BAD_REQUEST, "ccgate: the price table is empty"));
+        return Err(NotSent::Unreadable("ccgate: the price table is empty"));
     };
     let call = Call {
         model,
@@ -280,11 +290,7 @@ fn gate(prices: &PriceTable, run: &GateRun, body: Bytes) -> Result<(Bytes, Model
         max_tokens: asked,
     };
     match run.admit(&call) {
-        Admission::Refuse => Err(refusal(
-            StatusCode::BAD_REQUEST,
-            "ccgate: this call could cost more than what is left of the request's reservation; \
-             the run has reached its spending cap",
-        )),
+        Admission::Refuse => Err(NotSent::Refused),
         Admission::Pass { max_tokens, worst } if max_tokens == asked => Ok((body, model.clone(), worst)),
         Admission::Pass { max_tokens, worst } => {
             lower_max_tokens(&mut parsed, max_tokens);
