@@ -84,7 +84,7 @@ async fn later_calls_get_the_output_that_fits_and_one_that_cannot_fit_is_refused
     assert!(run.spent().0 <= limit);
 
     // Once the run is over, the process's calls go nowhere again.
-    ticket.close();
+    drop(run);
     assert_eq!(post(&url, call(10, "after")).await.0, 400);
     // An address the gate never gave.
     let stranger = url.replace(ticket.base_url().rsplit('/').next().unwrap(), "not-a-worker");

@@ -17,7 +17,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::gate::{GateRun, SpendGate, Ticket};
+use super::gate::{SpendGate, Ticket};
 use super::stream_json::{parse_line, CliLine, CliResult};
 use super::{send_all, AgentJob, Event, Job, PoolStats, RunEnd, RunReport, ToolActivity, Worker};
 use crate::chat::ThinkingPiece;
@@ -260,7 +260,7 @@ pub(super) fn through_gate(cmd: &mut Command, ticket: &Ticket) {
 }
 
 /// The smallest thinking budget the Messages API accepts.
-const MIN_THINKING_BUDGET: u64 = 1024;
+pub(super) const MIN_THINKING_BUDGET: u64 = 1024;
 
 /// What a CLI process is told about its output: the cap, and the thinking
 /// the request asked for (Anthropic's `thinking`: `disabled` is a budget of
@@ -434,7 +434,6 @@ impl ClaudeCli {
         cancel: CancellationToken,
     ) -> RunReport {
         let ticket = self.gate.as_ref().map(|gate| gate.ticket());
-        let gate_run = ticket.as_ref().map(|ticket| ticket.open(job.max_budget));
         let mut command = self.command(job, system_file, ticket.as_ref());
         if job.agent.as_ref().is_some_and(|agent| agent.skip_permissions) && bypass_refused(&command) {
             self.stats.spawn_failures.fetch_add(1, Ordering::Relaxed);
@@ -485,7 +484,7 @@ impl ClaudeCli {
             lines: &mut lines,
             stall_timeout: self.stall_timeout,
             stats: &self.stats,
-            gate: gate_run.as_deref(),
+            ticket: ticket.as_ref(),
         };
         let (state, end) = conversation.run(job, &events, &cancel).await;
         // End of input: the CLI exits by itself once it has answered.
@@ -529,8 +528,9 @@ pub(super) struct Conversation<'a> {
     pub(super) lines: &'a mut Lines<BufReader<ChildStdout>>,
     pub(super) stall_timeout: Duration,
     pub(super) stats: &'a PoolStats,
-    /// The run's allowance at the spend gate, when there is one.
-    pub(super) gate: Option<&'a GateRun>,
+    /// The process's pass through the spend gate, when it has one: the
+    /// conversation opens its run there, for as long as it lasts.
+    pub(super) ticket: Option<&'a Ticket>,
 }
 
 impl Conversation<'_> {
@@ -543,6 +543,7 @@ impl Conversation<'_> {
         cancel: &CancellationToken,
     ) -> (RunState, RunEnd) {
         let mut state = RunState::new();
+        let gate = self.ticket.map(|ticket| ticket.open(job.max_budget));
         let message = serde_json::json!({
             "type": "user",
             "message": {"role": "user", "content": user_content(job)},
@@ -636,7 +637,7 @@ impl Conversation<'_> {
         }
         let end = match end {
             // The CLI saw the gate's refusal as an upstream error.
-            RunEnd::Failed { .. } if self.gate.is_some_and(GateRun::refused) => RunEnd::Failed {
+            RunEnd::Failed { .. } if gate.as_ref().is_some_and(|gate| gate.refused()) => RunEnd::Failed {
                 api_status: None,
                 subtype: "error_max_budget_usd".into(),
                 message: "its next call to the model could have cost more than what was left of the \

@@ -147,17 +147,37 @@ impl Ticket {
         &self.base_url
     }
 
-    /// Starts a run of `limit` on this process; its calls are held to it
-    /// until `close`.
-    pub fn open(&self, limit: Micros) -> Arc<GateRun> {
+    /// Starts a run of `limit` on this process: its calls are held to it
+    /// until the `OpenRun` is dropped, and refused from then on.
+    pub fn open(&self, limit: Micros) -> OpenRun<'_> {
         let run = Arc::new(GateRun::new(limit));
         *lock(&self.slot.run) = Some(Arc::clone(&run));
-        run
+        OpenRun { ticket: self, run }
     }
+}
 
-    /// Ends the run: calls the process makes from now on are refused.
-    pub fn close(&self) {
-        *lock(&self.slot.run) = None;
+/// A run open on a worker process's ticket, closed when dropped (on every
+/// way out of the conversation that opened it).
+pub struct OpenRun<'a> {
+    ticket: &'a Ticket,
+    run: Arc<GateRun>,
+}
+
+impl std::ops::Deref for OpenRun<'_> {
+    type Target = GateRun;
+
+    fn deref(&self) -> &GateRun {
+        &self.run
+    }
+}
+
+impl Drop for OpenRun<'_> {
+    fn drop(&mut self) {
+        let mut open = lock(&self.ticket.slot.run);
+        // Only this run: a later one opened on the ticket stays.
+        if open.as_ref().is_some_and(|run| Arc::ptr_eq(run, &self.run)) {
+            *open = None;
+        }
     }
 }
 
@@ -248,7 +268,7 @@ async fn forward(
             Body::from_stream(Meter::new(response.bytes_stream(), json, run, model, worst))
         }
         Some((run, _, worst)) => {
-            // A refused call is not billed.
+            // An answer other than a success is not billed.
             run.settle(worst, Micros::ZERO);
             Body::from_stream(response.bytes_stream())
         }

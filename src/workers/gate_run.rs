@@ -7,6 +7,7 @@ use std::sync::Mutex;
 
 use serde_json::Value;
 
+use super::cli::MIN_THINKING_BUDGET;
 use super::gate::lock;
 use crate::chat::content::IMAGE_TOKENS;
 use crate::chat::prompt::token_upper_bound_of_len;
@@ -189,7 +190,6 @@ pub(super) fn input_bound(call: &Value, len: usize) -> u64 {
 /// Lowers a call's `max_tokens`, and a thinking budget that no longer fits
 /// under it (or turns thinking off, under the API's smallest budget).
 pub(super) fn lower_max_tokens(call: &mut Value, max_tokens: u64) {
-    const MIN_THINKING_BUDGET: u64 = 1024;
     call["max_tokens"] = max_tokens.into();
     let budget = call.pointer("/thinking/budget_tokens").and_then(Value::as_u64);
     if budget.is_some_and(|budget| budget >= max_tokens) {

@@ -441,18 +441,14 @@ impl WarmPool {
         events: &mpsc::Sender<Event>,
         cancel: &CancellationToken,
     ) -> (RunReport, bool) {
-        let gate_run = process.ticket.as_ref().map(|ticket| ticket.open(job.max_budget));
         let conversation = Conversation {
             stdin: &mut process.stdin,
             lines: &mut process.lines,
             stall_timeout: self.cold.stall_timeout,
             stats: &self.cold.stats,
-            gate: gate_run.as_deref(),
+            ticket: process.ticket.as_ref(),
         };
         let (state, end) = conversation.run(job, events, cancel).await;
-        if let Some(ticket) = &process.ticket {
-            ticket.close();
-        }
         let mut report = state.report;
         if report.reported_cost.is_none() || report.usage == TokenUsage::default() {
             report.usage = state.stream_usage;
