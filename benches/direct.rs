@@ -15,6 +15,10 @@
 //! Both targets are asked the same way: by default for a whole answer
 //! (ccgate then asks the simulator for a whole message too); with
 //! `--stream`, for a stream (ccgate then streams from the simulator).
+//!
+//! Beside them, whole answers only, a bare translating proxy (`bare.rs`:
+//! the second HTTP hop and the JSON in and out, nothing of ccgate's) shows
+//! the floor: what any gateway on this path adds on this machine.
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
@@ -26,6 +30,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::time::Instant;
+
+#[path = "direct/bare.rs"]
+mod bare;
 
 const MODEL_ID: &str = "claude-haiku-4-5-20251001";
 /// Short replies: the point is what the gateway adds, not the reply's length.
@@ -46,6 +53,8 @@ struct Args {
     /// gateway's database would hold (random request ids, as clients'
     /// own ids and earlier versions' ids are).
     ledger_rows: u64,
+    /// Measure the bare proxy too (whole answers only).
+    floor: bool,
 }
 
 fn args() -> Args {
@@ -58,6 +67,7 @@ fn args() -> Args {
         stream: false,
         gateway_threads: None,
         ledger_rows: 0,
+        floor: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -71,6 +81,7 @@ fn args() -> Args {
             "--stream" => args.stream = true,
             "--gateway-threads" => args.gateway_threads = Some(value().parse().expect("gateway threads")),
             "--ledger-rows" => args.ledger_rows = value().parse().expect("ledger rows"),
+            "--no-floor" => args.floor = false,
             "--bench" => {}
             other => panic!("unknown flag {other}"),
         }
@@ -244,7 +255,19 @@ impl Drop for RssSampler {
 #[derive(Clone, Copy, PartialEq)]
 enum Target {
     Sim,
+    /// The bare proxy (`bare.rs`).
+    Bare,
     Gateway,
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Target::Sim => "sim",
+            Target::Bare => "bare proxy → sim",
+            Target::Gateway => "ccgate → sim",
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -252,6 +275,7 @@ struct Endpoints {
     client: reqwest::Client,
     sim: String,
     gateway: String,
+    bare: String,
     /// Whether the rate and throughput runs stream.
     stream: bool,
 }
@@ -266,9 +290,12 @@ impl Endpoints {
                 .header("anthropic-version", "2023-06-01")
                 .json(&json!({"model": MODEL_ID, "max_tokens": 1000, "stream": stream,
                               "messages": [{"role": "user", "content": prompt}]})),
-            Target::Gateway => self
+            Target::Gateway | Target::Bare => self
                 .client
-                .post(format!("{}/v1/chat/completions", self.gateway))
+                .post(format!(
+                    "{}/v1/chat/completions",
+                    if target == Target::Bare { &self.bare } else { &self.gateway }
+                ))
                 .json(&json!({"model": "haiku", "max_tokens": 1000, "stream": stream,
                         "messages": [{"role": "user", "content": prompt}]})),
         }
@@ -480,6 +507,10 @@ fn bins() -> (PathBuf, PathBuf) {
 }
 
 fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("--bare-proxy") {
+        bare::serve(argv.get(2).expect("--bare-proxy needs the upstream's URL"));
+    }
     let args = args();
     raise_fd_limit();
     let (gateway_bin, sim_bin) = bins();
@@ -522,6 +553,22 @@ fn main() {
     let gateway = start(gw_cmd, true, "addr=");
     let gateway_pid = gateway.child.id();
     let sim_pid = sim.child.id();
+    let floor = args.floor && !args.stream;
+    let bare = floor.then(|| {
+        let mut cmd = Command::new(std::env::current_exe().expect("this benchmark's path"));
+        cmd.args(["--bare-proxy", &sim.url]);
+        start(cmd, true, "addr=")
+    });
+    let targets: Vec<Target> = if floor {
+        vec![Target::Sim, Target::Bare, Target::Gateway]
+    } else {
+        vec![Target::Sim, Target::Gateway]
+    };
+    // The process between the generator and the simulator, whose CPU is counted.
+    let middle = |target: Target| match (target, &bare) {
+        (Target::Bare, Some(bare)) => bare.child.id(),
+        _ => gateway_pid,
+    };
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
@@ -531,9 +578,14 @@ fn main() {
             .timeout(Duration::from_secs(120))
             .build()
             .expect("client");
-        let endpoints =
-            Endpoints { client, sim: sim.url.clone(), gateway: gateway.url.clone(), stream: args.stream };
-        for target in [Target::Sim, Target::Gateway] {
+        let endpoints = Endpoints {
+            client,
+            sim: sim.url.clone(),
+            gateway: gateway.url.clone(),
+            bare: bare.as_ref().map(|b| b.url.clone()).unwrap_or_default(),
+            stream: args.stream,
+        };
+        for &target in &targets {
             for _ in 0..200 {
                 endpoints.one(target, PROMPT, endpoints.stream).await.expect("warm-up request");
             }
@@ -545,15 +597,15 @@ fn main() {
         let answers = if args.stream { "streamed answers" } else { "whole answers" };
         println!("## Open loop ({} s per rate, {answers}; latency from send to end of body)\n", args.secs);
         println!(
-            "| rate/s | target | achieved/s | errors | p50 ms | p99 ms | max ms | sent late p99 ms | CPU µs/request (sim / ccgate) | ccgate context switches/request | ccgate peak RSS MiB |"
+            "| rate/s | target | achieved/s | errors | p50 ms | p99 ms | max ms | sent late p99 ms | CPU µs/request (sim / proxy) | proxy context switches/request | proxy peak RSS MiB |"
         );
         println!("|---|---|---|---|---|---|---|---|---|---|---|");
         for &rate in &args.rates {
             let mut p = Vec::new();
-            for target in [Target::Sim, Target::Gateway] {
-                let sampler = RssSampler::start(gateway_pid);
+            for &target in &targets {
+                let sampler = RssSampler::start(middle(target));
                 let before = overhead_totals(&endpoints).await;
-                let cpu = CpuMeter::start(sim_pid, gateway_pid);
+                let cpu = CpuMeter::start(sim_pid, middle(target));
                 let stats = open_loop(&endpoints, target, rate, args.secs).await;
                 let [_, sim_cpu, gateway_cpu] = cpu.per_request_us(stats.latencies.len() as f64);
                 let switches = cpu.gateway_switches(stats.latencies.len() as f64);
@@ -563,7 +615,7 @@ fn main() {
                 }
                 let (p50, p99) = (percentile(&stats.latencies, 0.5), percentile(&stats.latencies, 0.99));
                 let max = stats.latencies.last().copied().unwrap_or_default();
-                let name = if target == Target::Sim { "sim" } else { "ccgate → sim" };
+                let name = target.name();
                 println!(
                     "| {rate} | {name} | {:.0} | {} | {:.3} | {:.3} | {:.1} | {:.2} | {sim_cpu:.1} / {gateway_cpu:.1} | {switches:.2} | {:.1} |",
                     stats.achieved_rps,
@@ -574,13 +626,17 @@ fn main() {
                     ms(stats.late_p99),
                     sampler.peak_mib()
                 );
-                p.push((p50, p99));
+                p.push((target, p50, p99));
             }
-            println!(
-                "| {rate} | **added by ccgate** | | | **{:.3}** | **{:.3}** | | | | | |",
-                ms(p[1].0.saturating_sub(p[0].0)),
-                ms(p[1].1.saturating_sub(p[0].1))
-            );
+            let (_, sim_p50, sim_p99) = p[0];
+            for &(target, p50, p99) in &p[1..] {
+                let who = if target == Target::Bare { "the bare proxy" } else { "ccgate" };
+                println!(
+                    "| {rate} | **added by {who}** | | | **{:.3}** | **{:.3}** | | | | | |",
+                    ms(p50.saturating_sub(sim_p50)),
+                    ms(p99.saturating_sub(sim_p99))
+                );
+            }
         }
 
         for (rate, mean) in inside {
@@ -589,25 +645,28 @@ fn main() {
 
         println!("\n## Closed loop, {} callers, {} s, {answers} (max throughput)\n", args.concurrency, args.secs);
         println!("CPU per request: user + system time of each process over the run, divided by the requests answered.\n");
-        println!("| target | requests/s | errors | CPU µs/request: generator / sim / ccgate | ccgate context switches/request | ccgate peak RSS MiB |");
+        println!("| target | requests/s | errors | CPU µs/request: generator / sim / proxy | proxy context switches/request | proxy peak RSS MiB |");
         println!("|---|---|---|---|---|---|");
         let mut max = Vec::new();
-        for target in [Target::Sim, Target::Gateway] {
-            let sampler = RssSampler::start(gateway_pid);
-            let cpu = CpuMeter::start(sim_pid, gateway_pid);
+        for &target in &targets {
+            let sampler = RssSampler::start(middle(target));
+            let cpu = CpuMeter::start(sim_pid, middle(target));
             let started = Instant::now();
             let (rps, errors) = closed_loop(&endpoints, target, args.concurrency, args.secs).await;
             let answered = rps * started.elapsed().as_secs_f64();
             let [generator, sim, gateway] = cpu.per_request_us(answered);
             let switches = cpu.gateway_switches(answered);
-            let name = if target == Target::Sim { "sim" } else { "ccgate → sim" };
+            let name = target.name();
             println!(
                 "| {name} | {rps:.0} | {errors} | {generator:.1} / {sim:.1} / {gateway:.1} | {switches:.2} | {:.1} |",
                 sampler.peak_mib()
             );
             max.push(rps);
         }
-        println!("\nccgate sustains {:.0}% of the simulator's maximum.\n", 100.0 * max[1] / max[0]);
+        if floor {
+            println!("\nThe bare proxy sustains {:.0}% of the simulator's maximum.", 100.0 * max[1] / max[0]);
+        }
+        println!("\nccgate sustains {:.0}% of the simulator's maximum.\n", 100.0 * max[max.len() - 1] / max[0]);
 
         let sampler = RssSampler::start(gateway_pid);
         let busy = Arc::new(AtomicU64::new(0));

@@ -255,12 +255,50 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
 }
 
+/// Whether a process with this pid exists and has not exited. A gateway that
+/// died but was not yet reaped by its parent is a zombie: `kill(pid, 0)` still
+/// succeeds on it, so its state in `/proc/PID/stat` decides.
 fn process_alive(pid: i64) -> bool {
     let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
     if pid <= 0 {
         return false;
     }
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // "PID (COMM) STATE ...": COMM may itself hold parentheses.
+        let state = stat.rfind(')').and_then(|i| stat[i + 1..].trim_start().chars().next());
+        return !matches!(state, Some('Z' | 'X'));
+    }
     // SAFETY: kill with signal 0 only checks for existence and permission.
     let rc = unsafe { libc::kill(pid, 0) };
     rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::process_alive;
+
+    #[test]
+    fn an_exited_process_is_dead_before_it_is_reaped() {
+        let mut child = std::process::Command::new("true").spawn().expect("spawn true");
+        let pid = i64::from(child.id());
+        // Not reaped yet: once it exits it is a zombie, which kill(pid, 0)
+        // alone would still report as alive.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while process_alive(pid) {
+            assert!(std::time::Instant::now() < deadline, "an exited child still counts as alive");
+            std::thread::yield_now();
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the zombie is still listed");
+        assert!(stat.contains(") Z"), "expected a zombie, got {stat}");
+        assert!(child.wait().expect("reap").success());
+        assert!(!process_alive(pid));
+    }
+
+    #[test]
+    fn this_process_is_alive_and_nonsense_pids_are_not() {
+        assert!(process_alive(i64::from(std::process::id())));
+        assert!(!process_alive(0));
+        assert!(!process_alive(-5));
+        assert!(!process_alive(i64::MAX));
+    }
 }
