@@ -22,4 +22,5 @@ pub mod routing;
 pub mod server;
 pub mod store;
 pub mod tasks;
+pub mod threads;
 pub mod workers;

@@ -407,6 +407,42 @@ async fn a_client_that_leaves_mid_stream_ends_the_upstream_request() {
 }
 
 #[tokio::test]
+async fn a_client_that_leaves_before_a_whole_answer_ends_the_upstream_request() {
+    // A whole answer's run is driven by the handler itself; once the client
+    // is gone it must still end, upstream and in the ledger.
+    let (_db, app) = spawn(haiku_direct).await;
+    let body = chat_body("haiku", "slow [sim:first_token_ms=30000]");
+    let request = client()
+        .post(format!("{}/v1/chat/completions", app.url))
+        .header("x-request-id", "direct-leaves-whole-1")
+        .json(&body)
+        .send();
+    let request = tokio::spawn(request);
+    let open = wait_for(Duration::from_secs(10), || match app.sim.sim.open_replies() {
+        1 => Ok(()),
+        n => Err(n),
+    })
+    .await;
+    assert_eq!(open, Ok(()), "the upstream request never opened");
+    assert!(!request.is_finished(), "the answer cannot have come yet");
+    // The client gives up: its connection closes.
+    request.abort();
+
+    let open = wait_for(Duration::from_secs(10), || match app.sim.sim.open_replies() {
+        0 => Ok(()),
+        n => Err(n),
+    })
+    .await;
+    assert_eq!(open, Ok(()), "the upstream request outlived its client");
+    app.wait_settled("default").await;
+    assert_eq!(
+        ledger_status(&app, "direct-leaves-whole-1").await.map(|r| r.0),
+        Some("client_disconnected".into())
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn health_shows_the_direct_pool_and_bad_backend_settings_stop_start_up() {
     fn sized(settings: &mut Settings) {
         haiku_direct(settings);

@@ -122,7 +122,7 @@ async fn complete_response(
 ) -> Result<Response, ApiError> {
     let mut tools = Vec::new();
     let outcome = loop {
-        match running.events.recv().await {
+        match running.next_event().await {
             // Text is also collected in the report; OpenAI's format has
             // no place for extended thinking (never asked for here).
             Some(ChatEvent::Text(_) | ChatEvent::ToolCall(_) | ChatEvent::Thinking(_)) => continue,
@@ -164,7 +164,7 @@ async fn stream_response(
     include_usage: bool,
     agentic: bool,
 ) -> Result<Response, ApiError> {
-    let first = running.events.recv().await;
+    let first = running.next_event().await;
     let meta = ChunkMeta::new(&request_id, running.answering_model().id, agentic);
     let first_frame = match first {
         Some(ChatEvent::Text(text)) => Some(text_frame(&meta, text)),
@@ -183,7 +183,7 @@ async fn stream_response(
     let head = stream::iter(std::iter::once(role_frame(&meta)).chain(first_frame));
     let tail = stream::unfold(Some((running, meta)), move |state| async move {
         let (mut running, meta) = state?;
-        match running.events.recv().await {
+        match running.next_event().await {
             Some(ChatEvent::Text(text)) => Some((vec![text_frame(&meta, text)], Some((running, meta)))),
             Some(ChatEvent::Tool(activity)) => {
                 Some((vec![tool_frame(&meta, activity)], Some((running, meta))))

@@ -161,7 +161,7 @@ pub async fn anthropic_errors(request: Request, next: Next) -> Response {
 
 async fn complete_response(request_id: String, mut running: Running) -> Result<Response, ApiError> {
     let outcome = loop {
-        match running.events.recv().await {
+        match running.next_event().await {
             // Text is also collected in the report.
             Some(
                 ChatEvent::Text(_) | ChatEvent::ToolCall(_) | ChatEvent::Thinking(_) | ChatEvent::Tool(_),
@@ -190,7 +190,7 @@ async fn stream_response(request_id: String, mut running: Running) -> Result<Res
     let mut head = vec![StreamEvent::MessageStart {
         message: MessageObject::started(&request_id, running.model.id.clone()),
     }];
-    match running.events.recv().await {
+    match running.next_event().await {
         Some(ChatEvent::Done(outcome)) => {
             if let Some(error) = outcome.error {
                 return Err(error);
@@ -205,7 +205,7 @@ async fn stream_response(request_id: String, mut running: Running) -> Result<Res
         let request_id = request_id.clone();
         async move {
             let (mut running, mut blocks) = state?;
-            match running.events.recv().await {
+            match running.next_event().await {
                 Some(ChatEvent::Done(outcome)) => {
                     Some((closing_events(&request_id, *outcome, &mut blocks), None))
                 }

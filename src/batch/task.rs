@@ -128,7 +128,7 @@ pub async fn run(state: &AppState, mut request: ChatRequest, slot: BatchSlot) ->
         Err(error) => return TaskEnd::Failed(error),
     };
     let outcome = loop {
-        match running.events.recv().await {
+        match running.next_event().await {
             Some(
                 ChatEvent::Text(_) | ChatEvent::ToolCall(_) | ChatEvent::Thinking(_) | ChatEvent::Tool(_),
             ) => continue,
@@ -138,17 +138,17 @@ pub async fn run(state: &AppState, mut request: ChatRequest, slot: BatchSlot) ->
     };
     // The answer can come before the worker is cleaned up; keep listening
     // till then, since a closed channel reads as a caller that has left.
-    let mut events = running.events;
-    state.tasks.spawn(async move { while events.recv().await.is_some() {} });
+    let model_id = running.model.id.clone();
+    state.tasks.spawn(async move { while running.next_event().await.is_some() {} });
     if let Some(error) = outcome.error {
         if outcome.report.end == RunEnd::Shutdown {
             return TaskEnd::Interrupted;
         }
         return TaskEnd::Failed(error);
     }
-    let model = outcome.report.model.clone().unwrap_or_else(|| running.model.id.clone());
+    let model = outcome.report.model.clone().unwrap_or_else(|| model_id.clone());
     let usage = outcome.report.usage;
     let created = state.budget.now().timestamp();
-    let completion = ChatCompletion::from_report(&request_id, created, &running.model.id, outcome.report);
+    let completion = ChatCompletion::from_report(&request_id, created, &model_id, outcome.report);
     TaskEnd::Succeeded(Box::new(Success { completion, model, usage, cost: outcome.cost }))
 }

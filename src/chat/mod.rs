@@ -12,9 +12,12 @@ mod run;
 pub mod sampling;
 pub mod stop;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
+use tokio_util::task::TaskTracker;
 
 use crate::app::AppState;
 use crate::budget::{Reservation, ReservationRequest};
@@ -122,15 +125,69 @@ pub struct Running {
     pub model: Model,
     /// How `"model": "auto"` chose, when it did.
     pub route: Option<RouteInfo>,
-    pub events: mpsc::Receiver<ChatEvent>,
+    events: mpsc::Receiver<ChatEvent>,
     /// The model answering now: `model`, or its fallback once the
     /// supervisor has switched (always before any text is sent).
     pub answering: watch::Receiver<Model>,
+    /// The run's supervisor, when `next_event` drives it (see `Driver`).
+    driver: Option<Driver>,
 }
 
 impl Running {
     pub fn answering_model(&self) -> Model {
         self.answering.borrow().clone()
+    }
+
+    /// The run's next event, driving its supervisor meanwhile when the
+    /// reader does (a request for a whole answer); `None` once the run has
+    /// ended and every event was read.
+    pub async fn next_event(&mut self) -> Option<ChatEvent> {
+        let Running { events, driver, .. } = self;
+        if let Some(supervisor) = driver.as_mut().and_then(|d| d.supervisor.as_mut()) {
+            // The supervisor first: what it sends in this poll is read in
+            // this same poll.
+            tokio::select! {
+                biased;
+                () = supervisor => {}
+                event = events.recv() => return event,
+            }
+            if let Some(driver) = driver.as_mut() {
+                driver.supervisor = None;
+            }
+        }
+        events.recv().await
+    }
+}
+
+/// A supervisor future, boxed (see `launch`).
+type Supervisor = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A run's supervisor polled by the reader of its events, not by a task
+/// of its own. A whole answer (the request does not stream) then comes
+/// back without a hand-off between tasks, and so between threads, on each
+/// side of the upstream call: the upstream request leaves from, and its
+/// answer returns to, the task that serves the client's connection, as in
+/// a plain proxy. Dropped before the supervisor has ended (the reader
+/// stopped reading, or its client went away and the handler was dropped),
+/// the supervisor goes on in a task of its own, so the run is still
+/// cancelled or finished, and always settled.
+///
+/// Streams keep a task of their own: a client that stops reading stops
+/// polling its response body, and the run's stall and deadline timers
+/// must go on regardless.
+struct Driver {
+    supervisor: Option<Supervisor>,
+    tasks: TaskTracker,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let Some(supervisor) = self.supervisor.take() else { return };
+        // Without a runtime the gateway is stopping and nothing could run
+        // the supervisor; the reservation's expiry then releases its hold.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            self.tasks.spawn_on(supervisor, &runtime);
+        }
     }
 }
 
@@ -259,6 +316,7 @@ async fn launch(
     // the run ends (not when its settlement is written); a run that may fall
     // back keeps a copy of it for the next model.
     let class = std::mem::replace(&mut request.class, JobClass::Interactive);
+    let stream = request.stream;
     let retry_class = fallback_of(state, &model).is_some().then(|| class.clone());
     let admission = match state.pool_for(&model).admit(class) {
         Ok(admission) => admission,
@@ -283,6 +341,12 @@ async fn launch(
     // Boxed: the supervisor's future is large (the whole run), and a task
     // moves its future into place and its output over it; a box moves as a
     // pointer.
-    state.tasks.spawn(Box::pin(supervise(supervisor_state, attempt, client_tx, answering_tx)));
-    Ok(Running { model, route: None, events: client_rx, answering: answering_rx })
+    let supervisor: Supervisor = Box::pin(supervise(supervisor_state, attempt, client_tx, answering_tx));
+    let driver = if stream {
+        state.tasks.spawn(supervisor);
+        None
+    } else {
+        Some(Driver { supervisor: Some(supervisor), tasks: state.tasks.clone() })
+    };
+    Ok(Running { model, route: None, events: client_rx, answering: answering_rx, driver })
 }

@@ -314,7 +314,10 @@ pub(super) fn retry_soon(attempt: i32) -> bool {
 fn spawn(name: &str, work: impl FnOnce() + Send + 'static) -> StoreResult<()> {
     std::thread::Builder::new()
         .name(name.into())
-        .spawn(work)
+        .spawn(move || {
+            crate::threads::background();
+            work()
+        })
         .map(drop)
         .map_err(|e| StoreError::Ledger(format!("cannot start the {name} thread: {e}")))
 }

@@ -152,7 +152,7 @@ async fn follow(state: &AppState, id: &str, mut running: chat::Running, cancel: 
     append(state, id, "status", json!({"status": "running", "model": running.model.id})).await;
     let outcome = loop {
         let event = tokio::select! {
-            event = running.events.recv() => event,
+            event = running.next_event() => event,
             _ = cancel.cancelled() => break None,
         };
         match event {
