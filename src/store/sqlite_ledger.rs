@@ -70,6 +70,10 @@ const RETRY_EVERY: Duration = Duration::from_micros(200);
 /// The most writes one commit takes; more wait for the next.
 const MAX_GROUP: usize = 256;
 
+/// How long a transaction opened on a caller's thread stays open for
+/// others to join before the writer thread commits it (see `run`).
+const COMMIT_EVERY: Duration = Duration::from_millis(1);
+
 /// How often the WAL is copied back into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
@@ -147,6 +151,9 @@ enum Write {
     /// Commits what callers wrote on their own threads; answered once
     /// everything answered before it is in the database.
     Commit,
+    /// A caller opened a transaction while this thread slept: it is
+    /// committed within `COMMIT_EVERY` (answered at once).
+    Wake,
 }
 
 enum Answer {
@@ -180,6 +187,7 @@ impl LedgerWriter {
             conn,
             journal,
             open: false,
+            asleep: true,
             totals: GroupTotals::default(),
             broken: None,
             journaled: Vec::new(),
@@ -238,13 +246,16 @@ impl LedgerWriter {
         &self,
         write: impl FnOnce(&mut Writer) -> StoreResult<T>,
     ) -> StoreResult<Option<StoreResult<T>>> {
-        let Some((answer, opened)) = self.writer.try_lock().ok().and_then(|mut writer| writer.now(write))
-        else {
+        let Some((answer, wake)) = self.writer.try_lock().ok().and_then(|mut writer| {
+            let (answer, opened) = writer.now(write)?;
+            // Awake, the writer thread commits it at its next tick.
+            Some((answer, opened && std::mem::take(&mut writer.asleep)))
+        }) else {
             return Ok(None);
         };
-        if opened {
+        if wake {
             let (reply, _) = oneshot::channel();
-            self.ops.send(Op { write: Write::Commit, reply }).map_err(|_| stopped())?;
+            self.ops.send(Op { write: Write::Wake, reply }).map_err(|_| stopped())?;
         }
         Ok(Some(answer))
     }
@@ -390,6 +401,10 @@ struct Writer {
     journal: Journal,
     /// Whether a transaction is open (`BEGIN IMMEDIATE` done, no commit yet).
     open: bool,
+    /// Whether the writer thread sleeps until it is sent something (no
+    /// transaction was open or committed in its last tick): a caller that
+    /// opens one then wakes it. Read and written under the writer's lock.
+    asleep: bool,
     /// The open transaction's period totals.
     totals: GroupTotals,
     /// A write of the open transaction failed for a reason not its own:
@@ -411,29 +426,62 @@ struct Writer {
 /// reservations and settlements at once (from the journal), and commits the
 /// open transaction with every write that joined it since it was opened.
 ///
-/// It commits as soon as it wakes, without waiting for more writes to join.
-/// The reservations and settlements in a transaction were answered already,
-/// so a window of a few milliseconds would cost their callers nothing and
-/// would save commits and wake-ups (2 ms: a fifth less CPU per request at
-/// 1,000/s). But it holds SQLite's write lock that long, and under load the
-/// windows followed each other so closely that the gateway's other writes
-/// (sqlx's connection, whose busy handler then slept in growing steps)
-/// found the lock free too rarely: creating a project took 0.3–4.9 s at the
-/// maximum with 2 ms, up to 0.34 s at 1,000/s with 0.5 ms, and under 10 ms
-/// with none. (sqlx's connection now retries every 200 µs too; a window has
-/// not been measured again since.)
+/// Callers write on their own threads when the connection is free
+/// (`LedgerWriter::inline`), and this thread commits what they wrote at
+/// ticks `COMMIT_EVERY` apart for as long as there is any; after a tick
+/// with nothing to commit it sleeps, and the first caller to open a
+/// transaction then wakes it. So under load a reservation or a settlement
+/// wakes no thread, and the writes of a millisecond share one commit
+/// (each commit writes its pages to the WAL, and each wake-up cost its
+/// caller a thread switch). The writes committed at a tick were answered
+/// already, from the journal, so the wait costs their callers nothing.
+/// Writes sent through the queue (the connection was busy, a commit
+/// failed, or a read waits for everything answered to be committed) are
+/// committed as soon as they arrive.
+///
+/// The open transaction holds SQLite's write lock until its tick; the
+/// gateway's other writes (sqlx's connection) wait for it, retrying every
+/// 200 µs (`retry_soon`). Before they retried that way, SQLite's busy
+/// handler slept in growing steps, and a 2 ms window kept them out for
+/// seconds at the maximum throughput.
 fn run(writer: &Mutex<Writer>, queue: mpsc::Receiver<Op>, checkpoint: mpsc::SyncSender<()>, wal: &Path) {
+    let lock = || writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut commits = 0u64;
-    while let Ok(first) = queue.recv() {
-        let mut group = vec![first];
+    // Whether the last tick committed something (or a caller woke this
+    // thread): while it did, the thread ticks rather than sleeps.
+    let mut ticking = false;
+    loop {
+        // Decided under the writer's lock, under which a caller opens a
+        // transaction and reads whether to wake this thread.
+        let sleep = {
+            let mut writer = lock();
+            writer.asleep = !writer.open && !ticking;
+            writer.asleep
+        };
+        let received = if sleep {
+            queue.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+        } else {
+            queue.recv_timeout(COMMIT_EVERY)
+        };
+        let mut group = match received {
+            // A caller opened a transaction: it is committed at the tick.
+            Ok(Op { write: Write::Wake, .. }) => {
+                ticking = true;
+                continue;
+            }
+            Ok(op) => vec![op],
+            Err(mpsc::RecvTimeoutError::Timeout) => Vec::new(),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         while group.len() < MAX_GROUP {
             match queue.try_recv() {
                 Ok(op) => group.push(op),
                 Err(_) => break,
             }
         }
-        let mut writer = writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if writer.commit_group(group) {
+        let mut writer = lock();
+        ticking = writer.commit_group(group);
+        if ticking {
             commits += 1;
             if commits % NUDGE_EVERY == 0 {
                 // A checkpoint already asked for is enough.
@@ -444,9 +492,10 @@ fn run(writer: &Mutex<Writer>, queue: mpsc::Receiver<Op>, checkpoint: mpsc::Sync
             }
         }
     }
-    // The store is gone. Every transaction a caller opened was followed by
-    // a `Commit` in the queue; a journal whose every line is committed goes.
-    let writer = writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    // The store is gone: what callers wrote since the last tick is
+    // committed, and a journal whose every line is committed goes.
+    let mut writer = lock();
+    writer.commit_group(Vec::new());
     if !writer.open && writer.pending.is_empty() {
         writer.journal.remove();
     }
@@ -558,7 +607,8 @@ impl Writer {
     fn commit_group(&mut self, group: Vec<Op>) -> bool {
         let mut waiting = Vec::with_capacity(group.len());
         // A read waits for the writes answered before a failed commit too.
-        if !self.pending.is_empty() || group.iter().any(|op| !matches!(op.write, Write::Commit)) {
+        if !self.pending.is_empty() || group.iter().any(|op| !matches!(op.write, Write::Commit | Write::Wake))
+        {
             if let Err(e) = self.begin(true) {
                 let message = format!("cannot begin a ledger write: {e}");
                 for op in group {
@@ -669,7 +719,7 @@ impl Writer {
                 }
                 Ok(Answer::Replayed(written))
             }
-            Write::Commit => Ok(Answer::Record),
+            Write::Commit | Write::Wake => Ok(Answer::Record),
         }
     }
 }
