@@ -13,9 +13,11 @@ pub mod sampling;
 pub mod stop;
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use tokio::sync::{mpsc, watch};
 use tokio_util::task::TaskTracker;
 
@@ -144,11 +146,19 @@ impl Running {
     pub async fn next_event(&mut self) -> Option<ChatEvent> {
         let Running { events, driver, .. } = self;
         if let Some(supervisor) = driver.as_mut().and_then(|d| d.supervisor.as_mut()) {
+            // A panic stays the supervisor's, as it would in a task of its
+            // own: its sender is dropped, so the reader sees the run end
+            // without an outcome (a 500), not its connection torn down.
+            let supervisor = AssertUnwindSafe(supervisor.as_mut()).catch_unwind();
             // The supervisor first: what it sends in this poll is read in
             // this same poll.
             tokio::select! {
                 biased;
-                () = supervisor => {}
+                ended = supervisor => {
+                    if ended.is_err() {
+                        tracing::error!("a run's supervisor panicked");
+                    }
+                }
                 event = events.recv() => return event,
             }
             if let Some(driver) = driver.as_mut() {
@@ -349,4 +359,73 @@ async fn launch(
         Some(Driver { supervisor: Some(supervisor), tasks: state.tasks.clone() })
     };
     Ok(Running { model, route: None, events: client_rx, answering: answering_rx, driver })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pricing::PriceTable;
+
+    /// A run whose supervisor is `supervisor`, driven by its reader.
+    fn driven(supervisor: Supervisor, events: mpsc::Receiver<ChatEvent>, tasks: &TaskTracker) -> Running {
+        let model = PriceTable::builtin().resolve("haiku").expect("haiku").clone();
+        let (_, answering) = watch::channel(model.clone());
+        let driver = Some(Driver { supervisor: Some(supervisor), tasks: tasks.clone() });
+        Running { model, route: None, events, answering, driver }
+    }
+
+    #[tokio::test]
+    async fn the_reader_drives_the_supervisor_and_reads_what_it_sent() {
+        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let supervisor = Box::pin(async move {
+            tx.send(ChatEvent::Text("one".into())).await.expect("send");
+            tokio::task::yield_now().await;
+            tx.send(ChatEvent::Text("two".into())).await.expect("send");
+        });
+        let tasks = TaskTracker::new();
+        let mut running = driven(supervisor, rx, &tasks);
+        let mut texts = Vec::new();
+        while let Some(event) = running.next_event().await {
+            if let ChatEvent::Text(text) = event {
+                texts.push(text);
+            }
+        }
+        assert_eq!(texts, ["one", "two"]);
+        assert!(tasks.is_empty(), "nothing was handed to a task");
+    }
+
+    #[tokio::test]
+    async fn a_reader_dropped_early_hands_the_supervisor_to_a_task_that_finishes_it() {
+        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let (finished_tx, finished_rx) = tokio::sync::oneshot::channel();
+        let supervisor = Box::pin(async move {
+            tx.send(ChatEvent::Text("first".into())).await.expect("send");
+            // Waits for the reader to go, as a run's supervisor notices its
+            // client has left, then finishes its work.
+            tx.closed().await;
+            let _ = finished_tx.send(());
+        });
+        let tasks = TaskTracker::new();
+        let mut running = driven(supervisor, rx, &tasks);
+        assert!(matches!(running.next_event().await, Some(ChatEvent::Text(_))));
+        drop(running);
+        assert_eq!(tasks.len(), 1, "the supervisor goes on in a task");
+        tokio::time::timeout(Duration::from_secs(10), finished_rx)
+            .await
+            .expect("the handed-over supervisor finished")
+            .expect("it ran to its end");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_supervisor_ends_the_run_without_an_outcome() {
+        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let supervisor = Box::pin(async move {
+            let _sender = tx;
+            panic!("a bug in the supervisor");
+        });
+        let tasks = TaskTracker::new();
+        let mut running = driven(supervisor, rx, &tasks);
+        assert!(running.next_event().await.is_none());
+        assert!(running.driver.as_ref().is_some_and(|d| d.supervisor.is_none()));
+    }
 }
