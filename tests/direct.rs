@@ -392,17 +392,7 @@ async fn a_client_that_leaves_mid_stream_ends_the_upstream_request() {
     assert_eq!(app.sim.sim.open_replies(), 1, "the upstream stream is open while the client reads");
     drop(stream);
 
-    let open = wait_for(Duration::from_secs(10), || match app.sim.sim.open_replies() {
-        0 => Ok(()),
-        n => Err(n),
-    })
-    .await;
-    assert_eq!(open, Ok(()), "the upstream request outlived its client");
-    app.wait_settled("default").await;
-    assert_eq!(
-        ledger_status(&app, "direct-disconnect-1").await.map(|r| r.0),
-        Some("client_disconnected".into())
-    );
+    upstream_ends_and_is_recorded_as_left(&app, "direct-disconnect-1").await;
     app.stop().await;
 }
 
@@ -418,28 +408,29 @@ async fn a_client_that_leaves_before_a_whole_answer_ends_the_upstream_request() 
         .json(&body)
         .send();
     let request = tokio::spawn(request);
-    let open = wait_for(Duration::from_secs(10), || match app.sim.sim.open_replies() {
-        1 => Ok(()),
-        n => Err(n),
-    })
-    .await;
-    assert_eq!(open, Ok(()), "the upstream request never opened");
+    assert_eq!(open_replies_become(&app, 1).await, Ok(()), "the upstream request never opened");
     assert!(!request.is_finished(), "the answer cannot have come yet");
     // The client gives up: its connection closes.
     request.abort();
 
-    let open = wait_for(Duration::from_secs(10), || match app.sim.sim.open_replies() {
-        0 => Ok(()),
-        n => Err(n),
-    })
-    .await;
-    assert_eq!(open, Ok(()), "the upstream request outlived its client");
-    app.wait_settled("default").await;
-    assert_eq!(
-        ledger_status(&app, "direct-leaves-whole-1").await.map(|r| r.0),
-        Some("client_disconnected".into())
-    );
+    upstream_ends_and_is_recorded_as_left(&app, "direct-leaves-whole-1").await;
     app.stop().await;
+}
+
+/// Waits until the simulator has `n` replies open.
+async fn open_replies_become(app: &TestApp, n: usize) -> Result<(), usize> {
+    wait_for(Duration::from_secs(10), || match app.sim.sim.open_replies() {
+        open if open == n => Ok(()),
+        open => Err(open),
+    })
+    .await
+}
+
+/// After its client left: the upstream request ends, and the ledger says so.
+async fn upstream_ends_and_is_recorded_as_left(app: &TestApp, request_id: &str) {
+    assert_eq!(open_replies_become(app, 0).await, Ok(()), "the upstream request outlived its client");
+    app.wait_settled("default").await;
+    assert_eq!(ledger_status(app, request_id).await.map(|r| r.0), Some("client_disconnected".into()));
 }
 
 #[tokio::test]
