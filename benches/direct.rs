@@ -199,14 +199,15 @@ struct CpuMeter {
 }
 
 impl CpuMeter {
-    /// The load generator (this process), the simulator and the gateway.
-    fn start(sim: u32, gateway: u32) -> CpuMeter {
-        let pids = [std::process::id(), sim, gateway];
-        CpuMeter { pids, start: pids.map(cpu_time), switches: context_switches(gateway) }
+    /// The load generator (this process), the simulator and the proxy
+    /// between them (ccgate or the bare proxy).
+    fn start(sim: u32, proxy: u32) -> CpuMeter {
+        let pids = [std::process::id(), sim, proxy];
+        CpuMeter { pids, start: pids.map(cpu_time), switches: context_switches(proxy) }
     }
 
-    /// The gateway's context switches per request.
-    fn gateway_switches(&self, requests: f64) -> f64 {
+    /// The proxy's context switches per request.
+    fn proxy_switches(&self, requests: f64) -> f64 {
         context_switches(self.pids[2]).saturating_sub(self.switches) as f64 / requests.max(1.0)
     }
 
@@ -266,6 +267,15 @@ impl Target {
             Target::Sim => "sim",
             Target::Bare => "bare proxy → sim",
             Target::Gateway => "ccgate → sim",
+        }
+    }
+
+    /// The proxy in front of the simulator, in "added by …".
+    fn proxy(self) -> &'static str {
+        if self == Target::Bare {
+            "the bare proxy"
+        } else {
+            "ccgate"
         }
     }
 }
@@ -564,7 +574,7 @@ fn main() {
     } else {
         vec![Target::Sim, Target::Gateway]
     };
-    // The process between the generator and the simulator, whose CPU is counted.
+    // The proxy between the generator and the simulator, whose CPU is counted.
     let middle = |target: Target| match (target, &bare) {
         (Target::Bare, Some(bare)) => bare.child.id(),
         _ => gateway_pid,
@@ -607,8 +617,8 @@ fn main() {
                 let before = overhead_totals(&endpoints).await;
                 let cpu = CpuMeter::start(sim_pid, middle(target));
                 let stats = open_loop(&endpoints, target, rate, args.secs).await;
-                let [_, sim_cpu, gateway_cpu] = cpu.per_request_us(stats.latencies.len() as f64);
-                let switches = cpu.gateway_switches(stats.latencies.len() as f64);
+                let [_, sim_cpu, proxy_cpu] = cpu.per_request_us(stats.latencies.len() as f64);
+                let switches = cpu.proxy_switches(stats.latencies.len() as f64);
                 let after = overhead_totals(&endpoints).await;
                 if target == Target::Gateway && after.1 > before.1 {
                     inside.push((rate, 1000.0 * (after.0 - before.0) / (after.1 - before.1)));
@@ -617,7 +627,7 @@ fn main() {
                 let max = stats.latencies.last().copied().unwrap_or_default();
                 let name = target.name();
                 println!(
-                    "| {rate} | {name} | {:.0} | {} | {:.3} | {:.3} | {:.1} | {:.2} | {sim_cpu:.1} / {gateway_cpu:.1} | {switches:.2} | {:.1} |",
+                    "| {rate} | {name} | {:.0} | {} | {:.3} | {:.3} | {:.1} | {:.2} | {sim_cpu:.1} / {proxy_cpu:.1} | {switches:.2} | {:.1} |",
                     stats.achieved_rps,
                     stats.errors,
                     ms(p50),
@@ -630,9 +640,9 @@ fn main() {
             }
             let (_, sim_p50, sim_p99) = p[0];
             for &(target, p50, p99) in &p[1..] {
-                let who = if target == Target::Bare { "the bare proxy" } else { "ccgate" };
                 println!(
-                    "| {rate} | **added by {who}** | | | **{:.3}** | **{:.3}** | | | | | |",
+                    "| {rate} | **added by {}** | | | **{:.3}** | **{:.3}** | | | | | |",
+                    target.proxy(),
                     ms(p50.saturating_sub(sim_p50)),
                     ms(p99.saturating_sub(sim_p99))
                 );
@@ -654,11 +664,11 @@ fn main() {
             let started = Instant::now();
             let (rps, errors) = closed_loop(&endpoints, target, args.concurrency, args.secs).await;
             let answered = rps * started.elapsed().as_secs_f64();
-            let [generator, sim, gateway] = cpu.per_request_us(answered);
-            let switches = cpu.gateway_switches(answered);
+            let [generator, sim, proxy] = cpu.per_request_us(answered);
+            let switches = cpu.proxy_switches(answered);
             let name = target.name();
             println!(
-                "| {name} | {rps:.0} | {errors} | {generator:.1} / {sim:.1} / {gateway:.1} | {switches:.2} | {:.1} |",
+                "| {name} | {rps:.0} | {errors} | {generator:.1} / {sim:.1} / {proxy:.1} | {switches:.2} | {:.1} |",
                 sampler.peak_mib()
             );
             max.push(rps);

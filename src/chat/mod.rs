@@ -131,8 +131,8 @@ pub struct Running {
     /// The model answering now: `model`, or its fallback once the
     /// supervisor has switched (always before any text is sent).
     pub answering: watch::Receiver<Model>,
-    /// The run's supervisor, when `next_event` drives it (see `Driver`).
-    driver: Option<Driver>,
+    /// The run's supervisor while `next_event` drives it (see `Driver`).
+    driver: Driver,
 }
 
 impl Running {
@@ -145,7 +145,7 @@ impl Running {
     /// ended and every event was read.
     pub async fn next_event(&mut self) -> Option<ChatEvent> {
         let Running { events, driver, .. } = self;
-        if let Some(supervisor) = driver.as_mut().and_then(|d| d.supervisor.as_mut()) {
+        if let Some(supervisor) = driver.supervisor.as_mut() {
             // A panic stays the supervisor's, as it would in a task of its
             // own: its sender is dropped, so the reader sees the run end
             // without an outcome (a 500), not its connection torn down.
@@ -161,9 +161,7 @@ impl Running {
                 }
                 event = events.recv() => return event,
             }
-            if let Some(driver) = driver.as_mut() {
-                driver.supervisor = None;
-            }
+            driver.supervisor = None;
         }
         events.recv().await
     }
@@ -186,6 +184,7 @@ type Supervisor = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// polling its response body, and the run's stall and deadline timers
 /// must go on regardless.
 struct Driver {
+    /// `None` for a stream's run, and once the supervisor has ended.
     supervisor: Option<Supervisor>,
     tasks: TaskTracker,
 }
@@ -352,12 +351,13 @@ async fn launch(
     // moves its future into place and its output over it; a box moves as a
     // pointer.
     let supervisor: Supervisor = Box::pin(supervise(supervisor_state, attempt, client_tx, answering_tx));
-    let driver = if stream {
+    let supervisor = if stream {
         state.tasks.spawn(supervisor);
         None
     } else {
-        Some(Driver { supervisor: Some(supervisor), tasks: state.tasks.clone() })
+        Some(supervisor)
     };
+    let driver = Driver { supervisor, tasks: state.tasks.clone() };
     Ok(Running { model, route: None, events: client_rx, answering: answering_rx, driver })
 }
 
@@ -370,7 +370,7 @@ mod tests {
     fn driven(supervisor: Supervisor, events: mpsc::Receiver<ChatEvent>, tasks: &TaskTracker) -> Running {
         let model = PriceTable::builtin().resolve("haiku").expect("haiku").clone();
         let (_, answering) = watch::channel(model.clone());
-        let driver = Some(Driver { supervisor: Some(supervisor), tasks: tasks.clone() });
+        let driver = Driver { supervisor: Some(supervisor), tasks: tasks.clone() };
         Running { model, route: None, events, answering, driver }
     }
 
@@ -426,6 +426,6 @@ mod tests {
         let tasks = TaskTracker::new();
         let mut running = driven(supervisor, rx, &tasks);
         assert!(running.next_event().await.is_none());
-        assert!(running.driver.as_ref().is_some_and(|d| d.supervisor.is_none()));
+        assert!(running.driver.supervisor.is_none());
     }
 }

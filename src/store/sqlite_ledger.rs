@@ -16,10 +16,10 @@
 //! commit: the commit's WAL writes are off the request's path. Both are
 //! made on their caller's thread when the connection is free, so neither
 //! waits for this thread to wake; this thread then commits the transaction,
-//! with every write that joined it meanwhile, at its next tick (`run`). Should the commit fail, the answered writes are
-//! applied again, reservations unchecked, at the start of every next
-//! transaction until one commits (and no reservation or settlement is
-//! answered early meanwhile);
+//! with every write that joined it meanwhile, at its next tick (`run`).
+//! Should the commit fail, the answered writes are applied again,
+//! reservations unchecked, at the start of every next transaction until one
+//! commits (and no reservation or settlement is answered early meanwhile);
 //! should the process die first, the journal brings them back. A refusal
 //! (no room, no such project, an id already recorded) is answered at once
 //! too: it wrote nothing. The ledger row of a refused request is journaled
