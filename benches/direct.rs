@@ -38,6 +38,9 @@ const MODEL_ID: &str = "claude-haiku-4-5-20251001";
 /// Short replies: the point is what the gateway adds, not the reply's length.
 const PROMPT: &str = "[sim:words=5] bench";
 
+/// The gateway's admin key with `--key` (ignored in the open mode).
+const ADMIN_KEY: &str = "bench-admin-key-0123456789";
+
 struct Args {
     rates: Vec<u64>,
     secs: u64,
@@ -55,6 +58,10 @@ struct Args {
     ledger_rows: u64,
     /// Measure the bare proxy too (whole answers only).
     floor: bool,
+    /// Call ccgate with a project key (an admin key set, a project and its
+    /// key made through `/admin` before the runs), as deployments do,
+    /// instead of in the open single-user mode.
+    key: bool,
 }
 
 fn args() -> Args {
@@ -68,6 +75,7 @@ fn args() -> Args {
         gateway_threads: None,
         ledger_rows: 0,
         floor: true,
+        key: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -82,6 +90,7 @@ fn args() -> Args {
             "--gateway-threads" => args.gateway_threads = Some(value().parse().expect("gateway threads")),
             "--ledger-rows" => args.ledger_rows = value().parse().expect("ledger rows"),
             "--no-floor" => args.floor = false,
+            "--key" => args.key = true,
             "--bench" => {}
             other => panic!("unknown flag {other}"),
         }
@@ -288,6 +297,8 @@ struct Endpoints {
     bare: String,
     /// Whether the rate and throughput runs stream.
     stream: bool,
+    /// The project key ccgate is called with (`--key`).
+    key: Option<String>,
 }
 
 impl Endpoints {
@@ -300,14 +311,20 @@ impl Endpoints {
                 .header("anthropic-version", "2023-06-01")
                 .json(&json!({"model": MODEL_ID, "max_tokens": 1000, "stream": stream,
                               "messages": [{"role": "user", "content": prompt}]})),
-            Target::Gateway | Target::Bare => self
-                .client
-                .post(format!(
-                    "{}/v1/chat/completions",
-                    if target == Target::Bare { &self.bare } else { &self.gateway }
-                ))
-                .json(&json!({"model": "haiku", "max_tokens": 1000, "stream": stream,
-                        "messages": [{"role": "user", "content": prompt}]})),
+            Target::Gateway | Target::Bare => {
+                let request = self
+                    .client
+                    .post(format!(
+                        "{}/v1/chat/completions",
+                        if target == Target::Bare { &self.bare } else { &self.gateway }
+                    ))
+                    .json(&json!({"model": "haiku", "max_tokens": 1000, "stream": stream,
+                            "messages": [{"role": "user", "content": prompt}]}));
+                match (&self.key, target) {
+                    (Some(key), Target::Gateway) => request.bearer_auth(key),
+                    _ => request,
+                }
+            }
         }
     }
 
@@ -346,7 +363,8 @@ fn ms(d: Duration) -> f64 {
 /// time spent in the gateway around each run (validation, reservation,
 /// queue, answer dispatch), apart from the HTTP hops.
 async fn overhead_totals(endpoints: &Endpoints) -> (f64, f64) {
-    let text = match endpoints.client.get(format!("{}/metrics", endpoints.gateway)).send().await {
+    let metrics = endpoints.client.get(format!("{}/metrics", endpoints.gateway)).bearer_auth(ADMIN_KEY);
+    let text = match metrics.send().await {
         Ok(response) => response.text().await.unwrap_or_default(),
         Err(_) => String::new(),
     };
@@ -358,6 +376,27 @@ async fn overhead_totals(endpoints: &Endpoints) -> (f64, f64) {
             .unwrap_or(0.0)
     };
     (value("ccgate_gateway_overhead_seconds_sum"), value("ccgate_gateway_overhead_seconds_count"))
+}
+
+/// A project with a budget and a key of its own, made through `/admin`;
+/// the key's secret.
+async fn project_key(endpoints: &Endpoints) -> String {
+    let admin = |path: &str, body: Value| {
+        endpoints.client.post(format!("{}{path}", endpoints.gateway)).bearer_auth(ADMIN_KEY).json(&body)
+    };
+    let budget = json!({"id": "bench", "budget": {"daily_usd": 1000000.0}});
+    let created = admin("/admin/projects", budget).send().await.expect("create the bench project");
+    assert_eq!(
+        created.status(),
+        201,
+        "create the bench project: {}",
+        created.text().await.unwrap_or_default()
+    );
+    let key =
+        admin("/admin/projects/bench/keys", json!({"name": "bench"})).send().await.expect("create a key");
+    assert_eq!(key.status(), 201, "create the bench key");
+    let key: Value = key.json().await.expect("the key's JSON");
+    key["key"].as_str().expect("the key's secret").to_string()
 }
 
 /// Sends `rate` requests a second for `secs` seconds on schedule, whatever
@@ -560,6 +599,9 @@ fn main() {
     if let Some(threads) = args.gateway_threads {
         gw_cmd.env("TOKIO_WORKER_THREADS", threads.to_string());
     }
+    if args.key {
+        gw_cmd.env("CCGATE_ADMIN_KEY", ADMIN_KEY);
+    }
     let gateway = start(gw_cmd, true, "addr=");
     let gateway_pid = gateway.child.id();
     let sim_pid = sim.child.id();
@@ -594,6 +636,11 @@ fn main() {
             gateway: gateway.url.clone(),
             bare: bare.as_ref().map(|b| b.url.clone()).unwrap_or_default(),
             stream: args.stream,
+            key: None,
+        };
+        let endpoints = match args.key {
+            true => Endpoints { key: Some(project_key(&endpoints).await), ..endpoints },
+            false => endpoints,
         };
         for &target in &targets {
             for _ in 0..200 {
@@ -602,6 +649,10 @@ fn main() {
         }
         let (rss, _) = memory_mib(gateway_pid);
         println!("ccgate (pid {gateway_pid}) RSS after warm-up: {rss:.1} MiB\n");
+        match args.key {
+            true => println!("ccgate is called with a project key (its project has a daily budget).\n"),
+            false => println!("ccgate is called in its open single-user mode (no keys).\n"),
+        }
 
         let mut inside = Vec::new();
         let answers = if args.stream { "streamed answers" } else { "whole answers" };

@@ -54,6 +54,8 @@ pub struct Shared {
     pub task_control: Arc<crate::tasks::TaskControl>,
     /// The warm CLI processes, when `warm_pool` is on.
     pub warm: Option<Arc<WarmPool>>,
+    /// Project keys recently read from the store.
+    pub keys: crate::auth::KeyCache,
 }
 
 impl AppState {
@@ -206,6 +208,7 @@ impl Shared {
             tasks: TaskTracker::new(),
             task_control: Arc::new(crate::tasks::TaskControl::default()),
             warm: None,
+            keys: crate::auth::KeyCache::default(),
         }
     }
 }

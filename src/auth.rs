@@ -1,7 +1,9 @@
 //! API keys: minting, hashing and checking them, and who a request acts as.
 //! Secrets are shown once, at creation; only their SHA-256 is stored.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use sha2::{Digest, Sha256};
@@ -61,9 +63,91 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// How long a project key read from the store is trusted before it is read
+/// again. A key revoked through this gateway stops working at once; one
+/// revoked through another instance sharing the database, within this time.
+pub const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// The most keys the cache holds; past it, stale entries go, then all.
+const KEY_CACHE_MAX: usize = 10_000;
+
+/// Project keys by the hash of their secret, as last read from the store.
+///
+/// Every request with a key needs its row; reading it from the store each
+/// time cost a database round trip on the request's path (through sqlx's
+/// worker thread for SQLite), more than the rest of the gateway's own work.
+/// Only keys that exist are kept: an unknown secret is looked up each time,
+/// so a key made on another instance works here at once.
+pub struct KeyCache {
+    ttl: Duration,
+    state: Mutex<CacheState>,
+}
+
+#[derive(Default)]
+struct CacheState {
+    keys: HashMap<String, (Arc<ApiKey>, Instant)>,
+    /// Moves on every `forget`: a lookup that began before a revocation
+    /// does not put back what it read (possibly the key unrevoked).
+    generation: u64,
+}
+
+impl Default for KeyCache {
+    fn default() -> KeyCache {
+        KeyCache::new(KEY_CACHE_TTL)
+    }
+}
+
+impl KeyCache {
+    pub fn new(ttl: Duration) -> KeyCache {
+        KeyCache { ttl, state: Mutex::default() }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The key and the cache's generation, which `put` needs.
+    fn get(&self, hash: &str) -> (Option<Arc<ApiKey>>, u64) {
+        let state = self.lock();
+        let key = state.keys.get(hash).filter(|(_, read_at)| read_at.elapsed() < self.ttl);
+        (key.map(|(key, _)| Arc::clone(key)), state.generation)
+    }
+
+    fn put(&self, hash: String, key: Arc<ApiKey>, generation: u64) {
+        let mut state = self.lock();
+        if state.generation != generation {
+            return;
+        }
+        if state.keys.len() >= KEY_CACHE_MAX {
+            let ttl = self.ttl;
+            state.keys.retain(|_, (_, read_at)| read_at.elapsed() < ttl);
+            if state.keys.len() >= KEY_CACHE_MAX {
+                state.keys.clear();
+            }
+        }
+        state.keys.insert(hash, (key, Instant::now()));
+    }
+
+    /// Drops a key (revoked, or its project deleted) so the next request
+    /// with it reads the store.
+    pub fn forget(&self, key_id: &str) {
+        let mut state = self.lock();
+        state.generation += 1;
+        state.keys.retain(|_, (key, _)| key.key_id != key_id);
+    }
+
+    /// Drops every key of a project.
+    pub fn forget_project(&self, project_id: &str) {
+        let mut state = self.lock();
+        state.generation += 1;
+        state.keys.retain(|_, (key, _)| key.project_id != project_id);
+    }
+}
+
 /// Decides who presents `token`. `admin_key` is the configured admin key.
 pub async fn authenticate(
     store: &Arc<dyn Store>,
+    cache: &KeyCache,
     admin_key: Option<&str>,
     token: Option<&str>,
     now_ms: i64,
@@ -76,15 +160,25 @@ pub async fn authenticate(
     }
     match (admin_key, token) {
         (_, Some(token)) if token.starts_with(KEY_PREFIX) => {
-            let key = store.key_by_hash(&hash_secret(token)).await?;
-            let Some(key) = key else { return Err(ApiError::Unauthorized("invalid API key".into())) };
+            let hash = hash_secret(token);
+            let key = match cache.get(&hash) {
+                (Some(key), _) => key,
+                (None, generation) => {
+                    let Some(key) = store.key_by_hash(&hash).await? else {
+                        return Err(ApiError::Unauthorized("invalid API key".into()));
+                    };
+                    let key = Arc::new(key);
+                    cache.put(hash, Arc::clone(&key), generation);
+                    key
+                }
+            };
             if key.revoked_at_ms.is_some() {
                 return Err(ApiError::Unauthorized(format!("API key {} has been revoked", key.key_id)));
             }
             if key.expires_at_ms.is_some_and(|t| t <= now_ms) {
                 return Err(ApiError::Unauthorized(format!("API key {} has expired", key.key_id)));
             }
-            Ok(Caller::Project(Arc::new(key)))
+            Ok(Caller::Project(key))
         }
         // Open mode: clients that must send some key (the OpenAI SDKs do)
         // may send anything that is not a ccgate key.
@@ -112,5 +206,61 @@ mod tests {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+
+    fn key(key_id: &str, project_id: &str) -> Arc<ApiKey> {
+        Arc::new(ApiKey {
+            key_id: key_id.into(),
+            project_id: project_id.into(),
+            name: String::new(),
+            key_hash: format!("hash-{key_id}"),
+            prefix: String::new(),
+            created_at_ms: 0,
+            expires_at_ms: None,
+            revoked_at_ms: None,
+            rpm_limit: None,
+            tpm_limit: None,
+            max_concurrent: None,
+        })
+    }
+
+    #[test]
+    fn the_key_cache_keeps_a_key_for_its_ttl_only() {
+        let cache = KeyCache::new(Duration::from_millis(30));
+        let (missing, generation) = cache.get("h1");
+        assert!(missing.is_none());
+        cache.put("h1".into(), key("k1", "p"), generation);
+        assert_eq!(cache.get("h1").0.unwrap().key_id, "k1");
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(cache.get("h1").0.is_none(), "a stale key is read again");
+    }
+
+    #[test]
+    fn a_forgotten_key_is_read_again_and_a_lookup_from_before_does_not_bring_it_back() {
+        let cache = KeyCache::new(Duration::from_secs(60));
+        let (_, generation) = cache.get("h1");
+        cache.put("h1".into(), key("k1", "p"), generation);
+        cache.put("h2".into(), key("k2", "q"), generation);
+        // A lookup begins, then the key is revoked before it puts its row.
+        let (_, before_revoke) = cache.get("h1");
+        cache.forget("k1");
+        assert!(cache.get("h1").0.is_none());
+        assert_eq!(cache.get("h2").0.unwrap().key_id, "k2", "other keys stay");
+        cache.put("h1".into(), key("k1", "p"), before_revoke);
+        assert!(cache.get("h1").0.is_none(), "a read from before the revocation is not kept");
+        cache.forget_project("q");
+        assert!(cache.get("h2").0.is_none());
+    }
+
+    #[test]
+    fn the_key_cache_stays_bounded() {
+        let cache = KeyCache::new(Duration::from_secs(60));
+        for i in 0..KEY_CACHE_MAX + 10 {
+            let (_, generation) = cache.get("");
+            cache.put(format!("h{i}"), key(&format!("k{i}"), "p"), generation);
+        }
+        assert!(cache.lock().keys.len() <= KEY_CACHE_MAX);
+        let last = KEY_CACHE_MAX + 9;
+        assert_eq!(cache.get(&format!("h{last}")).0.unwrap().key_id, format!("k{last}"));
     }
 }

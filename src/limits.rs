@@ -30,6 +30,11 @@ pub struct RateLimiter {
     /// One semaphore per key with a concurrency limit. A std mutex: it is
     /// held only to look up or insert, never across an await.
     concurrency: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Whether a key has a tokens-per-minute limit, as seen when it was
+    /// admitted (a key's limits never change): the tokens of a key without
+    /// one are not written down, which would cost a database write per
+    /// request for nothing.
+    counts_tokens: Mutex<HashMap<String, bool>>,
 }
 
 /// What a request was allowed, with the headers that describe it.
@@ -47,7 +52,13 @@ pub struct Refused {
 
 impl RateLimiter {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, defaults: KeyLimits) -> RateLimiter {
-        RateLimiter { store, clock, defaults, concurrency: Mutex::new(HashMap::new()) }
+        RateLimiter {
+            store,
+            clock,
+            defaults,
+            concurrency: Mutex::new(HashMap::new()),
+            counts_tokens: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn limits_for(&self, key: &ApiKey) -> KeyLimits {
@@ -68,6 +79,7 @@ impl RateLimiter {
     /// Counts one request against the key's limits, or refuses it.
     pub async fn admit(&self, key: &ApiKey) -> Result<Admitted, Refused> {
         let limits = self.limits_for(key);
+        self.remember_token_limit(&key.key_id, limits.tpm.is_some());
         let (window, reset) = self.window();
         let mut headers = HeaderMap::new();
         let internal = |e: crate::store::StoreError, headers: &HeaderMap| Refused {
@@ -141,8 +153,40 @@ impl RateLimiter {
         Ok(Admitted { headers, permit })
     }
 
-    /// Adds the tokens a finished request used to its key's window.
+    fn remember_token_limit(&self, key_id: &str, limited: bool) {
+        let mut known = self.counts_tokens.lock().unwrap_or_else(|e| e.into_inner());
+        if !known.contains_key(key_id) {
+            known.insert(key_id.to_string(), limited);
+        }
+    }
+
+    /// Whether a key's tokens count against a limit. A key not admitted
+    /// since the gateway started (a batch resumed after a restart) is read
+    /// from the store once.
+    async fn counts_tokens(&self, key_id: &str) -> bool {
+        if self.defaults.tpm.is_some() {
+            return true;
+        }
+        let known = self.counts_tokens.lock().unwrap_or_else(|e| e.into_inner()).get(key_id).copied();
+        if let Some(limited) = known {
+            return limited;
+        }
+        match self.store.key_by_id(key_id).await {
+            Ok(Some(key)) => {
+                self.remember_token_limit(key_id, key.tpm_limit.is_some());
+                key.tpm_limit.is_some()
+            }
+            // Counted when in doubt: a window too full is safer than none.
+            _ => true,
+        }
+    }
+
+    /// Adds the tokens a finished request used to its key's window, when
+    /// the key has a tokens-per-minute limit.
     pub async fn record_tokens(&self, key_id: &str, tokens: u64) {
+        if !self.counts_tokens(key_id).await {
+            return;
+        }
         let (window, _) = self.window();
         let tokens = i64::try_from(tokens).unwrap_or(i64::MAX);
         if let Err(e) = self.store.add_to_window(key_id, "tpm", window, tokens).await {

@@ -201,6 +201,7 @@ pub async fn delete_project(
         return Err(ApiError::bad_request("the default project cannot be deleted", "id"));
     }
     state.budget.store().delete_project(&id).await?;
+    state.keys.forget_project(&id);
     // A project made again under this id starts without an agent policy.
     state.budget.store().delete_agent_policy(&id).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -155,7 +155,9 @@ pub async fn revoke_key(
     State(state): State<AppState>,
     Path(key_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if state.budget.store().revoke_key(&key_id, state.budget.now().timestamp_millis()).await? {
+    let revoked = state.budget.store().revoke_key(&key_id, state.budget.now().timestamp_millis()).await?;
+    state.keys.forget(&key_id);
+    if revoked {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("key {key_id:?} not found")))

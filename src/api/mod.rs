@@ -217,6 +217,7 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
     let now_ms = state.budget.now().timestamp_millis();
     let caller = match auth::authenticate(
         state.budget.store(),
+        &state.keys,
         state.settings.admin_key.as_deref(),
         token.as_deref(),
         now_ms,
