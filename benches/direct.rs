@@ -62,6 +62,9 @@ struct Args {
     /// key made through `/admin` before the runs), as deployments do,
     /// instead of in the open single-user mode.
     key: bool,
+    /// With `--key`: give the key requests- and tokens-per-minute limits
+    /// (too high to be reached), so each request is counted against them.
+    key_limits: bool,
 }
 
 fn args() -> Args {
@@ -76,6 +79,7 @@ fn args() -> Args {
         ledger_rows: 0,
         floor: true,
         key: false,
+        key_limits: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -91,6 +95,7 @@ fn args() -> Args {
             "--ledger-rows" => args.ledger_rows = value().parse().expect("ledger rows"),
             "--no-floor" => args.floor = false,
             "--key" => args.key = true,
+            "--key-limits" => (args.key, args.key_limits) = (true, true),
             "--bench" => {}
             other => panic!("unknown flag {other}"),
         }
@@ -380,7 +385,7 @@ async fn overhead_totals(endpoints: &Endpoints) -> (f64, f64) {
 
 /// A project with a budget and a key of its own, made through `/admin`;
 /// the key's secret.
-async fn project_key(endpoints: &Endpoints) -> String {
+async fn project_key(endpoints: &Endpoints, limits: bool) -> String {
     let admin = |path: &str, body: Value| {
         endpoints.client.post(format!("{}{path}", endpoints.gateway)).bearer_auth(ADMIN_KEY).json(&body)
     };
@@ -392,8 +397,11 @@ async fn project_key(endpoints: &Endpoints) -> String {
         "create the bench project: {}",
         created.text().await.unwrap_or_default()
     );
-    let key =
-        admin("/admin/projects/bench/keys", json!({"name": "bench"})).send().await.expect("create a key");
+    let key = match limits {
+        true => json!({"name": "bench", "rpm_limit": 1_000_000_000, "tpm_limit": 1_000_000_000_000i64}),
+        false => json!({"name": "bench"}),
+    };
+    let key = admin("/admin/projects/bench/keys", key).send().await.expect("create a key");
     assert_eq!(key.status(), 201, "create the bench key");
     let key: Value = key.json().await.expect("the key's JSON");
     key["key"].as_str().expect("the key's secret").to_string()
@@ -639,7 +647,7 @@ fn main() {
             key: None,
         };
         let endpoints = match args.key {
-            true => Endpoints { key: Some(project_key(&endpoints).await), ..endpoints },
+            true => Endpoints { key: Some(project_key(&endpoints, args.key_limits).await), ..endpoints },
             false => endpoints,
         };
         for &target in &targets {
@@ -650,7 +658,10 @@ fn main() {
         let (rss, _) = memory_mib(gateway_pid);
         println!("ccgate (pid {gateway_pid}) RSS after warm-up: {rss:.1} MiB\n");
         match args.key {
-            true => println!("ccgate is called with a project key (its project has a daily budget).\n"),
+            true => println!(
+                "ccgate is called with a project key (its project has a daily budget{}).\n",
+                if args.key_limits { "; the key has requests- and tokens-per-minute limits" } else { "" }
+            ),
             false => println!("ccgate is called in its open single-user mode (no keys).\n"),
         }
 

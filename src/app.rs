@@ -190,6 +190,8 @@ impl Shared {
                 tpm: settings.default_tpm_limit,
                 concurrent: settings.default_max_concurrent,
             },
+            // Several instances share a PostgreSQL database, and so its windows.
+            !settings.database_url.starts_with("sqlite:"),
         ));
         let budget = Budget::new(store, clock, instance_id, ttl);
         let pool = Arc::new(

@@ -1,6 +1,13 @@
 //! Rate limits per project key: requests per minute and tokens per minute in
-//! fixed one-minute windows kept in the store (so instances sharing a
-//! PostgreSQL database share them), and concurrent requests per instance.
+//! fixed one-minute windows, and concurrent requests per instance.
+//!
+//! On PostgreSQL the windows are kept in the store, so instances sharing
+//! the database share them. On SQLite, where one gateway owns the
+//! database, they are kept in this process's memory (`LocalWindows`):
+//! written to the database they cost two or three write transactions per
+//! request, which on SQLite's single writer capped a gateway with limited
+//! keys near 900 requests a second. A restart starts the current minute's
+//! counts over.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,6 +32,8 @@ pub struct KeyLimits {
 
 pub struct RateLimiter {
     store: Arc<dyn Store>,
+    /// `None` when the windows are the store's (see the module's note).
+    local: Option<LocalWindows>,
     clock: Arc<dyn Clock>,
     defaults: KeyLimits,
     /// One semaphore per key with a concurrency limit. A std mutex: it is
@@ -51,9 +60,17 @@ pub struct Refused {
 }
 
 impl RateLimiter {
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, defaults: KeyLimits) -> RateLimiter {
+    /// `shared_windows`: keep the windows in the store, for instances that
+    /// share it; otherwise in memory.
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        defaults: KeyLimits,
+        shared_windows: bool,
+    ) -> RateLimiter {
         RateLimiter {
             store,
+            local: (!shared_windows).then(LocalWindows::default),
             clock,
             defaults,
             concurrency: Mutex::new(HashMap::new()),
@@ -88,11 +105,14 @@ impl RateLimiter {
         };
 
         if let Some(tpm) = limits.tpm {
-            let used = self
-                .store
-                .window_used(&key.key_id, "tpm", window)
-                .await
-                .map_err(|e| internal(e, &headers))?;
+            let used = match &self.local {
+                Some(local) => local.used(&key.key_id, "tpm", window),
+                None => self
+                    .store
+                    .window_used(&key.key_id, "tpm", window)
+                    .await
+                    .map_err(|e| internal(e, &headers))?,
+            };
             set_headers(&mut headers, "tokens", tpm, (tpm - used).max(0), reset);
             if used >= tpm {
                 return Err(Refused {
@@ -108,11 +128,14 @@ impl RateLimiter {
             }
         }
         if let Some(rpm) = limits.rpm {
-            let taken = self
-                .store
-                .take_from_window(&key.key_id, "rpm", window, 1, rpm)
-                .await
-                .map_err(|e| internal(e, &headers))?;
+            let taken = match &self.local {
+                Some(local) => local.take(&key.key_id, "rpm", window, 1, rpm),
+                None => self
+                    .store
+                    .take_from_window(&key.key_id, "rpm", window, 1, rpm)
+                    .await
+                    .map_err(|e| internal(e, &headers))?,
+            };
             set_headers(&mut headers, "requests", rpm, taken.map(|t| rpm - t).unwrap_or(0), reset);
             if taken.is_none() {
                 return Err(Refused {
@@ -189,9 +212,54 @@ impl RateLimiter {
         }
         let (window, _) = self.window();
         let tokens = i64::try_from(tokens).unwrap_or(i64::MAX);
+        if let Some(local) = &self.local {
+            local.add(key_id, "tpm", window, tokens);
+            return;
+        }
         if let Err(e) = self.store.add_to_window(key_id, "tpm", window, tokens).await {
             tracing::warn!(error = %e, "failed to record token usage for rate limits");
         }
+    }
+}
+
+/// Windows kept in memory: each key's current minute per kind, the same
+/// arithmetic as the store's `take_from_window`, `add_to_window` and
+/// `window_used`.
+#[derive(Default)]
+struct LocalWindows {
+    /// (key id, kind) → (window start, amount used in it).
+    windows: Mutex<HashMap<(String, &'static str), (i64, i64)>>,
+}
+
+impl LocalWindows {
+    fn with<T>(&self, key_id: &str, kind: &'static str, window: i64, f: impl FnOnce(&mut i64) -> T) -> T {
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = windows.entry((key_id.to_string(), kind)).or_insert((window, 0));
+        if entry.0 != window {
+            // A new minute; a clock stepping back also starts over.
+            *entry = (window, 0);
+        }
+        f(&mut entry.1)
+    }
+
+    fn used(&self, key_id: &str, kind: &'static str, window: i64) -> i64 {
+        self.with(key_id, kind, window, |used| *used)
+    }
+
+    /// Adds `amount` if the total stays within `limit`: the new total, or
+    /// `None` (nothing added).
+    fn take(&self, key_id: &str, kind: &'static str, window: i64, amount: i64, limit: i64) -> Option<i64> {
+        self.with(key_id, kind, window, |used| {
+            let total = used.saturating_add(amount);
+            (total <= limit).then(|| {
+                *used = total;
+                total
+            })
+        })
+    }
+
+    fn add(&self, key_id: &str, kind: &'static str, window: i64, amount: i64) {
+        self.with(key_id, kind, window, |used| *used = used.saturating_add(amount));
     }
 }
 
@@ -206,5 +274,26 @@ fn set_headers(headers: &mut HeaderMap, what: &str, limit: i64, remaining: i64, 
         {
             headers.insert(name, value);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_windows_take_within_the_limit_and_start_over_each_minute() {
+        let windows = LocalWindows::default();
+        assert_eq!(windows.take("k", "rpm", 0, 1, 2), Some(1));
+        assert_eq!(windows.take("k", "rpm", 0, 1, 2), Some(2));
+        assert_eq!(windows.take("k", "rpm", 0, 1, 2), None, "over the limit");
+        assert_eq!(windows.used("k", "rpm", 0), 2, "a refusal adds nothing");
+        assert_eq!(windows.take("other", "rpm", 0, 1, 2), Some(1), "each key has its own");
+        assert_eq!(windows.used("k", "tpm", 0), 0, "and each kind");
+        assert_eq!(windows.take("k", "rpm", WINDOW_MS, 1, 2), Some(1), "a new minute");
+        windows.add("k", "tpm", WINDOW_MS, 500);
+        windows.add("k", "tpm", WINDOW_MS, i64::MAX);
+        assert_eq!(windows.used("k", "tpm", WINDOW_MS), i64::MAX);
+        assert_eq!(windows.used("k", "tpm", 2 * WINDOW_MS), 0);
     }
 }
