@@ -227,9 +227,14 @@ impl RateLimiter {
 /// `window_used`.
 #[derive(Default)]
 struct LocalWindows {
-    /// (key id, kind) → (window start, amount used in it).
-    windows: Mutex<HashMap<(String, &'static str), (i64, i64)>>,
+    windows: Mutex<HashMap<WindowId, Window>>,
 }
+
+/// A key's id and the window's kind (`rpm`, `tpm`).
+type WindowId = (String, &'static str);
+
+/// The window's start and the amount used in it.
+type Window = (i64, i64);
 
 impl LocalWindows {
     fn with<T>(&self, key_id: &str, kind: &'static str, window: i64, f: impl FnOnce(&mut i64) -> T) -> T {
