@@ -65,6 +65,9 @@ struct Args {
     /// With `--key`: give the key requests- and tokens-per-minute limits
     /// (too high to be reached), so each request is counted against them.
     key_limits: bool,
+    /// Run the gateway on a fresh PostgreSQL database made through this
+    /// server URL (dropped at the end) instead of SQLite.
+    postgres: Option<String>,
 }
 
 fn args() -> Args {
@@ -80,6 +83,7 @@ fn args() -> Args {
         floor: true,
         key: false,
         key_limits: false,
+        postgres: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -96,6 +100,7 @@ fn args() -> Args {
             "--no-floor" => args.floor = false,
             "--key" => args.key = true,
             "--key-limits" => (args.key, args.key_limits) = (true, true),
+            "--postgres" => args.postgres = Some(value()),
             "--bench" => {}
             other => panic!("unknown flag {other}"),
         }
@@ -576,6 +581,11 @@ fn main() {
     if args.ledger_rows > 0 {
         prefill(&database, args.ledger_rows);
     }
+    let postgres = args.postgres.as_deref().map(PgDatabase::create);
+    let database_url = match &postgres {
+        Some(db) => db.url.clone(),
+        None => format!("sqlite://{}", database.display()),
+    };
 
     let mut sim_cmd = Command::new(&sim_bin);
     sim_cmd.args(["--listen", "127.0.0.1:0"]).env("RUST_LOG", "warn");
@@ -595,7 +605,7 @@ fn main() {
     gw_cmd
         .args(["serve", "--listen", "127.0.0.1:0"])
         .arg("--database-url")
-        .arg(format!("sqlite://{}", database.display()))
+        .arg(&database_url)
         .env("ANTHROPIC_BASE_URL", &sim.url)
         .env("ANTHROPIC_API_KEY", "sk-bench")
         .env("CCGATE_DEFAULT_BACKEND", "api")
@@ -657,6 +667,7 @@ fn main() {
         }
         let (rss, _) = memory_mib(gateway_pid);
         println!("ccgate (pid {gateway_pid}) RSS after warm-up: {rss:.1} MiB\n");
+        println!("Its database: {}.", if postgres.is_some() { "PostgreSQL" } else { "SQLite" });
         match args.key {
             true => println!(
                 "ccgate is called with a project key (its project has a daily budget{}).\n",
@@ -769,5 +780,41 @@ fn main() {
             .find_map(|l| l.strip_prefix("Threads:").map(|t| t.trim().to_string()))
             .unwrap_or_default();
         println!("ccgate at the end: VmRSS {rss:.1} MiB, VmHWM {hwm:.1} MiB, {threads} threads");
+    });
+    drop(gateway);
+    drop(postgres);
+}
+
+/// A PostgreSQL database of the benchmark's own, dropped with this.
+struct PgDatabase {
+    server: String,
+    name: String,
+    url: String,
+}
+
+impl PgDatabase {
+    /// `server`: a URL naming the server and a database to connect to
+    /// (e.g. `postgres://postgres@127.0.0.1:5432/postgres`).
+    fn create(server: &str) -> PgDatabase {
+        let name = format!("ccgate_bench_{}", std::process::id());
+        pg_execute(server, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        pg_execute(server, &format!("CREATE DATABASE {name}"));
+        let base = server.rsplit_once('/').map_or(server, |(base, _)| base);
+        PgDatabase { server: server.to_string(), url: format!("{base}/{name}"), name }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        pg_execute(&self.server, &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+    }
+}
+
+fn pg_execute(server: &str, sql: &str) {
+    use sqlx::Connection;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let mut conn = sqlx::PgConnection::connect(server).await.expect("connect to PostgreSQL");
+        sqlx::query(sql).execute(&mut conn).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
     });
 }
