@@ -68,6 +68,9 @@ struct Args {
     /// Run the gateway on a fresh PostgreSQL database made through this
     /// server URL (dropped at the end) instead of SQLite.
     postgres: Option<String>,
+    /// The gateway's `queue_limit`: requests waiting for a direct slot past
+    /// `api_max_concurrent` (streams + 100) before it answers 503.
+    queue_limit: usize,
 }
 
 fn args() -> Args {
@@ -84,6 +87,7 @@ fn args() -> Args {
         key: false,
         key_limits: false,
         postgres: None,
+        queue_limit: 4096,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -101,6 +105,7 @@ fn args() -> Args {
             "--key" => args.key = true,
             "--key-limits" => (args.key, args.key_limits) = (true, true),
             "--postgres" => args.postgres = Some(value()),
+            "--queue-limit" => args.queue_limit = value().parse().expect("queue limit"),
             "--bench" => {}
             other => panic!("unknown flag {other}"),
         }
@@ -112,6 +117,24 @@ fn args() -> Args {
 struct Server {
     child: Child,
     url: String,
+}
+
+impl Server {
+    /// Asks the process to stop (SIGTERM) and waits for it, at most 60 s;
+    /// whether it stopped by itself.
+    fn stop(&mut self) -> bool {
+        let Ok(pid) = i32::try_from(self.child.id()) else { return false };
+        // SAFETY: plain syscall on a process this program started.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
 }
 
 impl Drop for Server {
@@ -309,6 +332,8 @@ struct Endpoints {
     stream: bool,
     /// The project key ccgate is called with (`--key`).
     key: Option<String>,
+    /// Responses ccgate gave (any status), for the ledger's audit.
+    answered: Arc<AtomicU64>,
 }
 
 impl Endpoints {
@@ -343,6 +368,9 @@ impl Endpoints {
         let response = self.request(target, prompt, stream).send().await.map_err(|e| e.to_string())?;
         let status = response.status();
         let body = response.text().await.map_err(|e| e.to_string())?;
+        if target == Target::Gateway {
+            self.answered.fetch_add(1, Ordering::Relaxed);
+        }
         if status != 200 {
             return Err(format!("{status}: {body}"));
         }
@@ -355,6 +383,8 @@ struct RunStats {
     /// How late the generator sent (p99), to show it kept its schedule.
     late_p99: Duration,
     errors: usize,
+    /// The kinds of error seen (the text before any digit), with counts.
+    error_kinds: std::collections::BTreeMap<String, usize>,
     achieved_rps: f64,
 }
 
@@ -431,13 +461,21 @@ async fn open_loop(endpoints: &Endpoints, target: Target, rate: u64, secs: u64) 
     let mut latencies = Vec::with_capacity(tasks.len());
     let mut lateness = Vec::with_capacity(tasks.len());
     let mut errors = 0;
+    let mut error_kinds = std::collections::BTreeMap::new();
     for task in tasks {
         match task.await {
             Ok(Ok((latency, late))) => {
                 latencies.push(latency);
                 lateness.push(late);
             }
-            _ => errors += 1,
+            Ok(Err(e)) => {
+                errors += 1;
+                // Up to the first number past the status: counts and ports vary.
+                let cut =
+                    e.char_indices().skip(4).find(|(_, c)| c.is_ascii_digit()).map_or(e.len(), |(i, _)| i);
+                *error_kinds.entry(e[..cut].chars().take(90).collect()).or_default() += 1;
+            }
+            Err(_) => errors += 1,
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
@@ -448,6 +486,7 @@ async fn open_loop(endpoints: &Endpoints, target: Target, rate: u64, secs: u64) 
         late_p99: percentile(&lateness, 0.99),
         latencies,
         errors,
+        error_kinds,
     }
 }
 
@@ -610,7 +649,7 @@ fn main() {
         .env("ANTHROPIC_API_KEY", "sk-bench")
         .env("CCGATE_DEFAULT_BACKEND", "api")
         .env("CCGATE_API_MAX_CONCURRENT", (args.streams + 100).to_string())
-        .env("CCGATE_QUEUE_LIMIT", "4096")
+        .env("CCGATE_QUEUE_LIMIT", args.queue_limit.to_string())
         .env("MALLOC_ARENA_MAX", std::env::var("BENCH_ARENAS").unwrap_or("8".into()))
         .env("CCGATE_WORK_DIR", dir.path().join("work"))
         .env("CCGATE_LOG", format!("{},ccgate::server=info", args.log));
@@ -641,7 +680,7 @@ fn main() {
     };
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    runtime.block_on(async {
+    let responses = runtime.block_on(async {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(args.streams + 100)
             .tcp_nodelay(true)
@@ -655,6 +694,7 @@ fn main() {
             bare: bare.as_ref().map(|b| b.url.clone()).unwrap_or_default(),
             stream: args.stream,
             key: None,
+            answered: Arc::default(),
         };
         let endpoints = match args.key {
             true => Endpoints { key: Some(project_key(&endpoints, args.key_limits).await), ..endpoints },
@@ -683,6 +723,7 @@ fn main() {
             "| rate/s | target | achieved/s | errors | p50 ms | p99 ms | max ms | sent late p99 ms | CPU µs/request (sim / proxy) | proxy context switches/request | proxy peak RSS MiB |"
         );
         println!("|---|---|---|---|---|---|---|---|---|---|---|");
+        let mut errors_seen = Vec::new();
         for &rate in &args.rates {
             let mut p = Vec::new();
             for &target in &targets {
@@ -710,6 +751,7 @@ fn main() {
                     sampler.peak_mib()
                 );
                 p.push((target, p50, p99));
+                errors_seen.extend(stats.error_kinds.into_iter().map(|(kind, n)| (rate, name, kind, n)));
             }
             let (_, sim_p50, sim_p99) = p[0];
             for &(target, p50, p99) in &p[1..] {
@@ -724,6 +766,9 @@ fn main() {
 
         for (rate, mean) in inside {
             println!("\nAt {rate}/s, time inside ccgate around each run (gateway_overhead_seconds): mean {mean:.3} ms");
+        }
+        for (rate, target, kind, count) in errors_seen {
+            println!("\nAt {rate}/s, {target}: {count} × {kind}");
         }
 
         println!("\n## Closed loop, {} callers, {} s, {answers} (max throughput)\n", args.concurrency, args.secs);
@@ -780,9 +825,51 @@ fn main() {
             .find_map(|l| l.strip_prefix("Threads:").map(|t| t.trim().to_string()))
             .unwrap_or_default();
         println!("ccgate at the end: VmRSS {rss:.1} MiB, VmHWM {hwm:.1} MiB, {threads} threads");
+        endpoints.answered.load(Ordering::Relaxed)
     });
-    drop(gateway);
+    let mut gateway = gateway;
+    let stopped = gateway.stop();
+    audit_ledger(&database_url, &database, responses, stopped);
     drop(postgres);
+}
+
+/// What the ledger holds once the gateway has stopped, against what the
+/// generator was told: every response (refusals too) has its row, no
+/// reservation is left, and the period totals are the sum of the rows.
+fn audit_ledger(url: &str, sqlite: &Path, responses: u64, stopped: bool) {
+    const ROWS: &str =
+        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN status = 'in_progress' THEN 1 ELSE 0 END), 0), \
+         CAST(COALESCE(SUM(cost_micros), 0) AS BIGINT) FROM requests WHERE endpoint = '/v1/chat/completions'";
+    const TOTALS: &str = "SELECT CAST(COALESCE(SUM(spent_micros), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(reserved_micros), 0) AS BIGINT) FROM period_totals WHERE kind = 'day'";
+    let ((rows, open, cost), (spent, reserved)): ((i64, i64, i64), (i64, i64)) = if url.starts_with("sqlite:")
+    {
+        let conn = rusqlite::Connection::open(sqlite).expect("open the ledger");
+        (
+            conn.query_row(ROWS, [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).expect("ledger rows"),
+            conn.query_row(TOTALS, [], |r| Ok((r.get(0)?, r.get(1)?))).expect("period totals"),
+        )
+    } else {
+        use sqlx::Connection;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async {
+            let mut conn = sqlx::PgConnection::connect(url).await.expect("connect to the ledger");
+            let rows = sqlx::query_as(ROWS).fetch_one(&mut conn).await.expect("ledger rows");
+            let totals = sqlx::query_as(TOTALS).fetch_one(&mut conn).await.expect("period totals");
+            (rows, totals)
+        })
+    };
+    let whole = stopped && rows == responses as i64 && open == 0 && reserved == 0 && spent == cost;
+    println!(
+        "\n## Ledger\n\nccgate gave {responses} responses to chat completions (any status) and {}; its ledger \
+         then held {rows} rows for them ({open} still reserved), {:.4} USD charged in the rows and {:.4} USD \
+         spent and {:.4} USD reserved in the day's totals: {}.",
+        if stopped { "stopped when asked" } else { "**did not stop when asked** (killed)" },
+        cost as f64 / 1e6,
+        spent as f64 / 1e6,
+        reserved as f64 / 1e6,
+        if whole { "every response recorded, settled and summed" } else { "**NOT all recorded, settled and summed**" }
+    );
 }
 
 /// A PostgreSQL database of the benchmark's own, dropped with this.

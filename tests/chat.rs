@@ -275,10 +275,24 @@ async fn requests_queue_for_workers_and_a_full_queue_gets_503() {
     let mut statuses = vec![a.status().as_u16(), b.status().as_u16(), c.status().as_u16()];
     let refused = [a, b, c].into_iter().find(|r| r.status() == 503).expect("one request over the queue");
     assert_eq!(refused.headers()["retry-after"], "1");
+    let request_id = refused.headers()["x-request-id"].to_str().unwrap().to_string();
     let error: Value = refused.json().await.unwrap();
     assert_eq!(error["error"]["code"], "overloaded");
     statuses.sort();
     assert_eq!(statuses, vec![200, 200, 503], "one runs, one waits, one is refused");
+    // Refused before anything was reserved: its row says why, and it held nothing.
+    let store = app.state.budget.store();
+    let mut row = None;
+    for _ in 0..100 {
+        row = store.ledger_row(&request_id).await.unwrap();
+        if row.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let row = row.expect("the refusal's ledger row");
+    assert_eq!((row.status.as_str(), row.http_status), ("overloaded", Some(503)), "{row:?}");
+    assert_eq!((row.cost.0, row.reserved.0), (0, 0), "{row:?}");
     // Answers go out as soon as the CLI reports; the worker slot frees
     // once its process is cleaned up, just after.
     let mut health = Value::Null;

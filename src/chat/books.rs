@@ -7,7 +7,6 @@ use std::time::Instant;
 use super::run::{cost_of, Books};
 use super::ChatRequest;
 use crate::app::AppState;
-use crate::budget::Reservation;
 use crate::config::Backend;
 use crate::error::ApiError;
 use crate::money::Micros;
@@ -188,15 +187,6 @@ fn base_completion(request: &ChatRequest, report: RunReport, cost: Micros) -> Co
             .first_token_at
             .map(|t| t.saturating_duration_since(request.received_at).as_millis() as u64),
     }
-}
-
-pub(super) fn settle_later(state: &AppState, reservation: Reservation, completion: Completion) {
-    let budget = state.budget.clone();
-    state.tasks.spawn(async move {
-        if let Err(e) = budget.settle(reservation, completion).await {
-            tracing::error!(error = %e, "failed to settle a reservation");
-        }
-    });
 }
 
 /// Writes the ledger row of a request refused before it held a reservation.

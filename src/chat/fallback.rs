@@ -8,15 +8,14 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, watch};
 
-use super::books::{completion_for, conclude_as, record_refusal, settle_later};
+use super::books::{conclude_as, record_refusal};
 use super::plan::{plan, Choice};
 use super::run::{outcome_of, run_attempt, Books};
 use super::{reservation_for, ChatEvent, ChatRequest};
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::money::Micros;
 use crate::pricing::Model;
-use crate::workers::{Admission, Job, JobClass, RunEnd, RunReport};
+use crate::workers::{Admission, Job, JobClass, RunEnd};
 
 /// One model's try at a request.
 pub(super) struct Attempt {
@@ -105,29 +104,23 @@ async fn fall_back(
     request.request_id = request_id;
     let max_tokens = job.max_output_tokens.map(|max| max.min(model.max_output_tokens));
     let choice = Choice { model: model.id.clone(), max_tokens, route: None };
-    let reserved = match plan(state, &request, &choice) {
-        Ok(plan) => state
-            .budget
-            .reserve(reservation_for(&request, &plan.model, plan.amount))
-            .await
-            .map(|reservation| (plan, reservation))
-            .map_err(ApiError::from),
+    // A place in the pool, then the reservation, as for a first attempt.
+    let prepared = match plan(state, &request, &choice) {
+        Ok(plan) => match state.pool_for(&plan.model).admit(class.clone().unwrap_or(JobClass::Interactive)) {
+            Ok(admission) => state
+                .budget
+                .reserve(reservation_for(&request, &plan.model, plan.amount))
+                .await
+                .map(|reservation| (plan, admission, reservation))
+                .map_err(ApiError::from),
+            Err(full) => Err(ApiError::Overloaded(format!("{full}; retry shortly"))),
+        },
         Err(error) => Err(error),
     };
-    let (plan, reservation) = match reserved {
-        Ok(reserved) => reserved,
+    let (plan, admission, reservation) = match prepared {
+        Ok(prepared) => prepared,
         Err(error) => {
             record_refusal(state, &request, &error);
-            return None;
-        }
-    };
-    let admission = match state.pool_for(&plan.model).admit(class.clone().unwrap_or(JobClass::Interactive)) {
-        Ok(admission) => admission,
-        Err(full) => {
-            let error = ApiError::Overloaded(format!("{full}; retry shortly"));
-            let completion =
-                completion_for(&request, &error, RunReport::new(RunEnd::Cancelled), Micros::ZERO);
-            settle_later(state, reservation, completion);
             return None;
         }
     };

@@ -27,7 +27,7 @@ use crate::error::ApiError;
 use crate::money::Micros;
 use crate::pricing::Model;
 pub use crate::workers::ToolActivity;
-use crate::workers::{Job, JobClass, RunEnd, RunReport};
+use crate::workers::{Admission, Job, JobClass, RunReport};
 
 pub use content::{
     ClientTools, Image, Thinking, ThinkingPiece, ToolCall, ToolCallDelta, ToolChoice, ToolResult, ToolSpec,
@@ -36,7 +36,6 @@ pub use fallback::FAILED_OVER;
 pub use prompt::{Message, Role};
 pub use sampling::Sampling;
 
-use books::{completion_for, settle_later};
 pub use books::{record_later, record_refusal};
 use fallback::{fallback_of, supervise, Attempt};
 use plan::{choose, plan, Plan};
@@ -222,16 +221,17 @@ pub struct Outcome {
 
 /// Starts a chat run. Errors returned here happened before any work
 /// started, and have already been written to the ledger.
-pub async fn start(state: &AppState, request: ChatRequest) -> Result<Running, ApiError> {
+pub async fn start(state: &AppState, mut request: ChatRequest) -> Result<Running, ApiError> {
     if state.settings.log_prompts {
         // Only when the operator asked for it: prompts are the users' data.
         for message in &request.messages {
             tracing::info!(request_id = %request.request_id, role = ?message.role, text = %message.text, "prompt");
         }
     }
-    match prepare(state, &request).await {
-        Ok((model, job, reservation, route)) => {
-            let mut running = launch(state, request, model, job, reservation).await?;
+    match prepare(state, &mut request).await {
+        Ok(prepared) => {
+            let route = prepared.route.clone();
+            let mut running = launch(state, request, prepared);
             running.route = route;
             Ok(running)
         }
@@ -256,10 +256,19 @@ pub struct RouteInfo {
     pub score: f64,
 }
 
-async fn prepare(
-    state: &AppState,
-    request: &ChatRequest,
-) -> Result<(Model, Job, Reservation, Option<RouteInfo>), ApiError> {
+/// What a request needs to run, all of it taken: its place in the pool,
+/// then its reservation.
+struct Prepared {
+    model: Model,
+    job: Job,
+    admission: Admission,
+    /// The class a fallback attempt is admitted with, when the model has one.
+    retry_class: Option<JobClass>,
+    reservation: Reservation,
+    route: Option<RouteInfo>,
+}
+
+async fn prepare(state: &AppState, request: &mut ChatRequest) -> Result<Prepared, ApiError> {
     // Checked first: an agentic request the policy refuses costs nothing.
     let agent = match &request.agent {
         Some(options) => Some(crate::agent::plan(state, &request.project_id, options).await?),
@@ -271,6 +280,18 @@ async fn prepare(
         crate::agent::check_backend(state, &model)?;
         amount = crate::agent::reservation(&model, input_tokens, output_tokens, agent);
     }
+    // The pool's place first: a gateway past its queue refuses at the cost
+    // of a ledger row, without reserving and releasing first, which would
+    // spend on refusals the time the admitted requests need. The admission
+    // holds a batch run's slot, so the slot is free as soon as the run ends
+    // (not when its settlement is written); a run that may fall back keeps a
+    // copy of its class for the next model.
+    let class = std::mem::replace(&mut request.class, JobClass::Interactive);
+    let retry_class = fallback_of(state, &model).is_some().then(|| class.clone());
+    let admission = state
+        .pool_for(&model)
+        .admit(class)
+        .map_err(|full| ApiError::Overloaded(format!("{full}; retry shortly")))?;
     let reservation = state.budget.reserve(reservation_for(request, &model, amount)).await?;
     let deadline = tokio::time::Instant::from_std(request.received_at)
         + Duration::from_secs(state.settings.request_timeout_secs);
@@ -299,7 +320,7 @@ async fn prepare(
         Some(agent) => crate::agent::prompt_for(job, agent, &request.messages),
         None => job,
     };
-    Ok((model, job, reservation, choice.route))
+    Ok(Prepared { model, job, admission, retry_class, reservation, route: choice.route })
 }
 
 fn reservation_for(request: &ChatRequest, model: &Model, amount: Micros) -> ReservationRequest {
@@ -314,29 +335,9 @@ fn reservation_for(request: &ChatRequest, model: &Model, amount: Micros) -> Rese
     }
 }
 
-async fn launch(
-    state: &AppState,
-    mut request: ChatRequest,
-    model: Model,
-    job: Job,
-    reservation: Reservation,
-) -> Result<Running, ApiError> {
-    // The admission holds a batch run's slot, so the slot is free as soon as
-    // the run ends (not when its settlement is written); a run that may fall
-    // back keeps a copy of it for the next model.
-    let class = std::mem::replace(&mut request.class, JobClass::Interactive);
+fn launch(state: &AppState, request: ChatRequest, prepared: Prepared) -> Running {
+    let Prepared { model, job, admission, retry_class, reservation, .. } = prepared;
     let stream = request.stream;
-    let retry_class = fallback_of(state, &model).is_some().then(|| class.clone());
-    let admission = match state.pool_for(&model).admit(class) {
-        Ok(admission) => admission,
-        Err(full) => {
-            let error = ApiError::Overloaded(format!("{full}; retry shortly"));
-            let completion =
-                completion_for(&request, &error, RunReport::new(RunEnd::Cancelled), Micros::ZERO);
-            settle_later(state, reservation, completion);
-            return Err(error);
-        }
-    };
     let (client_tx, client_rx) = mpsc::channel(EVENT_BUFFER);
     let (answering_tx, answering_rx) = watch::channel(model.clone());
     let supervisor_state = state.clone();
@@ -358,7 +359,7 @@ async fn launch(
         Some(supervisor)
     };
     let driver = Driver { supervisor, tasks: state.tasks.clone() };
-    Ok(Running { model, route: None, events: client_rx, answering: answering_rx, driver })
+    Running { model, route: None, events: client_rx, answering: answering_rx, driver }
 }
 
 #[cfg(test)]
