@@ -39,8 +39,8 @@ pub(super) async fn conclude_as(
     let cost = cost_of(model, &report);
     let error = error_for(state, model, &report.end);
     let mut completion = match &error {
-        Some(error) => completion_for(&request, error, report.clone(), cost),
-        None => completion_for_success(&request, report.clone(), cost),
+        Some(error) => completion_for(&request, error, &report, cost),
+        None => completion_for_success(&request, &report, cost),
     };
     if let Some(status) = status {
         completion.status = status.to_string();
@@ -145,7 +145,7 @@ pub(super) fn error_for(state: &AppState, model: &Model, end: &RunEnd) -> Option
     })
 }
 
-fn completion_for_success(request: &ChatRequest, report: RunReport, cost: Micros) -> Completion {
+fn completion_for_success(request: &ChatRequest, report: &RunReport, cost: Micros) -> Completion {
     Completion {
         status: "succeeded".into(),
         http_status: Some(200),
@@ -153,12 +153,7 @@ fn completion_for_success(request: &ChatRequest, report: RunReport, cost: Micros
     }
 }
 
-pub(super) fn completion_for(
-    request: &ChatRequest,
-    error: &ApiError,
-    report: RunReport,
-    cost: Micros,
-) -> Completion {
+fn completion_for(request: &ChatRequest, error: &ApiError, report: &RunReport, cost: Micros) -> Completion {
     let client_gone = report.end == RunEnd::Cancelled;
     Completion {
         status: if client_gone { "client_disconnected".into() } else { error.outcome().into() },
@@ -169,11 +164,11 @@ pub(super) fn completion_for(
     }
 }
 
-fn base_completion(request: &ChatRequest, report: RunReport, cost: Micros) -> Completion {
+fn base_completion(request: &ChatRequest, report: &RunReport, cost: Micros) -> Completion {
     let usage = report.usage;
     Completion {
         finished_at_ms: 0,
-        model_used: report.model,
+        model_used: report.model.clone(),
         status: String::new(),
         http_status: None,
         error_message: None,
