@@ -42,6 +42,7 @@ pub async fn run(
     }
     let maintenance = CancellationToken::new();
     spawn_maintenance(&state, maintenance.clone());
+    raise_open_files_limit();
     warn_about_setup(&state, &listener);
 
     let stopping = CancellationToken::new();
@@ -129,6 +130,47 @@ fn spawn_maintenance(state: &AppState, stop: CancellationToken) {
             }
         }
     });
+}
+
+/// Below this many open files a busy gateway may run out of them.
+const FEW_OPEN_FILES: u64 = 4096;
+
+/// Raises the process's soft limit on open files to its hard limit, as
+/// servers do: every client connection and every upstream call holds a
+/// file descriptor, and a soft limit of 1,024 (a common default) would make
+/// the gateway refuse connections at about 500 requests in flight on the
+/// direct backend. Warns when even the hard limit is low.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into a struct this function owns.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    // No process may hold more than `nr_open` files, whatever the limit says.
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20);
+    let target = limit.rlim_max.min(ceiling);
+    let mut open_files = limit.rlim_cur;
+    if open_files < target {
+        let raised = libc::rlimit { rlim_cur: target, rlim_max: limit.rlim_max };
+        // SAFETY: setrlimit reads a valid struct; raising the soft limit up to
+        // the hard limit needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            tracing::info!(from = open_files, to = target, "raised the limit on open files");
+            open_files = target;
+        } else {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot raise the limit on open files");
+        }
+    }
+    if open_files < FEW_OPEN_FILES {
+        tracing::warn!(
+            open_files,
+            "the limit on open files is low: each client connection and each upstream call holds \
+             one; raise it (ulimit -n, or LimitNOFILE= under systemd)"
+        );
+    }
 }
 
 fn warn_about_setup(state: &AppState, listener: &TcpListener) {

@@ -118,3 +118,32 @@ async fn kill_9_leaves_no_worker_and_a_restart_releases_its_reservations() {
     assert_eq!(totals.spent, Micros(ledger_total), "period totals match the ledger");
     assert_eq!(totals.reserved, Micros(0));
 }
+
+#[tokio::test]
+async fn the_gateway_raises_its_soft_limit_on_open_files_to_the_hard_limit() {
+    use std::os::unix::process::CommandExt;
+    let db = TestDb::sqlite();
+    let sim = ccgate_sim::spawn(Default::default()).await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let marker = uuid::Uuid::new_v4().simple().to_string();
+    let mut cmd = GatewayProcess::command(&db.url, &sim, &marker, work.path(), &[]);
+    // SAFETY: between fork and exec only setrlimit runs, which is
+    // async-signal-safe and touches no memory of the parent's.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+            limit.rlim_cur = 256.min(limit.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            Ok(())
+        });
+    }
+    let gateway = GatewayProcess::spawn(cmd, work.path());
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", gateway.child.id())).unwrap();
+    let open_files: Vec<&str> =
+        limits.lines().find(|l| l.starts_with("Max open files")).unwrap().split_whitespace().collect();
+    // "Max open files <soft> <hard> files"
+    let (soft, hard) = (open_files[3], open_files[4]);
+    assert_eq!(soft, hard, "{limits}");
+    assert_ne!(soft, "256", "raised from what it was started with");
+}

@@ -365,7 +365,17 @@ impl GatewayProcess {
         work_dir: &Path,
         extra: &[(&str, &str)],
     ) -> GatewayProcess {
-        let log = work_dir.join(format!("gateway-{}.log", uuid::Uuid::new_v4().simple()));
+        GatewayProcess::spawn(GatewayProcess::command(db_url, sim, marker, work_dir, extra), work_dir)
+    }
+
+    /// The command `start` runs, for a test to change before `spawn`.
+    pub fn command(
+        db_url: &str,
+        sim: &SimHandle,
+        marker: &str,
+        work_dir: &Path,
+        extra: &[(&str, &str)],
+    ) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ccgate"));
         cmd.args([
             "serve",
@@ -389,6 +399,12 @@ impl GatewayProcess {
         for (k, v) in extra {
             cmd.env(k, v);
         }
+        cmd
+    }
+
+    /// Starts `cmd` and waits for the gateway to listen.
+    pub fn spawn(mut cmd: Command, work_dir: &Path) -> GatewayProcess {
+        let log = work_dir.join(format!("gateway-{}.log", uuid::Uuid::new_v4().simple()));
         let mut child = cmd.spawn().expect("start the gateway binary");
         let stderr = child.stderr.take().expect("stderr");
         let mut reader = BufReader::new(stderr);
