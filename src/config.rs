@@ -80,6 +80,12 @@ pub struct Settings {
     pub log_prompts: bool,
     /// Longest a client may take to send its request body, in seconds.
     pub client_body_timeout_secs: u64,
+    /// Longest a connection may go without a whole request head, when it
+    /// opens and between its requests (an idle keep-alive connection), in
+    /// seconds; then it is closed.
+    pub client_idle_timeout_secs: u64,
+    /// Most client connections held at once; more wait to be accepted.
+    pub max_connections: usize,
     /// The most of the pool batch work may hold at once, as a fraction of
     /// `pool_size` (rounded up, at least one worker).
     pub batch_pool_share: f64,
@@ -222,6 +228,8 @@ impl Default for Settings {
             metrics_token: None,
             log_prompts: false,
             client_body_timeout_secs: 30,
+            client_idle_timeout_secs: 30,
+            max_connections: 4096,
             batch_pool_share: 0.5,
             batch_max_tasks: 1000,
             batch_max_file_lines: 50_000,
@@ -451,6 +459,12 @@ impl Settings {
         }
         if self.api_max_concurrent == 0 {
             return invalid("api_max_concurrent", "must be at least 1".into());
+        }
+        if self.max_connections == 0 {
+            return invalid("max_connections", "must be at least 1".into());
+        }
+        if self.client_idle_timeout_secs == 0 {
+            return invalid("client_idle_timeout_secs", "must be at least 1".into());
         }
         if !(self.anthropic_base_url.starts_with("http://")
             || self.anthropic_base_url.starts_with("https://"))

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -71,21 +70,7 @@ pub async fn run(
 
     let app = crate::api::router(state.clone());
     let server_stop = stopping.clone();
-    // `into_make_service` hands each connection a cheap clone of the router
-    // (an `Arc`); serving the `Router` itself rebuilds its routes for every
-    // connection, tens of kilobytes each (the inline OpenAPI documents among
-    // them), which a thousand open streams turn into tens of megabytes.
-    // TCP_NODELAY on every connection: a stream is many small writes, and
-    // with Nagle's algorithm each one waits for the last to be acknowledged,
-    // which the client's delayed acknowledgement holds back by up to 40 ms.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
-        }
-    });
-    axum::serve(listener, app.into_make_service())
-        .with_graceful_shutdown(async move { server_stop.cancelled().await })
-        .await?;
+    serve_connections(listener, app, &settings, server_stop).await;
 
     // Running batch requests may finish within the grace period; the ones
     // killed after it go back to pending, for the next start.
@@ -130,6 +115,80 @@ fn spawn_maintenance(state: &AppState, stop: CancellationToken) {
             }
         }
     });
+}
+
+/// Accepts and serves HTTP/1 connections until `stop`, then lets each
+/// finish its request under way and waits for them all.
+///
+/// What `axum::serve` does, plus two bounds it lacks: a connection that
+/// has not sent a whole request head within `client_idle_timeout_secs`
+/// (when it opens, or idle between requests) is closed, so stalled and
+/// forgotten keep-alive connections do not pile up; and at most
+/// `max_connections` are held at once (more wait in the kernel's backlog),
+/// so a flood of connections cannot grow the gateway's memory without
+/// bound (about 16 KB each, idle).
+async fn serve_connections(
+    listener: TcpListener,
+    app: axum::Router,
+    settings: &Settings,
+    stop: CancellationToken,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(settings.client_idle_timeout_secs));
+    let http = Arc::new(http);
+    let room = Arc::new(tokio::sync::Semaphore::new(settings.max_connections));
+    // Each connection holds a receiver; the loop waits for all to be gone.
+    let (open_tx, open_rx) = tokio::sync::watch::channel(());
+    loop {
+        let place = tokio::select! {
+            place = Arc::clone(&room).acquire_owned() => place.expect("the semaphore is never closed"),
+            _ = stop.cancelled() => break,
+        };
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of files or memory for a moment (EMFILE, ENOBUFS):
+                    // back off rather than spin, as axum::serve does.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => break,
+        };
+        // TCP_NODELAY: a stream is many small writes, and with Nagle's
+        // algorithm each waits for the last to be acknowledged, which the
+        // client's delayed acknowledgement holds back by up to 40 ms.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
+        }
+        // A clone of the router is an `Arc`'s; its routes are built once.
+        // (axum::serve given the `Router` itself rebuilt them for every
+        // connection, tens of kilobytes each with the inline OpenAPI
+        // documents, which a thousand open streams made tens of megabytes.)
+        let service = TowerToHyperService::new(app.clone());
+        let (http, stop, open) = (Arc::clone(&http), stop.clone(), open_rx.clone());
+        tokio::spawn(async move {
+            let connection = http.serve_connection(TokioIo::new(tcp), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = stop.cancelled() => {
+                    // Finish the request under way, then close.
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+            drop((place, open));
+        });
+    }
+    drop(open_rx);
+    drop(listener);
+    open_tx.closed().await;
 }
 
 /// Below this many open files a busy gateway may run out of them.

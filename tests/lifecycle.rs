@@ -147,3 +147,70 @@ async fn the_gateway_raises_its_soft_limit_on_open_files_to_the_hard_limit() {
     assert_eq!(soft, hard, "{limits}");
     assert_ne!(soft, "256", "raised from what it was started with");
 }
+
+/// Reads one HTTP response head from `stream` (the status line).
+async fn status_line(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await.expect("read a response");
+        assert!(n > 0, "the connection closed before a response");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&seen).lines().next().unwrap_or_default().to_string()
+}
+
+async fn get_health(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncWriteExt;
+    stream.write_all(b"GET /health HTTP/1.1\r\nHost: ccgate\r\n\r\n").await.expect("send a request");
+    status_line(stream).await
+}
+
+/// Waits (at most 10 s) for the server to close `stream`.
+async fn closed_by_server(stream: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    matches!(tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await, Ok(Ok(0) | Err(_)))
+}
+
+#[tokio::test]
+async fn connections_that_send_no_request_head_are_closed_after_the_idle_timeout() {
+    let db = TestDb::sqlite();
+    let opts = common::Options { adjust: |s| s.client_idle_timeout_secs = 1, ..Default::default() };
+    let app = common::TestApp::spawn(&db, opts).await;
+    let addr = app.url.trim_start_matches("http://").to_string();
+    // One that never sends anything, one that sends half a head, and one
+    // that made a request and then keeps its connection idle.
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut partial = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut partial, b"GET /health HTTP/1.1\r\nHo").await.unwrap();
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    assert!(get_health(&mut idle).await.contains("200"));
+    for (name, stream) in [("silent", &mut silent), ("partial head", &mut partial), ("idle", &mut idle)] {
+        assert!(closed_by_server(stream).await, "the {name} connection was closed by the gateway");
+    }
+    // The gateway itself goes on serving.
+    let mut fresh = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    assert!(get_health(&mut fresh).await.contains("200"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn past_max_connections_a_new_connection_waits_for_a_place() {
+    let db = TestDb::sqlite();
+    let opts = common::Options { adjust: |s| s.max_connections = 1, ..Default::default() };
+    let app = common::TestApp::spawn(&db, opts).await;
+    let addr = app.url.trim_start_matches("http://").to_string();
+    let mut first = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    assert!(get_health(&mut first).await.contains("200"));
+    // The kernel completes the second connection, but the gateway does not
+    // take it while the first holds the only place.
+    let mut second = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let waiting = tokio::time::timeout(Duration::from_millis(500), get_health(&mut second)).await;
+    assert!(waiting.is_err(), "the second connection was served beside the first");
+    drop(first);
+    let served = tokio::time::timeout(Duration::from_secs(10), status_line(&mut second)).await;
+    assert!(served.expect("served once the first closed").contains("200"));
+    app.stop().await;
+}
