@@ -214,3 +214,25 @@ async fn past_max_connections_a_new_connection_waits_for_a_place() {
     assert!(served.expect("served once the first closed").contains("200"));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_idle_timeout_never_cuts_a_request_under_way() {
+    let db = TestDb::sqlite();
+    let opts = common::Options { adjust: |s| s.client_idle_timeout_secs = 1, ..Default::default() };
+    let app = common::TestApp::spawn(&db, opts).await;
+    // A whole answer that takes twice the idle timeout to start...
+    let slow = app.chat(chat_body("haiku", "think first [sim:first_token_ms=2200]")).await;
+    assert_eq!(slow.status(), 200);
+    let body: Value = slow.json().await.unwrap();
+    assert!(body["choices"][0]["message"]["content"].as_str().unwrap().contains("think first"));
+    // ...and a stream that goes on for twice as long (ten chunks of three
+    // words, 250 ms apart).
+    let mut stream_body = chat_body("haiku", "[sim:words=30] [sim:delay_ms=250] a long stream");
+    stream_body["stream"] = true.into();
+    let streamed = app.chat(stream_body).await;
+    assert_eq!(streamed.status(), 200);
+    let text = streamed.text().await.unwrap();
+    assert!(text.trim_end().ends_with("data: [DONE]"), "the stream ran to its end: {text}");
+    assert!(text.contains("w30"), "with every word: {text}");
+    app.stop().await;
+}
