@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 use super::books::{conclude_as, record_refusal};
 use super::plan::{plan, Choice};
 use super::run::{outcome_of, run_attempt, Books};
-use super::{reservation_for, ChatEvent, ChatRequest};
+use super::{admit, reservation_for, ChatEvent, ChatRequest};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::pricing::Model;
@@ -90,7 +90,7 @@ pub(super) fn overloaded_upstream(end: &RunEnd) -> bool {
     matches!(end, RunEnd::Failed { api_status: Some(429 | 529), .. })
 }
 
-/// Reserves and admits the fallback attempt of `failed`. A refusal is
+/// Admits and reserves the fallback attempt of `failed`. A refusal is
 /// written to the ledger under the fallback's request id.
 async fn fall_back(
     state: &AppState,
@@ -105,19 +105,13 @@ async fn fall_back(
     let max_tokens = job.max_output_tokens.map(|max| max.min(model.max_output_tokens));
     let choice = Choice { model: model.id.clone(), max_tokens, route: None };
     // A place in the pool, then the reservation, as for a first attempt.
-    let prepared = match plan(state, &request, &choice) {
-        Ok(plan) => match state.pool_for(&plan.model).admit(class.clone().unwrap_or(JobClass::Interactive)) {
-            Ok(admission) => state
-                .budget
-                .reserve(reservation_for(&request, &plan.model, plan.amount))
-                .await
-                .map(|reservation| (plan, admission, reservation))
-                .map_err(ApiError::from),
-            Err(full) => Err(ApiError::Overloaded(format!("{full}; retry shortly"))),
-        },
-        Err(error) => Err(error),
+    let prepared = async {
+        let plan = plan(state, &request, &choice)?;
+        let admission = admit(state, &plan.model, class.clone().unwrap_or(JobClass::Interactive))?;
+        let reservation = state.budget.reserve(reservation_for(&request, &plan.model, plan.amount)).await?;
+        Ok::<_, ApiError>((plan, admission, reservation))
     };
-    let (plan, admission, reservation) = match prepared {
+    let (plan, admission, reservation) = match prepared.await {
         Ok(prepared) => prepared,
         Err(error) => {
             record_refusal(state, &request, &error);

@@ -288,10 +288,7 @@ async fn prepare(state: &AppState, request: &mut ChatRequest) -> Result<Prepared
     // copy of its class for the next model.
     let class = std::mem::replace(&mut request.class, JobClass::Interactive);
     let retry_class = fallback_of(state, &model).is_some().then(|| class.clone());
-    let admission = state
-        .pool_for(&model)
-        .admit(class)
-        .map_err(|full| ApiError::Overloaded(format!("{full}; retry shortly")))?;
+    let admission = admit(state, &model, class)?;
     let reservation = state.budget.reserve(reservation_for(request, &model, amount)).await?;
     let deadline = tokio::time::Instant::from_std(request.received_at)
         + Duration::from_secs(state.settings.request_timeout_secs);
@@ -321,6 +318,12 @@ async fn prepare(state: &AppState, request: &mut ChatRequest) -> Result<Prepared
         None => job,
     };
     Ok(Prepared { model, job, admission, retry_class, reservation, route: choice.route })
+}
+
+/// A place in the pool that runs `model`, or 503 at once when its queue
+/// is full.
+fn admit(state: &AppState, model: &Model, class: JobClass) -> Result<Admission, ApiError> {
+    state.pool_for(model).admit(class).map_err(|full| ApiError::Overloaded(format!("{full}; retry shortly")))
 }
 
 fn reservation_for(request: &ChatRequest, model: &Model, amount: Micros) -> ReservationRequest {
