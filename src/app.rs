@@ -191,7 +191,7 @@ impl Shared {
                 concurrent: settings.default_max_concurrent,
             },
             // Several instances share a PostgreSQL database, and so its windows.
-            !settings.database_url.starts_with("sqlite:"),
+            !crate::store::is_sqlite_url(&settings.database_url),
         ));
         let budget = Budget::new(store, clock, instance_id, ttl);
         let pool = Arc::new(

@@ -370,7 +370,7 @@ impl Settings {
         if self.instance_ttl_secs < 3 {
             return invalid("instance_ttl_secs", "must be at least 3");
         }
-        if !(self.database_url.starts_with("sqlite:")
+        if !(crate::store::is_sqlite_url(&self.database_url)
             || self.database_url.starts_with("postgres://")
             || self.database_url.starts_with("postgresql://"))
         {

@@ -18,7 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::clock::Clock;
 use crate::error::ApiError;
 use crate::store::keys::ApiKey;
-use crate::store::Store;
+use crate::store::{Store, StoreResult};
 
 const WINDOW_MS: i64 = 60_000;
 
@@ -32,8 +32,7 @@ pub struct KeyLimits {
 
 pub struct RateLimiter {
     store: Arc<dyn Store>,
-    /// `None` when the windows are the store's (see the module's note).
-    local: Option<LocalWindows>,
+    windows: Windows,
     clock: Arc<dyn Clock>,
     defaults: KeyLimits,
     /// One semaphore per key with a concurrency limit. A std mutex: it is
@@ -68,9 +67,13 @@ impl RateLimiter {
         defaults: KeyLimits,
         shared_windows: bool,
     ) -> RateLimiter {
+        let windows = match shared_windows {
+            true => Windows::Store(Arc::clone(&store)),
+            false => Windows::Local(LocalWindows::default()),
+        };
         RateLimiter {
             store,
-            local: (!shared_windows).then(LocalWindows::default),
+            windows,
             clock,
             defaults,
             concurrency: Mutex::new(HashMap::new()),
@@ -105,14 +108,8 @@ impl RateLimiter {
         };
 
         if let Some(tpm) = limits.tpm {
-            let used = match &self.local {
-                Some(local) => local.used(&key.key_id, "tpm", window),
-                None => self
-                    .store
-                    .window_used(&key.key_id, "tpm", window)
-                    .await
-                    .map_err(|e| internal(e, &headers))?,
-            };
+            let used =
+                self.windows.used(&key.key_id, "tpm", window).await.map_err(|e| internal(e, &headers))?;
             set_headers(&mut headers, "tokens", tpm, (tpm - used).max(0), reset);
             if used >= tpm {
                 return Err(Refused {
@@ -128,14 +125,11 @@ impl RateLimiter {
             }
         }
         if let Some(rpm) = limits.rpm {
-            let taken = match &self.local {
-                Some(local) => local.take(&key.key_id, "rpm", window, 1, rpm),
-                None => self
-                    .store
-                    .take_from_window(&key.key_id, "rpm", window, 1, rpm)
-                    .await
-                    .map_err(|e| internal(e, &headers))?,
-            };
+            let taken = self
+                .windows
+                .take(&key.key_id, "rpm", window, 1, rpm)
+                .await
+                .map_err(|e| internal(e, &headers))?;
             set_headers(&mut headers, "requests", rpm, taken.map(|t| rpm - t).unwrap_or(0), reset);
             if taken.is_none() {
                 return Err(Refused {
@@ -212,12 +206,47 @@ impl RateLimiter {
         }
         let (window, _) = self.window();
         let tokens = i64::try_from(tokens).unwrap_or(i64::MAX);
-        if let Some(local) = &self.local {
-            local.add(key_id, "tpm", window, tokens);
-            return;
-        }
-        if let Err(e) = self.store.add_to_window(key_id, "tpm", window, tokens).await {
+        if let Err(e) = self.windows.add(key_id, "tpm", window, tokens).await {
             tracing::warn!(error = %e, "failed to record token usage for rate limits");
+        }
+    }
+}
+
+/// Where the windows are kept (see the module's note).
+enum Windows {
+    Store(Arc<dyn Store>),
+    Local(LocalWindows),
+}
+
+impl Windows {
+    async fn used(&self, key_id: &str, kind: &'static str, window: i64) -> StoreResult<i64> {
+        match self {
+            Windows::Store(store) => store.window_used(key_id, kind, window).await,
+            Windows::Local(local) => Ok(local.used(key_id, kind, window)),
+        }
+    }
+
+    async fn take(
+        &self,
+        key_id: &str,
+        kind: &'static str,
+        window: i64,
+        amount: i64,
+        limit: i64,
+    ) -> StoreResult<Option<i64>> {
+        match self {
+            Windows::Store(store) => store.take_from_window(key_id, kind, window, amount, limit).await,
+            Windows::Local(local) => Ok(local.take(key_id, kind, window, amount, limit)),
+        }
+    }
+
+    async fn add(&self, key_id: &str, kind: &'static str, window: i64, amount: i64) -> StoreResult<()> {
+        match self {
+            Windows::Store(store) => store.add_to_window(key_id, kind, window, amount).await,
+            Windows::Local(local) => {
+                local.add(key_id, kind, window, amount);
+                Ok(())
+            }
         }
     }
 }

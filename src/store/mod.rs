@@ -253,9 +253,15 @@ pub struct InstanceRow {
     pub heartbeat_at_ms: i64,
 }
 
+/// Whether `url` names a SQLite database (which one gateway owns) rather
+/// than a PostgreSQL one (which several may share).
+pub fn is_sqlite_url(url: &str) -> bool {
+    url.starts_with("sqlite:")
+}
+
 /// Opens the store named by the URL and brings its schema up to date.
 pub async fn connect(url: &str) -> StoreResult<Arc<dyn Store>> {
-    if url.starts_with("sqlite:") {
+    if is_sqlite_url(url) {
         Ok(Arc::new(SqliteStore::connect(url).await?))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(PostgresStore::connect(url).await?))
