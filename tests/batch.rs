@@ -11,9 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use ccgate::store::batches::TaskStatus;
-use ccgate::store::{self, Store};
+use ccgate::store;
 use common::batch_api::{ask, line, multipart, Api, CHAT};
-use common::{client, processes_with_marker, Options, TestApp, TestDb};
+use common::{client, processes_with_marker, wait_ledger_row, Options, TestApp, TestDb};
 use serde_json::{json, Value};
 
 fn reply_text(response_body: &Value) -> &str {
@@ -23,18 +23,6 @@ fn reply_text(response_body: &Value) -> &str {
 /// How many upstream requests carried `marker` in their prompt.
 fn upstream_count(requests: &[ccgate_sim::RecordedRequest], marker: &str) -> usize {
     requests.iter().filter(|r| r.last_user_text.contains(marker)).count()
-}
-
-async fn wait_ledger_row(store: &dyn Store, request_id: &str) -> ccgate::store::LedgerRow {
-    for _ in 0..100 {
-        if let Some(row) = store.ledger_row(request_id).await.unwrap() {
-            if row.status != "in_progress" {
-                return row;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("no settled ledger row for {request_id}");
 }
 
 #[tokio::test]

@@ -281,16 +281,7 @@ async fn requests_queue_for_workers_and_a_full_queue_gets_503() {
     statuses.sort();
     assert_eq!(statuses, vec![200, 200, 503], "one runs, one waits, one is refused");
     // Refused before anything was reserved: its row says why, and it held nothing.
-    let store = app.state.budget.store();
-    let mut row = None;
-    for _ in 0..100 {
-        row = store.ledger_row(&request_id).await.unwrap();
-        if row.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let row = row.expect("the refusal's ledger row");
+    let row = common::wait_ledger_row(app.state.budget.store().as_ref(), &request_id).await;
     assert_eq!((row.status.as_str(), row.http_status), ("overloaded", Some(503)), "{row:?}");
     assert_eq!((row.cost.0, row.reserved.0), (0, 0), "{row:?}");
     // Answers go out as soon as the CLI reports; the worker slot frees

@@ -350,6 +350,20 @@ pub fn chat_body(model: &str, prompt: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": prompt}]})
 }
 
+/// A request's ledger row once it is no longer in progress (a settled
+/// run or a refusal), polled for at most 5 s.
+pub async fn wait_ledger_row(store: &dyn ccgate::store::Store, request_id: &str) -> ccgate::store::LedgerRow {
+    for _ in 0..100 {
+        if let Some(row) = store.ledger_row(request_id).await.unwrap() {
+            if row.status != "in_progress" {
+                return row;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no settled ledger row for {request_id}");
+}
+
 /// A gateway run as its own process (for crash and shutdown tests).
 pub struct GatewayProcess {
     pub child: Child,
