@@ -10,8 +10,8 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use ccgate::store::batches::TaskStatus;
 use ccgate::store;
+use ccgate::store::batches::TaskStatus;
 use common::batch_api::{ask, line, multipart, Api, CHAT};
 use common::{client, processes_with_marker, wait_ledger_row, Options, TestApp, TestDb};
 use serde_json::{json, Value};
