@@ -606,3 +606,55 @@ async fn cache_markers_reserve_cache_write_prices_and_overruns_are_counted() {
     assert!(overrun > 1.0 && overrun < cost, "overrun {overrun} of a {cost} run");
     app.stop().await;
 }
+
+/// Input that a tokenizer splits into a token per byte (dense punctuation,
+/// rare scripts, base64) used to beat the reservation's bound of a token
+/// per 2.5 bytes, so a run could cost more than it reserved and a project
+/// end past its limit. The reservation now counts a token per byte, which
+/// nothing beats: here the upstream counts exactly that, every run costs
+/// less than it reserved, and the limit holds.
+#[tokio::test]
+async fn input_at_a_token_per_byte_stays_within_its_reservation_and_the_limit() {
+    let (_db, app) = spawn(haiku_direct).await;
+    let limit = 0.05;
+    app.create_project("dense", Some(limit)).await;
+    // About 20,000 tokens at a token a byte: $0.02 of input on haiku, so
+    // two runs fit under the limit and a third would pass it.
+    let prompt = format!("{} [sim:byte_tokens] [sim:words=3]", "{};".repeat(6_667));
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let mut body = chat_body("haiku", &prompt);
+        body["project_id"] = json!("dense");
+        body["max_tokens"] = json!(10);
+        let id = format!("dense-{i}");
+        let response = client()
+            .post(format!("{}/v1/chat/completions", app.url))
+            .header("x-request-id", &id)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        statuses.push(status);
+        app.wait_settled("dense").await;
+        let row = app.state.budget.store().ledger_row(&id).await.unwrap().expect("ledger row");
+        if status == 200 {
+            assert_eq!(row.status, "succeeded");
+            assert!(row.input_tokens > 20_000, "the upstream counted a token a byte: {row:?}");
+            assert!(
+                row.cost.0 <= row.reserved.0,
+                "cost {:?} within its reservation {:?}",
+                row.cost,
+                row.reserved
+            );
+        }
+    }
+    assert_eq!(statuses, [200, 200, 429, 429], "two runs fit, the third would pass the limit");
+    let usage = app.wait_settled("dense").await;
+    let spent = usage["spent_usd"].as_f64().unwrap();
+    assert!(spent > 0.04 && spent <= limit, "spent {spent} of {limit}: {usage}");
+    let metrics = client().get(format!("{}/metrics", app.url)).send().await.unwrap().text().await.unwrap();
+    let overrun = metric_sample(&metrics, "ccgate_reservation_overrun_usd_total", &[HAIKU]);
+    assert_eq!(overrun, None, "no run cost more than it reserved");
+    app.stop().await;
+}

@@ -133,7 +133,7 @@ pub async fn count_tokens(
     }
     let text: u64 = messages.iter().map(|m| ccgate_router::estimate_tokens(&m.text)).sum();
     let framing = messages.len() as u64 * ccgate_router::MESSAGE_FRAMING_TOKENS;
-    let content = chat::content::token_upper_bound(&messages, tools.as_ref());
+    let content = chat::content::token_estimate(&messages, tools.as_ref());
     Ok(axum::Json(TokenCount { input_tokens: text + framing + content }))
 }
 

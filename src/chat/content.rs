@@ -161,9 +161,22 @@ pub fn cache_lifetime(messages: &[super::Message], tools: Option<&ClientTools>) 
 }
 
 /// An upper bound on the input tokens that images, tool calls, tool
-/// results and tool definitions add (the text transcript counts the rest).
+/// results and tool definitions add (the text transcript counts the rest),
+/// for reservations: their text at `prompt::token_upper_bound`.
 pub fn token_upper_bound(messages: &[super::Message], tools: Option<&ClientTools>) -> u64 {
-    use super::prompt::token_upper_bound as text_bound;
+    tokens_besides_text(messages, tools, super::prompt::token_upper_bound)
+}
+
+/// The same as `token_upper_bound` with text at `prompt::token_estimate`.
+pub fn token_estimate(messages: &[super::Message], tools: Option<&ClientTools>) -> u64 {
+    tokens_besides_text(messages, tools, super::prompt::token_estimate)
+}
+
+fn tokens_besides_text(
+    messages: &[super::Message],
+    tools: Option<&ClientTools>,
+    text_bound: fn(&str) -> u64,
+) -> u64 {
     let in_messages: u64 = messages
         .iter()
         .map(|m| {

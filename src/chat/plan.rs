@@ -68,17 +68,31 @@ pub(super) fn plan(state: &AppState, request: &ChatRequest, choice: &Choice) -> 
         }
     }
     check_content(state, request, &model)?;
-    let input_bound = prompt::token_upper_bound(&prompt.prompt)
-        + prompt.system.as_deref().map(prompt::token_upper_bound).unwrap_or(0)
-        + state.settings.prompt_overhead_tokens
-        + content::token_upper_bound(&request.messages, request.tools.as_ref());
+    // The reservation's bound, which no input beats (a token a byte, and
+    // each message's framing); the context window is checked against an
+    // estimate, which over-counts ordinary text but would not refuse a
+    // large document that fits.
+    let input_tokens = |text: fn(&str) -> u64, besides_text: u64| {
+        text(&prompt.prompt)
+            + prompt.system.as_deref().map(text).unwrap_or(0)
+            + state.settings.prompt_overhead_tokens
+            + besides_text
+    };
+    let input_bound = input_tokens(
+        prompt::token_upper_bound,
+        content::token_upper_bound(&request.messages, request.tools.as_ref()),
+    ) + request.messages.len() as u64 * ccgate_router::MESSAGE_FRAMING_TOKENS;
+    let input_estimate = input_tokens(
+        prompt::token_estimate,
+        content::token_estimate(&request.messages, request.tools.as_ref()),
+    );
     let output_bound = choice.max_tokens.unwrap_or(model.max_output_tokens);
-    if input_bound.saturating_add(output_bound) > model.context_window {
+    if input_estimate.saturating_add(output_bound) > model.context_window {
         return Err(ApiError::BadRequest {
             message: format!(
                 "this request may need {} tokens of input and {output_bound} of output, more than the \
                  {} tokens of {}'s context window",
-                input_bound, model.context_window, model.id
+                input_estimate, model.context_window, model.id
             ),
             param: Some("messages".into()),
             code: Some("context_length_exceeded"),

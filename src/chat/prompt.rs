@@ -92,17 +92,27 @@ pub fn build(messages: &[Message]) -> Result<Prompt, PromptError> {
 }
 
 /// An upper bound on the tokens of a text, for budget reservations: one
-/// token per 2.5 bytes of UTF-8. English prose runs near 4 characters a
-/// token, dense code near 3, and CJK near one character (three bytes) a
-/// token, so this over-counts ordinary text. Punctuation-dense input can
-/// reach a token per byte and beat it; the CLI's `--max-budget-usd` (the
-/// same amount) is the backstop for that.
+/// token per byte of UTF-8. A tokenizer over bytes gives each token at
+/// least one byte, so no text beats it: not dense punctuation, not base64
+/// or hex, not a rare script that falls back to single bytes. Ordinary
+/// text takes a quarter to a half of it (English prose about four bytes a
+/// token, code three, CJK about three), and a reservation is released down
+/// to the actual cost at settlement, so the margin only shows when a
+/// budget is nearly spent.
 pub fn token_upper_bound(text: &str) -> u64 {
-    token_upper_bound_of_len(text.len())
+    text.len() as u64
 }
 
-/// `token_upper_bound` of a text `len` bytes long.
-pub fn token_upper_bound_of_len(len: usize) -> u64 {
+/// An estimate of the tokens of a text that over-counts ordinary text:
+/// one token per 2.5 bytes of UTF-8. For checks that must not refuse
+/// ordinary requests (a context window) and for the spend gate's later
+/// calls; punctuation-dense text can beat it.
+pub fn token_estimate(text: &str) -> u64 {
+    token_estimate_of_len(text.len())
+}
+
+/// `token_estimate` of a text `len` bytes long.
+pub fn token_estimate_of_len(len: usize) -> u64 {
     (len as u64 * 2).div_ceil(5)
 }
 
@@ -156,11 +166,21 @@ mod tests {
     }
 
     #[test]
-    fn token_bound_never_undercounts_common_text() {
+    fn token_estimate_never_undercounts_common_text() {
         // (text, tokens a real tokenizer gives at most)
         let cases = [("hello world", 2), ("日本語のテキスト", 8), ("fn main() { println!(\"hi\"); }", 12)];
         for (text, tokens) in cases {
-            assert!(token_upper_bound(text) >= tokens, "{text}");
+            assert!(token_estimate(text) >= tokens, "{text}");
         }
+    }
+
+    #[test]
+    fn token_bound_is_one_token_per_byte_which_dense_text_reaches() {
+        // Punctuation that a tokenizer may split into one token each beats
+        // the estimate, never the bound.
+        let dense = "{};".repeat(100);
+        assert!(token_estimate(&dense) < 300);
+        assert_eq!(token_upper_bound(&dense), 300);
+        assert_eq!(token_upper_bound("日本語"), 9);
     }
 }

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::cli::MIN_THINKING_BUDGET;
 use super::gate::lock;
 use crate::chat::content::IMAGE_TOKENS;
-use crate::chat::prompt::token_upper_bound_of_len;
+use crate::chat::prompt::token_estimate_of_len;
 use crate::money::Micros;
 use crate::pricing::{Model, PriceTable, TokenUsage};
 
@@ -161,9 +161,14 @@ pub(super) fn input_rate(body: &[u8]) -> InputRate {
     }
 }
 
-/// An upper bound on a call's input tokens: one per 2.5 bytes of its body,
-/// but an image's base64 data counts as the most tokens an image can be
-/// (`chat::content::IMAGE_TOKENS`), far fewer than its bytes would say.
+/// A bound on a later call's input tokens: one per 2.5 bytes of its body
+/// (`chat::prompt::token_estimate`), but an image's base64 data counts as
+/// the most tokens an image can be (`chat::content::IMAGE_TOKENS`), far
+/// fewer than its bytes would say. Not the reservation's one token per
+/// byte: a call repeats Claude Code's own system prompt and tool schemas,
+/// tens of kilobytes of ordinary text, and at a token a byte an agent's
+/// later calls would not fit in its reservation. Punctuation-dense text
+/// that a tool returned can beat it (`ccgate_reservation_overrun_usd`).
 pub(super) fn input_bound(call: &Value, len: usize) -> u64 {
     fn images(value: &Value, found: &mut (u64, usize)) {
         match value {
@@ -184,7 +189,7 @@ pub(super) fn input_bound(call: &Value, len: usize) -> u64 {
     let mut found = (0, 0);
     images(call, &mut found);
     let (count, bytes) = found;
-    token_upper_bound_of_len(len.saturating_sub(bytes)) + count * IMAGE_TOKENS
+    token_estimate_of_len(len.saturating_sub(bytes)) + count * IMAGE_TOKENS
 }
 
 /// Lowers a call's `max_tokens`, and a thinking budget that no longer fits
@@ -315,11 +320,11 @@ mod tests {
         ]}]});
         let len = call.to_string().len();
         let bound = input_bound(&call, len);
-        assert_eq!(bound, token_upper_bound_of_len(len - 1_000_000) + IMAGE_TOKENS);
+        assert_eq!(bound, token_estimate_of_len(len - 1_000_000) + IMAGE_TOKENS);
         let text =
             serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x".repeat(1000)}]});
         let len = text.to_string().len();
-        assert_eq!(input_bound(&text, len), token_upper_bound_of_len(len));
+        assert_eq!(input_bound(&text, len), token_estimate_of_len(len));
     }
 
     #[test]

@@ -52,7 +52,9 @@ pub struct Candidate {
     pub tier: String,
     pub model: String,
     pub level: u8,
-    /// Input plus the full output allowance, rounded up.
+    /// The most the request may cost on this tier, as the gateway reserves
+    /// it: input at a token per byte of its text (plus framing and
+    /// overhead) and the full output allowance, rounded up.
     pub estimated_cost_micro_usd: u64,
     pub fits_context: bool,
     pub fits_budget: bool,
@@ -120,13 +122,20 @@ pub fn route(
         .saturating_add(messages.saturating_mul(MESSAGE_FRAMING_TOKENS))
         .saturating_add(req.overhead_tokens);
     let with_margin = input.saturating_add(input.saturating_mul(cfg.context_margin_percent) / 100);
+    // What the gateway will reserve for the input: a token per byte, which
+    // no text beats, so a tier judged affordable here is not refused there.
+    let text_bytes: usize = req.messages.iter().map(|m| m.text.len()).sum();
+    let input_bound = u64::try_from(text_bytes)
+        .unwrap_or(u64::MAX)
+        .saturating_add(messages.saturating_mul(MESSAGE_FRAMING_TOKENS))
+        .saturating_add(req.overhead_tokens);
     let (allowed, min_level, max_level) = apply_policy(tiers, policy)?;
 
     let candidates: Vec<Candidate> = allowed
         .iter()
         .map(|t| {
             let output = output_allowance(req, t, cfg);
-            let cost = estimate_cost_micro_usd(t, input, output);
+            let cost = estimate_cost_micro_usd(t, input_bound, output);
             Candidate {
                 tier: t.name.clone(),
                 model: t.model.clone(),

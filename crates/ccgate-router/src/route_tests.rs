@@ -162,3 +162,21 @@ fn reasons_cover_every_factor_and_overhead_is_counted() {
     let text_only = crate::estimate_tokens("Write a haiku about the sea.");
     assert_eq!(d.estimated_input_tokens, text_only + MESSAGE_FRAMING_TOKENS + 200);
 }
+
+#[test]
+fn a_tiers_cost_counts_the_input_as_the_gateway_reserves_it() {
+    // Dense punctuation: a tokenizer may give it a token a byte, and the
+    // gateway reserves that much, so the router prices it the same way.
+    let text = "{};".repeat(1_000);
+    let messages = [Message { role: "user", text: &text }];
+    let d = route(&request(&messages), &default_tiers(), &Policy::default(), &RouterConfig::default())
+        .expect("routes");
+    let tiers = default_tiers();
+    for candidate in &d.candidates {
+        let tier = tiers.iter().find(|t| t.name == candidate.tier).expect("a tier");
+        let output = RouterConfig::default().default_output_tokens.min(tier.max_output);
+        let bound = 3_000 + MESSAGE_FRAMING_TOKENS + 200;
+        assert_eq!(candidate.estimated_cost_micro_usd, estimate_cost_micro_usd(tier, bound, output));
+        assert!(d.estimated_input_tokens < bound, "the context check keeps the estimate");
+    }
+}

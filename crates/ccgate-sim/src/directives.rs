@@ -38,6 +38,10 @@ pub struct Directives {
     pub cache_read: Option<u64>,
     /// `[sim:cache_write=N]`: report N input tokens as written to the cache.
     pub cache_write: Option<u64>,
+    /// `[sim:byte_tokens]`: count the request's input at one token per
+    /// byte of its text, the most a byte-level tokenizer ever gives (dense
+    /// punctuation, rare scripts), instead of one per four characters.
+    pub byte_tokens: bool,
     /// `[sim:fail_model=MODEL]`: requests for MODEL (its full id) are
     /// overloaded (529); other models answer, so a client can fall back.
     pub fail_model: Option<String>,
@@ -108,6 +112,7 @@ fn parse_one(body: &str, into: &mut Directives) -> Result<usize, DirectiveError>
         ("first_token_ms", Some(v)) => into.first_token_ms = Some(number(inner, v, MAX_DELAY_MS)?),
         ("status", Some(v)) => into.status = Some(status(inner, v)?),
         ("hang", None) => into.hang = true,
+        ("byte_tokens", None) => into.byte_tokens = true,
         ("fail_once", Some(v)) if !v.is_empty() => into.fail_once = Some(v.to_owned()),
         ("cache_read", Some(v)) => into.cache_read = Some(number(inner, v, MAX_CACHE_TOKENS)?),
         ("cache_write", Some(v)) => into.cache_write = Some(number(inner, v, MAX_CACHE_TOKENS)?),
@@ -190,6 +195,7 @@ mod tests {
                 Directives { delay_ms: Some(5), first_token_ms: Some(100), ..Default::default() },
             ),
             ("a [sim:hang] b", Directives { hang: true, ..Default::default() }),
+            ("[sim:byte_tokens] ;;", Directives { byte_tokens: true, ..Default::default() }),
             ("[sim:fail_once=abc-1]", Directives { fail_once: Some("abc-1".into()), ..Default::default() }),
             (
                 "[sim:cache_read=100][sim:cache_write=20]",

@@ -130,7 +130,11 @@ pub fn plan(request: &MessagesRequest, parsed: &Parsed, config: &SimConfig, firs
         model: request.model.clone(),
         stream: request.stream,
         input_tokens: InputTokens {
-            fresh: tokens::input(request),
+            fresh: if directives.byte_tokens {
+                tokens::input_per_byte(request)
+            } else {
+                tokens::input(request)
+            },
             cache_read: directives.cache_read.unwrap_or(0),
             cache_write: directives.cache_write.unwrap_or(0),
         },

@@ -165,33 +165,42 @@ impl MessagesRequest {
     /// Number of characters of all text the model would read: system prompt,
     /// every message block, and the JSON of the tool definitions.
     pub fn text_chars(&self) -> usize {
-        let system = self.system.as_ref().map_or(0, content_chars);
-        let messages: usize = self.messages.iter().map(|m| content_chars(&m.content)).sum();
-        let tools = self.tools.as_ref().map_or(0, |tools| tools.iter().map(json_chars).sum());
+        self.text_len(|text| text.chars().count())
+    }
+
+    /// Bytes (UTF-8) of the same text as `text_chars`.
+    pub fn text_bytes(&self) -> usize {
+        self.text_len(str::len)
+    }
+
+    fn text_len(&self, len: fn(&str) -> usize) -> usize {
+        let system = self.system.as_ref().map_or(0, |c| content_len(c, len));
+        let messages: usize = self.messages.iter().map(|m| content_len(&m.content, len)).sum();
+        let tools = self.tools.as_ref().map_or(0, |tools| tools.iter().map(|t| json_len(t, len)).sum());
         system + messages + tools
     }
 }
 
-fn content_chars(content: &Content) -> usize {
+fn content_len(content: &Content, len: fn(&str) -> usize) -> usize {
     match content {
-        Content::Text(text) => text.chars().count(),
-        Content::Blocks(blocks) => blocks.iter().map(block_chars).sum(),
+        Content::Text(text) => len(text),
+        Content::Blocks(blocks) => blocks.iter().map(|b| block_len(b, len)).sum(),
     }
 }
 
-fn block_chars(block: &Block) -> usize {
+fn block_len(block: &Block, len: fn(&str) -> usize) -> usize {
     match block {
-        Block::Text { text } => text.chars().count(),
-        Block::ToolUse { name, input } => name.chars().count() + json_chars(input),
-        Block::ToolResult { content } => content.as_ref().map_or(0, content_chars),
-        Block::Thinking { thinking, .. } => thinking.chars().count(),
+        Block::Text { text } => len(text),
+        Block::ToolUse { name, input } => len(name) + json_len(input, len),
+        Block::ToolResult { content } => content.as_ref().map_or(0, |c| content_len(c, len)),
+        Block::Thinking { thinking, .. } => len(thinking),
         Block::RedactedThinking => 0,
         Block::Other => 0,
     }
 }
 
-fn json_chars(value: &Value) -> usize {
-    value.to_string().chars().count()
+fn json_len(value: &Value, len: fn(&str) -> usize) -> usize {
+    len(&value.to_string())
 }
 
 fn joined<'a>(parts: impl Iterator<Item = &'a str>) -> String {
@@ -289,6 +298,8 @@ mod tests {
         let tools_len = tools[0].to_string().len();
         // 4 system + 5 text + (2 + 7) tool_use + 3 tool_result + tools JSON
         assert_eq!(req.text_chars(), 4 + 5 + 9 + 3 + tools_len);
+        // "héllo" is five characters and six bytes.
+        assert_eq!(req.text_bytes(), 4 + 6 + 9 + 3 + tools_len);
     }
 
     #[test]

@@ -19,6 +19,11 @@ pub(crate) fn input(request: &MessagesRequest) -> u64 {
     for_chars(request.text_chars()).max(1)
 }
 
+/// Input tokens at one a byte (`[sim:byte_tokens]`).
+pub(crate) fn input_per_byte(request: &MessagesRequest) -> u64 {
+    u64::try_from(request.text_bytes()).unwrap_or(u64::MAX).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
