@@ -468,11 +468,11 @@ async fn an_agent_turn_that_could_cost_more_than_is_left_is_never_sent() {
     let db = TestDb::sqlite();
     let app = TestApp::spawn(&db, Options::default()).await;
     let tree = tree();
-    // Room for the first turn (about 8,000 tokens of haiku input, cached)
-    // and not for a second one's worst case.
+    // Room for the first turn (about 7,500 tokens of haiku input) and not
+    // for a second one's input: what the first read plus what is new.
     app.project_with_policy(
         "acme",
-        json!({"allowed_roots": [tree.root], "allowed_tools": ["Read"], "max_turns": 5, "max_task_usd": 0.02}),
+        json!({"allowed_roots": [tree.root], "allowed_tools": ["Read"], "max_turns": 5, "max_task_usd": 0.012}),
     )
     .await;
     let path = tree.root.join("in.txt").display().to_string();

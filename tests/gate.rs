@@ -20,6 +20,16 @@ fn call(max_tokens: u64, text: &str) -> Vec<u8> {
     serde_json::to_vec(&call).unwrap()
 }
 
+/// The input tokens a streamed answer's `message_start` reports.
+fn first_input_tokens(stream: &str) -> i64 {
+    let start = stream
+        .lines()
+        .find(|l| l.contains("message_start") && l.starts_with("data:"))
+        .expect("message_start");
+    let event: Value = serde_json::from_str(start.trim_start_matches("data:").trim()).unwrap();
+    event["message"]["usage"]["input_tokens"].as_i64().expect("input_tokens")
+}
+
 async fn post(url: &str, body: Vec<u8>) -> (u16, String) {
     let response = reqwest::Client::new()
         .post(url)
@@ -60,10 +70,13 @@ async fn later_calls_get_the_output_that_fits_and_one_that_cannot_fit_is_refused
     let spent = run.spent().0;
     assert!(spent > 0 && spent < 500, "{spent}");
 
-    // The second gets what is left after its input (one token per 2.5
-    // bytes of its body) in output tokens.
+    // The second gets what is left after its input in output tokens: what
+    // the first read (its usage) plus a token a byte of its one message,
+    // which the first did not send.
+    let read = first_input_tokens(&body);
     let second = call(32_000, "second [sim:words=5]");
-    let input = (second.len() as i64 * 2 + 4) / 5;
+    let message = json!({"role": "user", "content": "second [sim:words=5]"}).to_string();
+    let input = read + message.len() as i64;
     let fits = (limit - spent - input) / 5;
     let (status, body) = post(&url, second).await;
     assert_eq!(status, 200, "{body}");
@@ -92,4 +105,44 @@ async fn later_calls_get_the_output_that_fits_and_one_that_cannot_fit_is_refused
     drop(ticket);
     assert_eq!(post(&url, call(10, "gone")).await.0, 404);
     assert_eq!(sim.sim.requests().len(), 2);
+}
+
+/// A later call's input is bounded by what an earlier call of the run read
+/// plus a token a byte of what it adds: a dense tool result, which a token
+/// per 2.5 bytes of the call would under-count, cannot take the run past
+/// its allowance. (Here the upstream counts a token a byte.)
+#[tokio::test]
+async fn a_later_call_with_dense_new_input_cannot_pass_the_allowance() {
+    let sim = ccgate_sim::spawn(Default::default()).await.unwrap();
+    let gate =
+        SpendGate::start(&sim.base_url(), Arc::new(PriceTable::builtin()), Arc::new(PoolStats::default()))
+            .unwrap();
+    let ticket = gate.ticket();
+    let url = format!("{}/v1/messages", ticket.base_url());
+    let question = json!({"role": "user", "content": "read the file [sim:byte_tokens] [sim:words=2]"});
+    let first = json!({"model": HAIKU, "max_tokens": 10, "stream": true, "messages": [question]});
+    // haiku: 1 µ$ an input token, 5 µ$ an output token. After the first
+    // call, room for 4,000 input tokens.
+    let run = ticket.open(Micros(10_000_000));
+    let (status, body) = post(&url, serde_json::to_vec(&first).unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    let limit = run.spent().0 + 4_000;
+    drop(run);
+    let run = ticket.open(Micros(limit));
+    assert_eq!(post(&url, serde_json::to_vec(&first).unwrap()).await.0, 200);
+
+    // A tool result of 6,000 bytes of punctuation: about 2,500 tokens at a
+    // token per 2.5 bytes of the call, which would fit; 6,000 and more as
+    // the upstream counts it, which would not.
+    let result = format!("{} [sim:byte_tokens] [sim:words=2]", "{};".repeat(2_000));
+    let second = json!({"model": HAIKU, "max_tokens": 10, "stream": true, "messages": [
+        question, {"role": "assistant", "content": "w1 w2"}, {"role": "user", "content": result}]});
+    let second = serde_json::to_vec(&second).unwrap();
+    assert!((second.len() as i64 * 2) / 5 < 4_000 - 50, "the estimate would have let it go");
+    let (status, body) = post(&url, second).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("spending cap"), "{body}");
+    assert!(run.refused());
+    assert_eq!(sim.sim.requests().len(), 2, "never sent");
+    assert!(run.spent().0 <= limit);
 }

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::gate_meter::Meter;
 pub use super::gate_run::GateRun;
-use super::gate_run::{input_bound, input_rate, lower_max_tokens, price_model, Admission, Call};
+use super::gate_run::{input_estimate, input_rate, lower_max_tokens, price_model, Admission, Call, Shape};
 use super::PoolStats;
 use crate::money::Micros;
 use crate::pricing::{Model, PriceTable};
@@ -230,7 +230,7 @@ async fn forward(
             return refusal(StatusCode::BAD_REQUEST, "ccgate: this worker process is not serving a request");
         };
         match gate(&shared.prices, &run, body) {
-            Ok((body, model, worst)) => (body, Some((run, model, worst))),
+            Ok((body, model, worst, shape)) => (body, Some((run, model, worst, shape))),
             Err(NotSent::Refused) => {
                 shared.stats.gate_refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return refusal(StatusCode::BAD_REQUEST, REFUSED);
@@ -247,7 +247,7 @@ async fn forward(
     let response = match request.send().await {
         Ok(response) => response,
         Err(e) => {
-            if let Some((run, _, worst)) = &admitted {
+            if let Some((run, _, worst, _)) = &admitted {
                 run.settle(*worst, Micros::ZERO);
             }
             tracing::warn!(error = %e, "the spend gate cannot reach the upstream API");
@@ -260,14 +260,14 @@ async fn forward(
         answer = answer.header(name.as_str(), value.as_bytes());
     }
     let body = match admitted {
-        Some((run, model, worst)) if status.is_success() => {
+        Some((run, model, worst, shape)) if status.is_success() => {
             let json = response
                 .headers()
                 .get(reqwest::header::CONTENT_TYPE)
                 .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-            Body::from_stream(Meter::new(response.bytes_stream(), json, run, model, worst))
+            Body::from_stream(Meter::new(response.bytes_stream(), json, run, (model, worst, shape)))
         }
-        Some((run, _, worst)) => {
+        Some((run, _, worst, _)) => {
             // An answer other than a success is not billed.
             run.settle(worst, Micros::ZERO);
             Body::from_stream(response.bytes_stream())
@@ -290,9 +290,10 @@ enum NotSent {
 }
 
 /// Admits a Messages call of `run`: the body to send (its `max_tokens`
-/// maybe lowered), the model it is priced as and its worst case; or why it
-/// is not sent.
-fn gate(prices: &PriceTable, run: &GateRun, body: Bytes) -> Result<(Bytes, Model, Micros), NotSent> {
+/// maybe lowered), the model it is priced as, its worst case and its
+/// shape (which bounds the run's later calls once its usage is read); or
+/// why it is not sent.
+fn gate(prices: &PriceTable, run: &GateRun, body: Bytes) -> Result<(Bytes, Model, Micros, Shape), NotSent> {
     let parsed = serde_json::from_slice::<Value>(&body).ok();
     let head = parsed
         .as_ref()
@@ -305,16 +306,19 @@ fn gate(prices: &PriceTable, run: &GateRun, body: Bytes) -> Result<(Bytes, Model
     };
     let call = Call {
         model,
-        input_tokens: input_bound(&parsed, body.len()),
+        input_tokens: input_estimate(&parsed, body.len()),
         rate: input_rate(&body),
         max_tokens: asked,
     };
-    match run.admit(&call) {
+    let shape = Shape::of(&parsed);
+    match run.admit(&call, Some(&shape)) {
         Admission::Refuse => Err(NotSent::Refused),
-        Admission::Pass { max_tokens, worst } if max_tokens == asked => Ok((body, model.clone(), worst)),
+        Admission::Pass { max_tokens, worst } if max_tokens == asked => {
+            Ok((body, model.clone(), worst, shape))
+        }
         Admission::Pass { max_tokens, worst } => {
             lower_max_tokens(&mut parsed, max_tokens);
-            Ok((Bytes::from(parsed.to_string()), model.clone(), worst))
+            Ok((Bytes::from(parsed.to_string()), model.clone(), worst, shape))
         }
     }
 }

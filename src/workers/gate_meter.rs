@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures::Stream;
 
-use super::gate_run::GateRun;
+use super::gate_run::{GateRun, Shape};
 use super::messages_sse::{data_of, parse_data, SseLines, StreamEvent, WholeMessage};
 use crate::money::Micros;
 use crate::pricing::{Model, TokenUsage};
@@ -31,7 +31,7 @@ pub(super) struct Meter {
     /// Whether the usage is complete: `message_stop`, or the whole message read.
     complete: bool,
     /// Settled once, at the end or when dropped.
-    books: Option<(Arc<GateRun>, Model, Micros)>,
+    books: Option<(Arc<GateRun>, Model, Micros, Shape)>,
 }
 
 impl Meter {
@@ -39,8 +39,7 @@ impl Meter {
         upstream: impl Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
         json: bool,
         run: Arc<GateRun>,
-        model: Model,
-        worst: Micros,
+        (model, worst, shape): (Model, Micros, Shape),
     ) -> Meter {
         Meter {
             upstream: Box::pin(upstream),
@@ -48,7 +47,7 @@ impl Meter {
             lines: SseLines::default(),
             usage: TokenUsage::default(),
             complete: false,
-            books: Some((run, model, worst)),
+            books: Some((run, model, worst, shape)),
         }
     }
 
@@ -97,11 +96,17 @@ impl Meter {
     }
 
     /// Counts the call at what its usage says, or at its worst case when
-    /// the usage is not all there.
+    /// the usage is not all there. A call whose usage was read bounds the
+    /// run's later calls (`Shape`).
     fn settle(&mut self) {
-        let Some((run, model, worst)) = self.books.take() else { return };
-        let cost = if self.complete { model.cost(&self.usage) } else { worst };
-        run.settle(worst, cost);
+        let Some((run, model, worst, shape)) = self.books.take() else { return };
+        if !self.complete {
+            run.settle(worst, worst);
+            return;
+        }
+        let usage = &self.usage;
+        run.learn(shape, usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens);
+        run.settle(worst, model.cost(usage));
     }
 
     fn books_at_worst(&mut self) {
@@ -144,6 +149,7 @@ mod tests {
 
     use super::*;
     use crate::pricing::PriceTable;
+    use crate::workers::gate_run::{Admission, Call, InputRate};
 
     fn haiku() -> Model {
         PriceTable::builtin().resolve("haiku").expect("haiku").clone()
@@ -159,6 +165,21 @@ mod tests {
         Arc::new(GateRun::new(Micros(limit)))
     }
 
+    fn sent() -> Shape {
+        Shape::of(&serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
+    }
+
+    /// The worst case, at haiku's prices, of a call that sends what `sent`
+    /// did, with a one-token estimate and 10 tokens of output.
+    fn worst_of_the_same_again(run: &GateRun) -> Micros {
+        let haiku = haiku();
+        let call = Call { model: &haiku, input_tokens: 1, rate: InputRate::Plain, max_tokens: 10 };
+        match run.admit(&call, Some(&sent())) {
+            Admission::Pass { worst, .. } => worst,
+            Admission::Refuse => panic!("refused"),
+        }
+    }
+
     const STREAM: &[&str] = &[
         "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":100,",
         "\"output_tokens\":1}}}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,",
@@ -171,25 +192,31 @@ mod tests {
     async fn a_stream_is_passed_on_unchanged_and_counted_at_its_usage() {
         let run = run(1_000_000);
         run.hold_for_tests(Micros(5_000));
-        let meter = Meter::new(chunks(STREAM), false, Arc::clone(&run), haiku(), Micros(5_000));
+        let meter = Meter::new(chunks(STREAM), false, Arc::clone(&run), (haiku(), Micros(5_000), sent()));
         let passed: Vec<Bytes> = meter.map(|b| b.unwrap()).collect().await;
         assert_eq!(passed.concat(), STREAM.concat().into_bytes());
         // 100 input tokens at $1/M and 20 output at $5/M.
         assert_eq!(run.spent(), Micros(100 + 100));
         assert_eq!(run.held_for_tests(), Micros(0));
+        // The same call again is bounded by the 100 input tokens this one
+        // read, not by its one-token estimate.
+        assert_eq!(worst_of_the_same_again(&run), Micros(100 + 10 * 5));
     }
 
     #[tokio::test]
     async fn a_stream_cut_off_is_counted_at_its_worst() {
         let run = run(1_000_000);
         run.hold_for_tests(Micros(5_000));
-        let mut meter = Meter::new(chunks(&STREAM[..3]), false, Arc::clone(&run), haiku(), Micros(5_000));
+        let mut meter =
+            Meter::new(chunks(&STREAM[..3]), false, Arc::clone(&run), (haiku(), Micros(5_000), sent()));
         // The worker reads two chunks and goes away.
         meter.next().await;
         meter.next().await;
         drop(meter);
         assert_eq!(run.spent(), Micros(5_000));
         assert_eq!(run.held_for_tests(), Micros(0));
+        // Its usage was not all read: nothing to bound a later call by.
+        assert_eq!(worst_of_the_same_again(&run), Micros(1 + 10 * 5));
     }
 
     #[tokio::test]
@@ -198,9 +225,10 @@ mod tests {
         run.hold_for_tests(Micros(5_000));
         let whole = r#"{"type":"message","content":[{"type":"text","text":"hi"}],"usage":{"input_tokens":10,"output_tokens":2}}"#;
         let (a, b) = whole.split_at(20);
-        let meter = Meter::new(chunks(&[a, b]), true, Arc::clone(&run), haiku(), Micros(5_000));
+        let meter = Meter::new(chunks(&[a, b]), true, Arc::clone(&run), (haiku(), Micros(5_000), sent()));
         let passed: Vec<Bytes> = meter.map(|b| b.unwrap()).collect().await;
         assert_eq!(passed.concat(), whole.as_bytes());
         assert_eq!(run.spent(), Micros(10 + 10));
+        assert_eq!(worst_of_the_same_again(&run), Micros(10 + 10 * 5));
     }
 }

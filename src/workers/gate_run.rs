@@ -3,6 +3,7 @@
 //! the highest input price it can be charged, plus its whole output), and
 //! the output that fits in what is left.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use serde_json::Value;
@@ -28,6 +29,19 @@ struct Books {
     /// The worst cases of the calls under way.
     held: Micros,
     refused: bool,
+    /// The latest finished calls whose usage was read, newest first (at
+    /// most `KNOWN_CALLS`): what a later call's input is bounded from.
+    known: VecDeque<Known>,
+}
+
+/// The most finished calls a run keeps (a conversation and the side calls
+/// or sub-agents beside it).
+const KNOWN_CALLS: usize = 4;
+
+/// A finished call: what it sent, and the input tokens its usage reported.
+struct Known {
+    shape: Shape,
+    input_tokens: u64,
 }
 
 impl GateRun {
@@ -45,12 +59,17 @@ impl GateRun {
         lock(&self.books).spent
     }
 
-    /// Admits one call (see the module note).
-    pub(super) fn admit(&self, call: &Call<'_>) -> Admission {
+    /// Admits one call (see the module note). A later call's input is
+    /// bounded from a finished call of the run when there is one
+    /// (`Shape::bound_after`, the least over those kept), which no input
+    /// beats; otherwise it is `call.input_tokens`, an estimate.
+    pub(super) fn admit(&self, call: &Call<'_>, shape: Option<&Shape>) -> Admission {
         let mut books = lock(&self.books);
         let first = books.calls == 0;
         books.calls += 1;
         let available = Micros(self.limit.0 - books.spent.0 - books.held.0);
+        let bounded = shape.and_then(|shape| books.known.iter().map(|known| shape.bound_after(known)).min());
+        let call = Call { input_tokens: bounded.unwrap_or(call.input_tokens), ..*call };
         let admission = if first { call.as_asked() } else { call.within(available) };
         match &admission {
             Admission::Pass { worst, .. } => books.held = Micros(books.held.0 + worst.0),
@@ -75,6 +94,76 @@ impl GateRun {
         books.held = Micros(books.held.0 - worst.0);
         books.spent = Micros(books.spent.0 + cost.0);
     }
+
+    /// A call that sent `shape` read `input_tokens` (fresh, cached and
+    /// written to the cache), as its usage said.
+    pub(super) fn learn(&self, shape: Shape, input_tokens: u64) {
+        let mut books = lock(&self.books);
+        books.known.push_front(Known { shape, input_tokens });
+        books.known.truncate(KNOWN_CALLS);
+    }
+}
+
+/// A Messages call's input in the parts a later call of the same
+/// conversation repeats: its system prompt, its tool definitions and each
+/// of its messages, as sent.
+///
+/// A later call of Claude Code's sends the same system prompt and tools
+/// and the same messages, then new ones (an answer, a tool's result); the
+/// tokens of what it repeats are among those the earlier call read, which
+/// its usage reported. So its input is at most what the earlier call read,
+/// plus a token per byte of what is new or changed (a part whose JSON
+/// differs at all, a moved cache marker say, counts whole), an image at
+/// `IMAGE_TOKENS`. Unlike a token per 2.5 bytes of the whole call, no
+/// input beats it, and the tens of kilobytes of Claude Code's own prompt
+/// that every call repeats are counted at what they really cost.
+pub(super) struct Shape {
+    system: Part,
+    tools: Part,
+    messages: Vec<Part>,
+}
+
+/// One part of a call: its JSON, and a token per byte of it (images aside).
+struct Part {
+    json: String,
+    bound: u64,
+}
+
+impl Part {
+    fn of(value: &Value) -> Part {
+        let json = if value.is_null() { String::new() } else { value.to_string() };
+        let bound = strict_bound(value, json.len());
+        Part { json, bound }
+    }
+
+    /// Its bound when `earlier` was not the same, else nothing.
+    fn unless_same(&self, earlier: &Part) -> u64 {
+        if self.json == earlier.json {
+            0
+        } else {
+            self.bound
+        }
+    }
+}
+
+impl Shape {
+    pub(super) fn of(call: &Value) -> Shape {
+        let messages =
+            call["messages"].as_array().map(|m| m.iter().map(Part::of).collect()).unwrap_or_default();
+        Shape { system: Part::of(&call["system"]), tools: Part::of(&call["tools"]), messages }
+    }
+
+    /// An upper bound on this call's input tokens, given a finished call
+    /// of the same run (see the type's note).
+    fn bound_after(&self, known: &Known) -> u64 {
+        let earlier = &known.shape;
+        let same = self.messages.iter().zip(&earlier.messages).take_while(|(m, e)| m.json == e.json).count();
+        let new: u64 = self.messages[same..].iter().map(|m| m.bound).sum();
+        known.input_tokens
+            + self.system.unless_same(&earlier.system)
+            + self.tools.unless_same(&earlier.tools)
+            + new
+    }
 }
 
 /// The price of a call's input when it asks for prompt caching: writes
@@ -87,6 +176,7 @@ pub(super) enum InputRate {
 }
 
 /// One call, as far as its price goes.
+#[derive(Clone, Copy)]
 pub(super) struct Call<'a> {
     pub(super) model: &'a Model,
     pub(super) input_tokens: u64,
@@ -161,15 +251,28 @@ pub(super) fn input_rate(body: &[u8]) -> InputRate {
     }
 }
 
-/// A bound on a later call's input tokens: one per 2.5 bytes of its body
-/// (`chat::prompt::token_estimate`), but an image's base64 data counts as
-/// the most tokens an image can be (`chat::content::IMAGE_TOKENS`), far
-/// fewer than its bytes would say. Not the reservation's one token per
-/// byte: a call repeats Claude Code's own system prompt and tool schemas,
-/// tens of kilobytes of ordinary text, and at a token a byte an agent's
-/// later calls would not fit in its reservation. Punctuation-dense text
-/// that a tool returned can beat it (`ccgate_reservation_overrun_usd`).
-pub(super) fn input_bound(call: &Value, len: usize) -> u64 {
+/// An estimate of a call's input tokens, for a later call made before any
+/// call of its run has finished (nothing yet to bound it by, see `Shape`):
+/// one per 2.5 bytes of its body (`chat::prompt::token_estimate`), but an
+/// image's base64 data counts as the most tokens an image can be
+/// (`chat::content::IMAGE_TOKENS`), far fewer than its bytes would say. Not
+/// a token a byte: every call carries Claude Code's own system prompt and
+/// tool schemas, tens of kilobytes of ordinary text. Punctuation-dense text
+/// can beat it (`ccgate_reservation_overrun_usd`).
+pub(super) fn input_estimate(call: &Value, len: usize) -> u64 {
+    let (count, bytes) = images_in(call);
+    token_estimate_of_len(len.saturating_sub(bytes)) + count * IMAGE_TOKENS
+}
+
+/// A token per byte of a part `len` bytes long as JSON, but its images at
+/// `IMAGE_TOKENS` each.
+fn strict_bound(part: &Value, len: usize) -> u64 {
+    let (count, bytes) = images_in(part);
+    len.saturating_sub(bytes) as u64 + count * IMAGE_TOKENS
+}
+
+/// How many images a value holds, and the bytes of their base64 data.
+fn images_in(value: &Value) -> (u64, usize) {
     fn images(value: &Value, found: &mut (u64, usize)) {
         match value {
             Value::Array(items) => items.iter().for_each(|item| images(item, found)),
@@ -187,9 +290,8 @@ pub(super) fn input_bound(call: &Value, len: usize) -> u64 {
         }
     }
     let mut found = (0, 0);
-    images(call, &mut found);
-    let (count, bytes) = found;
-    token_estimate_of_len(len.saturating_sub(bytes)) + count * IMAGE_TOKENS
+    images(value, &mut found);
+    found
 }
 
 /// Lowers a call's `max_tokens`, and a thinking budget that no longer fits
@@ -277,19 +379,94 @@ mod tests {
         let run = GateRun::new(Micros(2_000));
         // The first call is what the reservation was priced from.
         let first = call(&haiku, 1_000, 1_000);
-        assert_eq!(run.admit(&first), Admission::Pass { max_tokens: 1_000, worst: Micros(6_000) });
+        assert_eq!(run.admit(&first, None), Admission::Pass { max_tokens: 1_000, worst: Micros(6_000) });
         // While it runs, its worst case is held: nothing is left.
-        assert_eq!(run.admit(&call(&haiku, 100, 10)), Admission::Refuse);
+        assert_eq!(run.admit(&call(&haiku, 100, 10), None), Admission::Refuse);
         assert!(run.refused());
         // It cost 1,000 of input and 20 tokens of output: 1,100 µ$.
         run.settle(Micros(6_000), Micros(1_100));
         assert_eq!(run.spent(), Micros(1_100));
         // 900 µ$ left: 400 of input, then 100 tokens of output.
         assert_eq!(
-            run.admit(&call(&haiku, 400, 32_000)),
+            run.admit(&call(&haiku, 400, 32_000), None),
             Admission::Pass { max_tokens: 100, worst: Micros(900) }
         );
-        assert_eq!(run.admit(&call(&haiku, 1, 1)), Admission::Refuse);
+        assert_eq!(run.admit(&call(&haiku, 1, 1), None), Admission::Refuse);
+    }
+
+    fn conversation(messages: &[Value]) -> Value {
+        serde_json::json!({"model": "m", "max_tokens": 10, "system": [{"type": "text", "text": "You are Claude Code."}],
+            "tools": [{"name": "Read", "input_schema": {"type": "object"}}], "messages": messages})
+    }
+
+    #[test]
+    fn a_later_call_is_bounded_by_what_an_earlier_one_read_plus_a_token_a_byte_of_what_is_new() {
+        let question = serde_json::json!({"role": "user", "content": "read notes.txt"});
+        let answer = serde_json::json!({"role": "assistant", "content": [
+            {"type": "tool_use", "id": "t1", "name": "Read", "input": {"file_path": "notes.txt"}}]});
+        let result = serde_json::json!({"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "t1", "content": "{};".repeat(1_000)}]});
+        let first = Shape::of(&conversation(std::slice::from_ref(&question)));
+        let known = Known { shape: first, input_tokens: 700 };
+        let later = Shape::of(&conversation(&[question.clone(), answer.clone(), result.clone()]));
+        let new = (answer.to_string().len() + result.to_string().len()) as u64;
+        assert_eq!(later.bound_after(&known), 700 + new);
+        // A dense tool result beats the estimate of the whole call, not this.
+        assert!(new > 3_000 && token_estimate_of_len(result.to_string().len()) < 3_000);
+
+        // A changed system prompt counts whole; so does a message whose JSON
+        // changed at all (a cache marker moved onto it), and all after it.
+        let mut changed = conversation(&[question.clone(), answer.clone(), result.clone()]);
+        changed["system"][0]["text"] = "You are someone else.".into();
+        let system = changed["system"].to_string().len() as u64;
+        assert_eq!(Shape::of(&changed).bound_after(&known), 700 + new + system);
+        let mut marked = question.clone();
+        marked["cache_control"] = serde_json::json!({"type": "ephemeral"});
+        let moved = Shape::of(&conversation(&[marked.clone(), answer]));
+        let tokens = moved.bound_after(&known) - 700;
+        assert_eq!(tokens, (marked.to_string().len() + moved.messages[1].json.len()) as u64);
+    }
+
+    #[test]
+    fn an_image_in_a_new_message_counts_as_image_tokens() {
+        let known = Known { shape: Shape::of(&conversation(&[])), input_tokens: 100 };
+        let image = serde_json::json!({"role": "user", "content": [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "A".repeat(100_000)}}]});
+        let bound = Shape::of(&conversation(std::slice::from_ref(&image))).bound_after(&known);
+        assert_eq!(bound, 100 + (image.to_string().len() - 100_000) as u64 + IMAGE_TOKENS);
+    }
+
+    #[test]
+    fn a_run_bounds_later_calls_from_its_finished_ones_and_estimates_without_one() {
+        let haiku = haiku();
+        let run = GateRun::new(Micros(1_000_000));
+        let question = serde_json::json!({"role": "user", "content": "hi"});
+        let shape = Shape::of(&conversation(std::slice::from_ref(&question)));
+        // The first call goes as asked; while none has finished, a later
+        // call's input is the estimate it came with.
+        assert_eq!(
+            run.admit(&call(&haiku, 50, 10), Some(&shape)),
+            Admission::Pass { max_tokens: 10, worst: Micros(100) }
+        );
+        assert_eq!(
+            run.admit(&call(&haiku, 50, 10), Some(&shape)),
+            Admission::Pass { max_tokens: 10, worst: Micros(100) }
+        );
+        run.learn(shape, 5_000);
+        // Now the same call is priced from what the first one read: 5,000
+        // tokens, far past the estimate of 50.
+        let again = Shape::of(&conversation(std::slice::from_ref(&question)));
+        assert_eq!(
+            run.admit(&call(&haiku, 50, 10), Some(&again)),
+            Admission::Pass { max_tokens: 10, worst: Micros(5_050) }
+        );
+        // The least bound over the calls kept: an unrelated finished call
+        // does not raise it.
+        run.learn(Shape::of(&conversation(&[])), 1_000_000);
+        assert_eq!(
+            run.admit(&call(&haiku, 50, 10), Some(&again)),
+            Admission::Pass { max_tokens: 10, worst: Micros(5_050) }
+        );
     }
 
     #[test]
@@ -319,12 +496,12 @@ mod tests {
             {"type": "text", "text": "what is this?"},
         ]}]});
         let len = call.to_string().len();
-        let bound = input_bound(&call, len);
+        let bound = input_estimate(&call, len);
         assert_eq!(bound, token_estimate_of_len(len - 1_000_000) + IMAGE_TOKENS);
         let text =
             serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x".repeat(1000)}]});
         let len = text.to_string().len();
-        assert_eq!(input_bound(&text, len), token_estimate_of_len(len));
+        assert_eq!(input_estimate(&text, len), token_estimate_of_len(len));
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub struct Directives {
     /// `[sim:byte_tokens]`: count the request's input at one token per
     /// byte of its text, the most a byte-level tokenizer ever gives (dense
     /// punctuation, rare scripts), instead of one per four characters.
+    /// All of the request's text counts so, a client's system prompt and
+    /// tools too (and through the Claude Code CLI, the CLI's own prompt,
+    /// which real tokenizers read as ordinary English).
     pub byte_tokens: bool,
     /// `[sim:fail_model=MODEL]`: requests for MODEL (its full id) are
     /// overloaded (529); other models answer, so a client can fall back.
