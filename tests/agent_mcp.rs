@@ -23,6 +23,13 @@ fn echo_server(name: &str, log: &Path) -> Value {
     json!({"name": name, "command": "python3", "args": [fixture()], "env": {"MCP_ECHO_LOG": log}})
 }
 
+/// The same, for a server that takes `delay_ms` to start answering.
+fn slow_echo_server(name: &str, log: &Path, delay_ms: u64) -> Value {
+    let mut server = echo_server(name, log);
+    server["env"]["MCP_ECHO_START_DELAY_MS"] = delay_ms.to_string().into();
+    server
+}
+
 /// A temp directory holding `root` (the policy's root, the agents' working
 /// directory) and the MCP servers' logs beside it.
 struct Tree {
@@ -67,6 +74,11 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
+/// The simulated model calls the server's tool in its first answer, in
+/// microseconds; the server here takes three seconds to start. The run waits
+/// for the policy's servers to connect before its first call, so the tool
+/// is there when the model calls it (Claude Code otherwise connects them
+/// while the run goes on, and the call failed with "still connecting").
 #[tokio::test]
 async fn a_policy_s_mcp_server_is_called_and_no_other_server_starts() {
     let db = TestDb::sqlite();
@@ -77,7 +89,7 @@ async fn a_policy_s_mcp_server_is_called_and_no_other_server_starts() {
     app.project_with_policy(
         "acme",
         json!({"allowed_roots": [tree.root], "allowed_tools": ["Read", "mcp__echo__echo"],
-               "mcp_servers": [echo_server("echo", &log)], "max_turns": 3}),
+               "mcp_servers": [slow_echo_server("echo", &log, 3_000)], "max_turns": 3}),
     )
     .await;
 

@@ -183,7 +183,12 @@ impl ClaudeCli {
             cmd.args(["--resume", session]);
         }
         if let Some(config) = &agent.mcp_config {
-            cmd.args(["--mcp-config", config]);
+            // The policy's servers are connected before the first call to
+            // the model: by default Claude Code waits for them a moment,
+            // then goes on while they connect, and a server slow to start
+            // (one fetched by npx, say) is "still connecting" when the
+            // model calls its tool, which then fails.
+            cmd.args(["--mcp-config", config]).env("MCP_CONNECTION_NONBLOCKING", "0");
         }
         cmd.args(["--strict-mcp-config", "--setting-sources", "user"])
             .env("CLAUDE_CONFIG_DIR", self.work_dir.join(AGENT_CONFIG_DIR))
