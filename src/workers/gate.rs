@@ -33,10 +33,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::gate_meter::Meter;
 pub use super::gate_run::GateRun;
-use super::gate_run::{input_estimate, input_rate, lower_max_tokens, price_model, Admission, Call, Shape};
+use super::gate_run::{
+    input_estimate, input_rate, lower_max_tokens, price_model, Admission, Admitted, Call, Shape,
+};
 use super::PoolStats;
 use crate::money::Micros;
-use crate::pricing::{Model, PriceTable};
+use crate::pricing::PriceTable;
 
 /// The largest call body the gate takes (images travel base64 inside it).
 const MAX_CALL_BYTES: usize = 64 * 1024 * 1024;
@@ -229,8 +231,8 @@ async fn forward(
         let Some(run) = lock(&slot.run).clone() else {
             return refusal(StatusCode::BAD_REQUEST, "ccgate: this worker process is not serving a request");
         };
-        match gate(&shared.prices, &run, body) {
-            Ok((body, model, worst, shape)) => (body, Some((run, model, worst, shape))),
+        match gate(&shared.prices, run, body) {
+            Ok((body, admitted)) => (body, Some(admitted)),
             Err(NotSent::Refused) => {
                 shared.stats.gate_refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return refusal(StatusCode::BAD_REQUEST, REFUSED);
@@ -247,8 +249,8 @@ async fn forward(
     let response = match request.send().await {
         Ok(response) => response,
         Err(e) => {
-            if let Some((run, _, worst, _)) = &admitted {
-                run.settle(*worst, Micros::ZERO);
+            if let Some(admitted) = admitted {
+                admitted.unbilled();
             }
             tracing::warn!(error = %e, "the spend gate cannot reach the upstream API");
             return refusal(StatusCode::BAD_GATEWAY, &format!("ccgate: cannot reach the upstream API: {e}"));
@@ -260,16 +262,16 @@ async fn forward(
         answer = answer.header(name.as_str(), value.as_bytes());
     }
     let body = match admitted {
-        Some((run, model, worst, shape)) if status.is_success() => {
+        Some(admitted) if status.is_success() => {
             let json = response
                 .headers()
                 .get(reqwest::header::CONTENT_TYPE)
                 .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-            Body::from_stream(Meter::new(response.bytes_stream(), json, run, (model, worst, shape)))
+            Body::from_stream(Meter::new(response.bytes_stream(), json, admitted))
         }
-        Some((run, _, worst, _)) => {
+        Some(admitted) => {
             // An answer other than a success is not billed.
-            run.settle(worst, Micros::ZERO);
+            admitted.unbilled();
             Body::from_stream(response.bytes_stream())
         }
         None => Body::from_stream(response.bytes_stream()),
@@ -290,10 +292,9 @@ enum NotSent {
 }
 
 /// Admits a Messages call of `run`: the body to send (its `max_tokens`
-/// maybe lowered), the model it is priced as, its worst case and its
-/// shape (which bounds the run's later calls once its usage is read); or
-/// why it is not sent.
-fn gate(prices: &PriceTable, run: &GateRun, body: Bytes) -> Result<(Bytes, Model, Micros, Shape), NotSent> {
+/// maybe lowered) and the call as admitted, whose shape bounds the run's
+/// later calls once its usage is read; or why it is not sent.
+fn gate(prices: &PriceTable, run: Arc<GateRun>, body: Bytes) -> Result<(Bytes, Admitted), NotSent> {
     let parsed = serde_json::from_slice::<Value>(&body).ok();
     let head = parsed
         .as_ref()
@@ -311,16 +312,15 @@ fn gate(prices: &PriceTable, run: &GateRun, body: Bytes) -> Result<(Bytes, Model
         max_tokens: asked,
     };
     let shape = Shape::of(&parsed);
-    match run.admit(&call, Some(&shape)) {
-        Admission::Refuse => Err(NotSent::Refused),
-        Admission::Pass { max_tokens, worst } if max_tokens == asked => {
-            Ok((body, model.clone(), worst, shape))
-        }
+    let (body, worst) = match run.admit(&call, &shape) {
+        Admission::Refuse => return Err(NotSent::Refused),
+        Admission::Pass { max_tokens, worst } if max_tokens == asked => (body, worst),
         Admission::Pass { max_tokens, worst } => {
             lower_max_tokens(&mut parsed, max_tokens);
-            Ok((Bytes::from(parsed.to_string()), model.clone(), worst, shape))
+            (Bytes::from(parsed.to_string()), worst)
         }
-    }
+    };
+    Ok((body, Admitted { run, model: model.clone(), worst, shape }))
 }
 
 /// An error in the Messages API's shape.

@@ -4,16 +4,14 @@
 //! its usage (cut off, or the worker gone) is counted at its worst case.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::Stream;
 
-use super::gate_run::{GateRun, Shape};
+use super::gate_run::Admitted;
 use super::messages_sse::{data_of, parse_data, SseLines, StreamEvent, WholeMessage};
-use crate::money::Micros;
-use crate::pricing::{Model, TokenUsage};
+use crate::pricing::TokenUsage;
 
 /// A whole message larger than this is not kept to be read: its call is
 /// counted at its worst case.
@@ -31,15 +29,14 @@ pub(super) struct Meter {
     /// Whether the usage is complete: `message_stop`, or the whole message read.
     complete: bool,
     /// Settled once, at the end or when dropped.
-    books: Option<(Arc<GateRun>, Model, Micros, Shape)>,
+    books: Option<Admitted>,
 }
 
 impl Meter {
     pub(super) fn new(
         upstream: impl Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
         json: bool,
-        run: Arc<GateRun>,
-        (model, worst, shape): (Model, Micros, Shape),
+        admitted: Admitted,
     ) -> Meter {
         Meter {
             upstream: Box::pin(upstream),
@@ -47,7 +44,7 @@ impl Meter {
             lines: SseLines::default(),
             usage: TokenUsage::default(),
             complete: false,
-            books: Some((run, model, worst, shape)),
+            books: Some(admitted),
         }
     }
 
@@ -99,7 +96,7 @@ impl Meter {
     /// the usage is not all there. A call whose usage was read bounds the
     /// run's later calls (`Shape`).
     fn settle(&mut self) {
-        let Some((run, model, worst, shape)) = self.books.take() else { return };
+        let Some(Admitted { run, model, worst, shape }) = self.books.take() else { return };
         if !self.complete {
             run.settle(worst, worst);
             return;
@@ -147,9 +144,12 @@ impl Drop for Meter {
 mod tests {
     use futures::StreamExt;
 
+    use std::sync::Arc;
+
     use super::*;
-    use crate::pricing::PriceTable;
-    use crate::workers::gate_run::{Admission, Call, InputRate};
+    use crate::money::Micros;
+    use crate::pricing::{Model, PriceTable};
+    use crate::workers::gate_run::{Admission, Call, GateRun, InputRate, Shape};
 
     fn haiku() -> Model {
         PriceTable::builtin().resolve("haiku").expect("haiku").clone()
@@ -165,6 +165,11 @@ mod tests {
         Arc::new(GateRun::new(Micros(limit)))
     }
 
+    /// A call of `run` admitted at haiku's prices with a worst case of 5,000 µ$.
+    fn admitted(run: &Arc<GateRun>) -> Admitted {
+        Admitted { run: Arc::clone(run), model: haiku(), worst: Micros(5_000), shape: sent() }
+    }
+
     fn sent() -> Shape {
         Shape::of(&serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
     }
@@ -174,7 +179,7 @@ mod tests {
     fn worst_of_the_same_again(run: &GateRun) -> Micros {
         let haiku = haiku();
         let call = Call { model: &haiku, input_tokens: 1, rate: InputRate::Plain, max_tokens: 10 };
-        match run.admit(&call, Some(&sent())) {
+        match run.admit(&call, &sent()) {
             Admission::Pass { worst, .. } => worst,
             Admission::Refuse => panic!("refused"),
         }
@@ -192,7 +197,7 @@ mod tests {
     async fn a_stream_is_passed_on_unchanged_and_counted_at_its_usage() {
         let run = run(1_000_000);
         run.hold_for_tests(Micros(5_000));
-        let meter = Meter::new(chunks(STREAM), false, Arc::clone(&run), (haiku(), Micros(5_000), sent()));
+        let meter = Meter::new(chunks(STREAM), false, admitted(&run));
         let passed: Vec<Bytes> = meter.map(|b| b.unwrap()).collect().await;
         assert_eq!(passed.concat(), STREAM.concat().into_bytes());
         // 100 input tokens at $1/M and 20 output at $5/M.
@@ -207,8 +212,7 @@ mod tests {
     async fn a_stream_cut_off_is_counted_at_its_worst() {
         let run = run(1_000_000);
         run.hold_for_tests(Micros(5_000));
-        let mut meter =
-            Meter::new(chunks(&STREAM[..3]), false, Arc::clone(&run), (haiku(), Micros(5_000), sent()));
+        let mut meter = Meter::new(chunks(&STREAM[..3]), false, admitted(&run));
         // The worker reads two chunks and goes away.
         meter.next().await;
         meter.next().await;
@@ -225,7 +229,7 @@ mod tests {
         run.hold_for_tests(Micros(5_000));
         let whole = r#"{"type":"message","content":[{"type":"text","text":"hi"}],"usage":{"input_tokens":10,"output_tokens":2}}"#;
         let (a, b) = whole.split_at(20);
-        let meter = Meter::new(chunks(&[a, b]), true, Arc::clone(&run), (haiku(), Micros(5_000), sent()));
+        let meter = Meter::new(chunks(&[a, b]), true, admitted(&run));
         let passed: Vec<Bytes> = meter.map(|b| b.unwrap()).collect().await;
         assert_eq!(passed.concat(), whole.as_bytes());
         assert_eq!(run.spent(), Micros(10 + 10));

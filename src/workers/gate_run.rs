@@ -59,16 +59,16 @@ impl GateRun {
         lock(&self.books).spent
     }
 
-    /// Admits one call (see the module note). A later call's input is
-    /// bounded from a finished call of the run when there is one
-    /// (`Shape::bound_after`, the least over those kept), which no input
-    /// beats; otherwise it is `call.input_tokens`, an estimate.
-    pub(super) fn admit(&self, call: &Call<'_>, shape: Option<&Shape>) -> Admission {
+    /// Admits one call, which sends `shape` (see the module note). A later
+    /// call's input is bounded from a finished call of the run when there
+    /// is one (`Shape::bound_after`, the least over those kept), which no
+    /// input beats; otherwise it is `call.input_tokens`, an estimate.
+    pub(super) fn admit(&self, call: &Call<'_>, shape: &Shape) -> Admission {
         let mut books = lock(&self.books);
         let first = books.calls == 0;
         books.calls += 1;
         let available = Micros(self.limit.0 - books.spent.0 - books.held.0);
-        let bounded = shape.and_then(|shape| books.known.iter().map(|known| shape.bound_after(known)).min());
+        let bounded = books.known.iter().map(|known| shape.bound_after(known)).min();
         let call = Call { input_tokens: bounded.unwrap_or(call.input_tokens), ..*call };
         let admission = if first { call.as_asked() } else { call.within(available) };
         match &admission {
@@ -101,6 +101,23 @@ impl GateRun {
         let mut books = lock(&self.books);
         books.known.push_front(Known { shape, input_tokens });
         books.known.truncate(KNOWN_CALLS);
+    }
+}
+
+/// A call the gate let through: its run, the model it is priced as, its
+/// worst case (held against the run until it is settled) and what it sent.
+pub(super) struct Admitted {
+    pub(super) run: std::sync::Arc<GateRun>,
+    pub(super) model: Model,
+    pub(super) worst: Micros,
+    pub(super) shape: Shape,
+}
+
+impl Admitted {
+    /// The call ended with nothing to bill: not sent, or not answered with
+    /// a success.
+    pub(super) fn unbilled(self) {
+        self.run.settle(self.worst, Micros::ZERO);
     }
 }
 
@@ -327,6 +344,11 @@ mod tests {
         PriceTable::builtin().resolve("haiku").expect("haiku").clone()
     }
 
+    /// The shape of a call with no system prompt, tools or messages.
+    fn nothing_sent() -> Shape {
+        Shape::of(&serde_json::json!({"model": "m", "max_tokens": 10}))
+    }
+
     fn call(model: &Model, input_tokens: u64, max_tokens: u64) -> Call<'_> {
         Call { model, input_tokens, rate: InputRate::Plain, max_tokens }
     }
@@ -379,19 +401,22 @@ mod tests {
         let run = GateRun::new(Micros(2_000));
         // The first call is what the reservation was priced from.
         let first = call(&haiku, 1_000, 1_000);
-        assert_eq!(run.admit(&first, None), Admission::Pass { max_tokens: 1_000, worst: Micros(6_000) });
+        assert_eq!(
+            run.admit(&first, &nothing_sent()),
+            Admission::Pass { max_tokens: 1_000, worst: Micros(6_000) }
+        );
         // While it runs, its worst case is held: nothing is left.
-        assert_eq!(run.admit(&call(&haiku, 100, 10), None), Admission::Refuse);
+        assert_eq!(run.admit(&call(&haiku, 100, 10), &nothing_sent()), Admission::Refuse);
         assert!(run.refused());
         // It cost 1,000 of input and 20 tokens of output: 1,100 µ$.
         run.settle(Micros(6_000), Micros(1_100));
         assert_eq!(run.spent(), Micros(1_100));
         // 900 µ$ left: 400 of input, then 100 tokens of output.
         assert_eq!(
-            run.admit(&call(&haiku, 400, 32_000), None),
+            run.admit(&call(&haiku, 400, 32_000), &nothing_sent()),
             Admission::Pass { max_tokens: 100, worst: Micros(900) }
         );
-        assert_eq!(run.admit(&call(&haiku, 1, 1), None), Admission::Refuse);
+        assert_eq!(run.admit(&call(&haiku, 1, 1), &nothing_sent()), Admission::Refuse);
     }
 
     fn conversation(messages: &[Value]) -> Value {
@@ -445,11 +470,11 @@ mod tests {
         // The first call goes as asked; while none has finished, a later
         // call's input is the estimate it came with.
         assert_eq!(
-            run.admit(&call(&haiku, 50, 10), Some(&shape)),
+            run.admit(&call(&haiku, 50, 10), &shape),
             Admission::Pass { max_tokens: 10, worst: Micros(100) }
         );
         assert_eq!(
-            run.admit(&call(&haiku, 50, 10), Some(&shape)),
+            run.admit(&call(&haiku, 50, 10), &shape),
             Admission::Pass { max_tokens: 10, worst: Micros(100) }
         );
         run.learn(shape, 5_000);
@@ -457,14 +482,14 @@ mod tests {
         // tokens, far past the estimate of 50.
         let again = Shape::of(&conversation(std::slice::from_ref(&question)));
         assert_eq!(
-            run.admit(&call(&haiku, 50, 10), Some(&again)),
+            run.admit(&call(&haiku, 50, 10), &again),
             Admission::Pass { max_tokens: 10, worst: Micros(5_050) }
         );
         // The least bound over the calls kept: an unrelated finished call
         // does not raise it.
         run.learn(Shape::of(&conversation(&[])), 1_000_000);
         assert_eq!(
-            run.admit(&call(&haiku, 50, 10), Some(&again)),
+            run.admit(&call(&haiku, 50, 10), &again),
             Admission::Pass { max_tokens: 10, worst: Micros(5_050) }
         );
     }

@@ -117,18 +117,14 @@ pub fn route(
 ) -> Result<Decision, RouteError> {
     let cx = complexity(req.messages, cfg);
     let messages = u64::try_from(req.messages.len()).unwrap_or(u64::MAX);
-    let input = cx
-        .text_tokens
-        .saturating_add(messages.saturating_mul(MESSAGE_FRAMING_TOKENS))
-        .saturating_add(req.overhead_tokens);
+    // Message framing and the gateway's overhead, around the text.
+    let around = messages.saturating_mul(MESSAGE_FRAMING_TOKENS).saturating_add(req.overhead_tokens);
+    let input = cx.text_tokens.saturating_add(around);
     let with_margin = input.saturating_add(input.saturating_mul(cfg.context_margin_percent) / 100);
     // What the gateway will reserve for the input: a token per byte, which
     // no text beats, so a tier judged affordable here is not refused there.
     let text_bytes: usize = req.messages.iter().map(|m| m.text.len()).sum();
-    let input_bound = u64::try_from(text_bytes)
-        .unwrap_or(u64::MAX)
-        .saturating_add(messages.saturating_mul(MESSAGE_FRAMING_TOKENS))
-        .saturating_add(req.overhead_tokens);
+    let input_bound = u64::try_from(text_bytes).unwrap_or(u64::MAX).saturating_add(around);
     let (allowed, min_level, max_level) = apply_policy(tiers, policy)?;
 
     let candidates: Vec<Candidate> = allowed
