@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use ccgate::money::Micros;
 use ccgate::pricing::PriceTable;
-use ccgate::workers::gate::SpendGate;
+use ccgate::workers::gate::{SpendGate, Ticket};
 use ccgate::workers::PoolStats;
 use serde_json::{json, Value};
 
@@ -30,8 +30,9 @@ fn first_input_tokens(stream: &str) -> i64 {
     event["message"]["usage"]["input_tokens"].as_i64().expect("input_tokens")
 }
 
-async fn post(url: &str, body: Vec<u8>) -> (u16, String) {
-    let response = reqwest::Client::new()
+/// A Messages call as a worker sends it.
+async fn send(url: &str, body: Vec<u8>) -> reqwest::Response {
+    reqwest::Client::new()
         .post(url)
         .header("content-type", "application/json")
         .header("x-api-key", "sk-worker")
@@ -39,8 +40,24 @@ async fn post(url: &str, body: Vec<u8>) -> (u16, String) {
         .body(body)
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn post(url: &str, body: Vec<u8>) -> (u16, String) {
+    let response = send(url, body).await;
     (response.status().as_u16(), response.text().await.unwrap())
+}
+
+/// The simulated upstream, a gate in front of it, and one worker's ticket
+/// with its Messages address.
+async fn one_worker() -> (ccgate_sim::SimHandle, SpendGate, Ticket, String) {
+    let sim = ccgate_sim::spawn(Default::default()).await.unwrap();
+    let gate =
+        SpendGate::start(&sim.base_url(), Arc::new(PriceTable::builtin()), Arc::new(PoolStats::default()))
+            .unwrap();
+    let ticket = gate.ticket();
+    let url = format!("{}/v1/messages", ticket.base_url());
+    (sim, gate, ticket, url)
 }
 
 #[tokio::test]
@@ -113,12 +130,7 @@ async fn later_calls_get_the_output_that_fits_and_one_that_cannot_fit_is_refused
 /// its allowance. (Here the upstream counts a token a byte.)
 #[tokio::test]
 async fn a_later_call_with_dense_new_input_cannot_pass_the_allowance() {
-    let sim = ccgate_sim::spawn(Default::default()).await.unwrap();
-    let gate =
-        SpendGate::start(&sim.base_url(), Arc::new(PriceTable::builtin()), Arc::new(PoolStats::default()))
-            .unwrap();
-    let ticket = gate.ticket();
-    let url = format!("{}/v1/messages", ticket.base_url());
+    let (sim, _gate, ticket, url) = one_worker().await;
     let question = json!({"role": "user", "content": "read the file [sim:byte_tokens] [sim:words=2]"});
     let first = json!({"model": HAIKU, "max_tokens": 10, "stream": true, "messages": [question]});
     // haiku: 1 µ$ an input token, 5 µ$ an output token. After the first
@@ -145,4 +157,42 @@ async fn a_later_call_with_dense_new_input_cannot_pass_the_allowance() {
     assert!(run.refused());
     assert_eq!(sim.sim.requests().len(), 2, "never sent");
     assert!(run.spent().0 <= limit);
+}
+
+/// A call made while another of its run is under way and none has
+/// finished has nothing to bound its input by: it waits for the one under
+/// way, and is then bounded by what that read, so dense input cannot pass
+/// on an estimate. (Here the upstream counts a token a byte.)
+#[tokio::test]
+async fn a_call_made_while_the_first_is_under_way_waits_and_is_bounded_by_it() {
+    let (sim, _gate, ticket, url) = one_worker().await;
+    // The first call answers slowly: its head comes at once, its text
+    // after 300 ms.
+    let question = json!({"role": "user", "content": "read the file [sim:byte_tokens] [sim:words=2] [sim:first_token_ms=300]"});
+    let first = json!({"model": HAIKU, "max_tokens": 10, "stream": true, "messages": [question]});
+    // haiku: 1 µ$ an input token, 5 µ$ an output token; the first call
+    // reads about 80 tokens and writes 2. The limit leaves room for about
+    // 4,000 more input tokens.
+    let run = ticket.open(Micros(4_200));
+    let head = send(&url, serde_json::to_vec(&first).unwrap()).await;
+    assert_eq!(head.status(), 200);
+    let first_body = tokio::spawn(head.text());
+    // Under way now (its answer's head is here), not finished. A second
+    // call, with 6,000 bytes of punctuation after the same question: about
+    // 2,500 tokens at a token per 2.5 bytes, which would fit; 6,000 and
+    // more as the upstream counts it, which would not.
+    let result = format!("{} [sim:byte_tokens] [sim:words=2]", "{};".repeat(2_000));
+    let second = json!({"model": HAIKU, "max_tokens": 10, "stream": true, "messages": [
+        question, {"role": "assistant", "content": "w1 w2"}, {"role": "user", "content": result}]});
+    let second = serde_json::to_vec(&second).unwrap();
+    assert!((second.len() as i64 * 2) / 5 < 4_000 - 100, "the estimate would have let it go");
+    // Refused: decided once the first had finished, by what that read.
+    let refused = send(&url, second).await;
+    let first_body = first_body.await.unwrap().unwrap();
+    assert!(first_body.contains("message_stop"), "{first_body}");
+    assert_eq!(refused.status(), 400);
+    assert!(refused.text().await.unwrap().contains("spending cap"));
+    assert!(run.refused());
+    assert_eq!(sim.sim.requests().len(), 1, "never sent");
+    assert!(run.spent().0 <= 4_200, "{}", run.spent().0);
 }

@@ -231,7 +231,7 @@ async fn forward(
         let Some(run) = lock(&slot.run).clone() else {
             return refusal(StatusCode::BAD_REQUEST, "ccgate: this worker process is not serving a request");
         };
-        match gate(&shared.prices, run, body) {
+        match gate(&shared.prices, run, body).await {
             Ok((body, admitted)) => (body, Some(admitted)),
             Err(NotSent::Refused) => {
                 shared.stats.gate_refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -294,7 +294,7 @@ enum NotSent {
 /// Admits a Messages call of `run`: the body to send (its `max_tokens`
 /// maybe lowered) and the call as admitted, whose shape bounds the run's
 /// later calls once its usage is read; or why it is not sent.
-fn gate(prices: &PriceTable, run: Arc<GateRun>, body: Bytes) -> Result<(Bytes, Admitted), NotSent> {
+async fn gate(prices: &PriceTable, run: Arc<GateRun>, body: Bytes) -> Result<(Bytes, Admitted), NotSent> {
     let parsed = serde_json::from_slice::<Value>(&body).ok();
     let head = parsed
         .as_ref()
@@ -312,7 +312,7 @@ fn gate(prices: &PriceTable, run: Arc<GateRun>, body: Bytes) -> Result<(Bytes, A
         max_tokens: asked,
     };
     let shape = Shape::of(&parsed);
-    let (body, worst) = match run.admit(&call, &shape) {
+    let (body, worst) = match run.admit(&call, &shape).await {
         Admission::Refuse => return Err(NotSent::Refused),
         Admission::Pass { max_tokens, worst } if max_tokens == asked => (body, worst),
         Admission::Pass { max_tokens, worst } => {

@@ -167,6 +167,7 @@ mod tests {
 
     /// A call of `run` admitted at haiku's prices with a worst case of 5,000 µ$.
     fn admitted(run: &Arc<GateRun>) -> Admitted {
+        run.hold_for_tests(Micros(5_000));
         Admitted { run: Arc::clone(run), model: haiku(), worst: Micros(5_000), shape: sent() }
     }
 
@@ -176,10 +177,10 @@ mod tests {
 
     /// The worst case, at haiku's prices, of a call that sends what `sent`
     /// did, with a one-token estimate and 10 tokens of output.
-    fn worst_of_the_same_again(run: &GateRun) -> Micros {
+    async fn worst_of_the_same_again(run: &GateRun) -> Micros {
         let haiku = haiku();
         let call = Call { model: &haiku, input_tokens: 1, rate: InputRate::Plain, max_tokens: 10 };
-        match run.admit(&call, &sent()) {
+        match run.admit(&call, &sent()).await {
             Admission::Pass { worst, .. } => worst,
             Admission::Refuse => panic!("refused"),
         }
@@ -196,7 +197,6 @@ mod tests {
     #[tokio::test]
     async fn a_stream_is_passed_on_unchanged_and_counted_at_its_usage() {
         let run = run(1_000_000);
-        run.hold_for_tests(Micros(5_000));
         let meter = Meter::new(chunks(STREAM), false, admitted(&run));
         let passed: Vec<Bytes> = meter.map(|b| b.unwrap()).collect().await;
         assert_eq!(passed.concat(), STREAM.concat().into_bytes());
@@ -205,13 +205,12 @@ mod tests {
         assert_eq!(run.held_for_tests(), Micros(0));
         // The same call again is bounded by the 100 input tokens this one
         // read, not by its one-token estimate.
-        assert_eq!(worst_of_the_same_again(&run), Micros(100 + 10 * 5));
+        assert_eq!(worst_of_the_same_again(&run).await, Micros(100 + 10 * 5));
     }
 
     #[tokio::test]
     async fn a_stream_cut_off_is_counted_at_its_worst() {
         let run = run(1_000_000);
-        run.hold_for_tests(Micros(5_000));
         let mut meter = Meter::new(chunks(&STREAM[..3]), false, admitted(&run));
         // The worker reads two chunks and goes away.
         meter.next().await;
@@ -219,20 +218,21 @@ mod tests {
         drop(meter);
         assert_eq!(run.spent(), Micros(5_000));
         assert_eq!(run.held_for_tests(), Micros(0));
-        // Its usage was not all read: nothing to bound a later call by.
-        assert_eq!(worst_of_the_same_again(&run), Micros(1 + 10 * 5));
+        // Its usage was not all read: nothing to bound a later call by but
+        // a token per byte of all it sends.
+        let sent = r#"{"role":"user","content":"hi"}"#.len() as i64;
+        assert_eq!(worst_of_the_same_again(&run).await, Micros(sent + 10 * 5));
     }
 
     #[tokio::test]
     async fn a_whole_message_is_counted_at_its_usage() {
         let run = run(1_000_000);
-        run.hold_for_tests(Micros(5_000));
         let whole = r#"{"type":"message","content":[{"type":"text","text":"hi"}],"usage":{"input_tokens":10,"output_tokens":2}}"#;
         let (a, b) = whole.split_at(20);
         let meter = Meter::new(chunks(&[a, b]), true, admitted(&run));
         let passed: Vec<Bytes> = meter.map(|b| b.unwrap()).collect().await;
         assert_eq!(passed.concat(), whole.as_bytes());
         assert_eq!(run.spent(), Micros(10 + 10));
-        assert_eq!(worst_of_the_same_again(&run), Micros(10 + 10 * 5));
+        assert_eq!(worst_of_the_same_again(&run).await, Micros(10 + 10 * 5));
     }
 }

@@ -6,6 +6,8 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
+use tokio::sync::Notify;
+
 use serde_json::Value;
 
 use super::cli::MIN_THINKING_BUDGET;
@@ -19,6 +21,8 @@ use crate::pricing::{Model, PriceTable, TokenUsage};
 pub struct GateRun {
     limit: Micros,
     books: Mutex<Books>,
+    /// Told when a call ends, for a call waiting to be bounded.
+    ended: Notify,
 }
 
 #[derive(Default)]
@@ -26,7 +30,8 @@ struct Books {
     calls: u32,
     /// What finished calls cost, from their usage.
     spent: Micros,
-    /// The worst cases of the calls under way.
+    /// The calls under way, and their worst cases.
+    under_way: u32,
     held: Micros,
     refused: bool,
     /// The latest finished calls whose usage was read, newest first (at
@@ -46,7 +51,7 @@ struct Known {
 
 impl GateRun {
     pub(super) fn new(limit: Micros) -> GateRun {
-        GateRun { limit, books: Mutex::default() }
+        GateRun { limit, books: Mutex::default(), ended: Notify::new() }
     }
 
     /// Whether a call of this run was refused for want of budget.
@@ -59,20 +64,47 @@ impl GateRun {
         lock(&self.books).spent
     }
 
-    /// Admits one call, which sends `shape` (see the module note). A later
-    /// call's input is bounded from a finished call of the run when there
-    /// is one (`Shape::bound_after`, the least over those kept), which no
-    /// input beats; otherwise it is `call.input_tokens`, an estimate.
-    pub(super) fn admit(&self, call: &Call<'_>, shape: &Shape) -> Admission {
+    /// Admits one call, which sends `shape` (see the module note). The
+    /// run's first call goes as asked: the reservation was priced from it.
+    /// A later one's input is bounded from a finished call of the run
+    /// (`Shape::bound_after`, the least over those kept), which no input
+    /// beats. Without one, a later call waits while a call is under way
+    /// (its end gives the bound); with none under way (every earlier call
+    /// failed), its input counts at a token per byte of all it sends.
+    pub(super) async fn admit(&self, call: &Call<'_>, shape: &Shape) -> Admission {
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            // Registered before the books are read: an end between the
+            // read and the wait still wakes it.
+            ended.as_mut().enable();
+            if let Some(admission) = self.try_admit(call, shape) {
+                return admission;
+            }
+            ended.await;
+        }
+    }
+
+    /// `admit` without the wait: `None` when the call must wait.
+    fn try_admit(&self, call: &Call<'_>, shape: &Shape) -> Option<Admission> {
         let mut books = lock(&self.books);
         let first = books.calls == 0;
+        let bounded = books.known.iter().map(|known| shape.bound_after(known)).min();
+        let input_tokens = match bounded {
+            Some(bound) => bound,
+            None if first => call.input_tokens,
+            None if books.under_way > 0 => return None,
+            None => shape.bound(),
+        };
         books.calls += 1;
         let available = Micros(self.limit.0 - books.spent.0 - books.held.0);
-        let bounded = books.known.iter().map(|known| shape.bound_after(known)).min();
-        let call = Call { input_tokens: bounded.unwrap_or(call.input_tokens), ..*call };
+        let call = Call { input_tokens, ..*call };
         let admission = if first { call.as_asked() } else { call.within(available) };
         match &admission {
-            Admission::Pass { worst, .. } => books.held = Micros(books.held.0 + worst.0),
+            Admission::Pass { worst, .. } => {
+                books.held = Micros(books.held.0 + worst.0);
+                books.under_way += 1;
+            }
             Admission::Refuse => {
                 books.refused = true;
                 tracing::info!(
@@ -85,14 +117,18 @@ impl GateRun {
                 );
             }
         }
-        admission
+        Some(admission)
     }
 
     /// A call admitted with `worst` has ended, having cost `cost`.
     pub(super) fn settle(&self, worst: Micros, cost: Micros) {
-        let mut books = lock(&self.books);
-        books.held = Micros(books.held.0 - worst.0);
-        books.spent = Micros(books.spent.0 + cost.0);
+        {
+            let mut books = lock(&self.books);
+            books.held = Micros(books.held.0 - worst.0);
+            books.spent = Micros(books.spent.0 + cost.0);
+            books.under_way -= 1;
+        }
+        self.ended.notify_waiters();
     }
 
     /// A call that sent `shape` read `input_tokens` (fresh, cached and
@@ -168,6 +204,12 @@ impl Shape {
         let messages =
             call["messages"].as_array().map(|m| m.iter().map(Part::of).collect()).unwrap_or_default();
         Shape { system: Part::of(&call["system"]), tools: Part::of(&call["tools"]), messages }
+    }
+
+    /// An upper bound on this call's input tokens: a token per byte of
+    /// everything it sends (images aside).
+    fn bound(&self) -> u64 {
+        self.system.bound + self.tools.bound + self.messages.iter().map(|m| m.bound).sum::<u64>()
     }
 
     /// An upper bound on this call's input tokens, given a finished call
@@ -268,14 +310,13 @@ pub(super) fn input_rate(body: &[u8]) -> InputRate {
     }
 }
 
-/// An estimate of a call's input tokens, for a later call made before any
-/// call of its run has finished (nothing yet to bound it by, see `Shape`):
-/// one per 2.5 bytes of its body (`chat::prompt::token_estimate`), but an
+/// An estimate of a call's input tokens, for a run's first call (which
+/// goes as asked, see `GateRun::admit`; its estimate is what it holds
+/// while under way): one per 2.5 bytes of its body (`chat::prompt::token_estimate`), but an
 /// image's base64 data counts as the most tokens an image can be
 /// (`chat::content::IMAGE_TOKENS`), far fewer than its bytes would say. Not
 /// a token a byte: every call carries Claude Code's own system prompt and
-/// tool schemas, tens of kilobytes of ordinary text. Punctuation-dense text
-/// can beat it (`ccgate_reservation_overrun_usd`).
+/// tool schemas, tens of kilobytes of ordinary text.
 pub(super) fn input_estimate(call: &Value, len: usize) -> u64 {
     let (count, bytes) = images_in(call);
     token_estimate_of_len(len.saturating_sub(bytes)) + count * IMAGE_TOKENS
@@ -327,8 +368,12 @@ pub(super) fn lower_max_tokens(call: &mut Value, max_tokens: u64) {
 
 #[cfg(test)]
 impl GateRun {
+    /// Books a call under way with this worst case, as `admit` does.
     pub(super) fn hold_for_tests(&self, worst: Micros) {
-        lock(&self.books).held = worst;
+        let mut books = lock(&self.books);
+        books.calls += 1;
+        books.under_way += 1;
+        books.held = Micros(books.held.0 + worst.0);
     }
 
     pub(super) fn held_for_tests(&self) -> Micros {
@@ -395,28 +440,71 @@ mod tests {
         assert_eq!(hour, Micros(2_000_000));
     }
 
-    #[test]
-    fn the_first_call_goes_as_asked_and_later_ones_share_what_is_left() {
+    #[tokio::test]
+    async fn the_first_call_goes_as_asked_and_later_ones_share_what_is_left() {
         let haiku = haiku();
         let run = GateRun::new(Micros(2_000));
         // The first call is what the reservation was priced from.
         let first = call(&haiku, 1_000, 1_000);
         assert_eq!(
-            run.admit(&first, &nothing_sent()),
+            run.admit(&first, &nothing_sent()).await,
             Admission::Pass { max_tokens: 1_000, worst: Micros(6_000) }
         );
-        // While it runs, its worst case is held: nothing is left.
-        assert_eq!(run.admit(&call(&haiku, 100, 10), &nothing_sent()), Admission::Refuse);
-        assert!(run.refused());
-        // It cost 1,000 of input and 20 tokens of output: 1,100 µ$.
-        run.settle(Micros(6_000), Micros(1_100));
-        assert_eq!(run.spent(), Micros(1_100));
-        // 900 µ$ left: 400 of input, then 100 tokens of output.
+        // It read 400 tokens and wrote 20: 500 µ$.
+        run.learn(nothing_sent(), 400);
+        run.settle(Micros(6_000), Micros(500));
+        assert_eq!(run.spent(), Micros(500));
+        // 1,500 µ$ left: the same input again (400 tokens, what the first
+        // read, not the call's own estimate of 1), then 220 tokens of output.
         assert_eq!(
-            run.admit(&call(&haiku, 400, 32_000), &nothing_sent()),
-            Admission::Pass { max_tokens: 100, worst: Micros(900) }
+            run.admit(&call(&haiku, 1, 32_000), &nothing_sent()).await,
+            Admission::Pass { max_tokens: 220, worst: Micros(1_500) }
         );
-        assert_eq!(run.admit(&call(&haiku, 1, 1), &nothing_sent()), Admission::Refuse);
+        // While it runs, its worst case is held: nothing is left.
+        assert_eq!(run.admit(&call(&haiku, 1, 1), &nothing_sent()).await, Admission::Refuse);
+        assert!(run.refused());
+    }
+
+    #[tokio::test]
+    async fn a_later_call_waits_for_a_call_under_way_and_is_bounded_by_what_it_read() {
+        let haiku = haiku();
+        let run = GateRun::new(Micros(1_000_000));
+        let question = serde_json::json!({"role": "user", "content": "hi"});
+        let shape = || Shape::of(&conversation(std::slice::from_ref(&question)));
+        let first = run.admit(&call(&haiku, 50, 10), &shape()).await;
+        assert_eq!(first, Admission::Pass { max_tokens: 10, worst: Micros(100) });
+        // Made while the first is under way and none has finished, a call
+        // has nothing to bound it by (its estimate of 50 could be beaten):
+        // it waits.
+        let (later_call, later_shape) = (call(&haiku, 50, 10), shape());
+        let later = run.admit(&later_call, &later_shape);
+        tokio::pin!(later);
+        assert!(futures::future::poll_immediate(later.as_mut()).await.is_none());
+        // The first read 5,000 tokens: the same input again is bounded by
+        // that, far past the estimate.
+        run.learn(shape(), 5_000);
+        run.settle(Micros(100), Micros(5_050));
+        assert_eq!(later.await, Admission::Pass { max_tokens: 10, worst: Micros(5_050) });
+    }
+
+    #[tokio::test]
+    async fn with_no_call_finished_or_under_way_a_later_call_counts_a_token_a_byte_of_all_it_sends() {
+        let haiku = haiku();
+        let run = GateRun::new(Micros(1_000_000));
+        let sent = conversation(&[serde_json::json!({"role": "user", "content": "{};".repeat(1_000)})]);
+        let shape = || Shape::of(&sent);
+        let Admission::Pass { worst, .. } = run.admit(&call(&haiku, 50, 10), &shape()).await else {
+            panic!("the first call goes as asked")
+        };
+        // It failed: nothing billed, nothing learnt.
+        run.settle(worst, Micros::ZERO);
+        let parts = sent["system"].to_string().len()
+            + sent["tools"].to_string().len()
+            + sent["messages"][0].to_string().len();
+        assert_eq!(
+            run.admit(&call(&haiku, 50, 10), &shape()).await,
+            Admission::Pass { max_tokens: 10, worst: Micros(parts as i64 + 50) }
+        );
     }
 
     fn conversation(messages: &[Value]) -> Value {
@@ -461,35 +549,30 @@ mod tests {
         assert_eq!(bound, 100 + (image.to_string().len() - 100_000) as u64 + IMAGE_TOKENS);
     }
 
-    #[test]
-    fn a_run_bounds_later_calls_from_its_finished_ones_and_estimates_without_one() {
+    #[tokio::test]
+    async fn a_run_bounds_later_calls_by_the_least_over_its_finished_ones() {
         let haiku = haiku();
         let run = GateRun::new(Micros(1_000_000));
         let question = serde_json::json!({"role": "user", "content": "hi"});
         let shape = Shape::of(&conversation(std::slice::from_ref(&question)));
-        // The first call goes as asked; while none has finished, a later
-        // call's input is the estimate it came with.
         assert_eq!(
-            run.admit(&call(&haiku, 50, 10), &shape),
-            Admission::Pass { max_tokens: 10, worst: Micros(100) }
-        );
-        assert_eq!(
-            run.admit(&call(&haiku, 50, 10), &shape),
+            run.admit(&call(&haiku, 50, 10), &shape).await,
             Admission::Pass { max_tokens: 10, worst: Micros(100) }
         );
         run.learn(shape, 5_000);
+        run.settle(Micros(100), Micros(5_050));
         // Now the same call is priced from what the first one read: 5,000
         // tokens, far past the estimate of 50.
         let again = Shape::of(&conversation(std::slice::from_ref(&question)));
         assert_eq!(
-            run.admit(&call(&haiku, 50, 10), &again),
+            run.admit(&call(&haiku, 50, 10), &again).await,
             Admission::Pass { max_tokens: 10, worst: Micros(5_050) }
         );
         // The least bound over the calls kept: an unrelated finished call
         // does not raise it.
         run.learn(Shape::of(&conversation(&[])), 1_000_000);
         assert_eq!(
-            run.admit(&call(&haiku, 50, 10), &again),
+            run.admit(&call(&haiku, 50, 10), &again).await,
             Admission::Pass { max_tokens: 10, worst: Micros(5_050) }
         );
     }
