@@ -76,8 +76,11 @@ const KEY_CACHE_MAX: usize = 10_000;
 /// Every request with a key needs its row; reading it from the store each
 /// time cost a database round trip on the request's path (through sqlx's
 /// worker thread for SQLite), more than the rest of the gateway's own work.
-/// Only keys that exist are kept: an unknown secret is looked up each time,
-/// so a key made on another instance works here at once.
+/// A secret that names no key is remembered too, apart and for the same
+/// time, so a client retrying with a wrong or deleted key costs no read
+/// per request either. A key made on another instance still works here at
+/// once: its secret is random and new, so no one can have presented it
+/// before it existed.
 pub struct KeyCache {
     ttl: Duration,
     state: Mutex<CacheState>,
@@ -86,6 +89,9 @@ pub struct KeyCache {
 #[derive(Default)]
 struct CacheState {
     keys: HashMap<String, (Arc<ApiKey>, Instant)>,
+    /// Hashes that named no key when read, and when. Apart from `keys`, so
+    /// a flood of made-up secrets cannot push real keys out.
+    unknown: HashMap<String, Instant>,
     /// Moves on every `forget`: a lookup that began before a revocation
     /// does not put back what it read (possibly the key unrevoked).
     generation: u64,
@@ -128,6 +134,23 @@ impl KeyCache {
         state.keys.insert(hash, (key, Instant::now()));
     }
 
+    /// Whether `hash` named no key when it was last read, within the TTL.
+    fn is_unknown(&self, hash: &str) -> bool {
+        self.lock().unknown.get(hash).is_some_and(|read_at| read_at.elapsed() < self.ttl)
+    }
+
+    fn put_unknown(&self, hash: String) {
+        let mut state = self.lock();
+        if state.unknown.len() >= KEY_CACHE_MAX {
+            let ttl = self.ttl;
+            state.unknown.retain(|_, read_at| read_at.elapsed() < ttl);
+            if state.unknown.len() >= KEY_CACHE_MAX {
+                state.unknown.clear();
+            }
+        }
+        state.unknown.insert(hash, Instant::now());
+    }
+
     /// Drops a key (revoked, or its project deleted) so the next request
     /// with it reads the store.
     pub fn forget(&self, key_id: &str) {
@@ -161,11 +184,14 @@ pub async fn authenticate(
     match (admin_key, token) {
         (_, Some(token)) if token.starts_with(KEY_PREFIX) => {
             let hash = hash_secret(token);
+            let invalid = || ApiError::Unauthorized("invalid API key".into());
             let key = match cache.get(&hash) {
                 (Some(key), _) => key,
+                (None, _) if cache.is_unknown(&hash) => return Err(invalid()),
                 (None, generation) => {
                     let Some(key) = store.key_by_hash(&hash).await? else {
-                        return Err(ApiError::Unauthorized("invalid API key".into()));
+                        cache.put_unknown(hash);
+                        return Err(invalid());
                     };
                     let key = Arc::new(key);
                     cache.put(hash, Arc::clone(&key), generation);
@@ -262,5 +288,23 @@ mod tests {
         assert!(cache.lock().keys.len() <= KEY_CACHE_MAX);
         let last = KEY_CACHE_MAX + 9;
         assert_eq!(cache.get(&format!("h{last}")).0.unwrap().key_id, format!("k{last}"));
+    }
+
+    #[test]
+    fn unknown_secrets_are_remembered_for_the_ttl_apart_from_keys_and_bounded() {
+        let cache = KeyCache::new(Duration::from_millis(30));
+        let (_, generation) = cache.get("");
+        cache.put("real".into(), key("k1", "p"), generation);
+        assert!(!cache.is_unknown("made-up"));
+        cache.put_unknown("made-up".into());
+        assert!(cache.is_unknown("made-up"));
+        // A flood of made-up secrets stays bounded and leaves the keys be.
+        for i in 0..KEY_CACHE_MAX + 10 {
+            cache.put_unknown(format!("u{i}"));
+        }
+        assert!(cache.lock().unknown.len() <= KEY_CACHE_MAX);
+        assert_eq!(cache.get("real").0.unwrap().key_id, "k1");
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(!cache.is_unknown(&format!("u{}", KEY_CACHE_MAX + 9)), "read again once stale");
     }
 }
