@@ -9,7 +9,7 @@ use rand::Rng;
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
-use crate::store::keys::ApiKey;
+use crate::store::keys::{ApiKey, KeyChange, KeyEvent};
 use crate::store::Store;
 
 /// Every ccgate key starts with this, so a key is recognisable in a leak
@@ -159,11 +159,38 @@ impl KeyCache {
         state.keys.retain(|_, (key, _)| key.key_id != key_id);
     }
 
+    /// Drops everything, for changes that may have been missed.
+    pub fn forget_all(&self) {
+        let mut state = self.lock();
+        state.generation += 1;
+        state.keys.clear();
+        state.unknown.clear();
+    }
+
+    /// Applies a change another instance (or this one) announced.
+    pub fn apply(&self, event: KeyEvent) {
+        match event {
+            KeyEvent::Changed(KeyChange::Revoked { key_id }) => self.forget(&key_id),
+            KeyEvent::Changed(KeyChange::ProjectDeleted { project_id }) => self.forget_project(&project_id),
+            KeyEvent::Missed => self.forget_all(),
+        }
+    }
+
     /// Drops every key of a project.
     pub fn forget_project(&self, project_id: &str) {
         let mut state = self.lock();
         state.generation += 1;
         state.keys.retain(|_, (key, _)| key.project_id != project_id);
+    }
+}
+
+/// Tells the other instances sharing the database of a change to keys,
+/// so they drop what they keep of them at once. The change is made by
+/// then: should the announcement fail, they see it when their cached copy
+/// goes stale (`KEY_CACHE_TTL`).
+pub async fn announce(store: &dyn Store, change: &KeyChange) {
+    if let Err(e) = store.announce_key_change(change).await {
+        tracing::warn!(error = %e, ?change, "cannot tell other instances of a key change");
     }
 }
 

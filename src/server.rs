@@ -41,6 +41,7 @@ pub async fn run(
     }
     let maintenance = CancellationToken::new();
     spawn_maintenance(&state, maintenance.clone());
+    follow_key_changes(&state, maintenance.clone()).await;
     raise_open_files_limit();
     warn_about_setup(&state, &listener);
 
@@ -89,6 +90,29 @@ pub async fn run(
     state.budget.deregister().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Where the store can tell (PostgreSQL), drops what this instance keeps
+/// of keys as soon as any instance revokes one or deletes its project.
+/// Listening when this returns; until `stop`.
+async fn follow_key_changes(state: &AppState, stop: CancellationToken) {
+    let mut changes = match state.budget.store().key_changes().await {
+        Ok(Some(changes)) => changes,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot follow key changes; keys revoked elsewhere stop working here within 5 s");
+            return;
+        }
+    };
+    let state = state.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                event = changes.next() => state.keys.apply(event),
+            }
+        }
+    });
 }
 
 fn spawn_maintenance(state: &AppState, stop: CancellationToken) {

@@ -5,6 +5,7 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use ccgate::clock::ManualClock;
 use chrono::{DateTime, Utc};
@@ -213,6 +214,58 @@ async fn each_rate_limit_answers_429_with_its_headers() {
     // Once the first is done, the slot is free again.
     assert_eq!(chat_as(&app.url, &one_key, chat_body("haiku", "now")).await.status(), 200);
     app.stop().await;
+}
+
+async fn usage_as(url: &str, key: &str) -> reqwest::Response {
+    client().get(format!("{url}/v1/usage")).bearer_auth(key).send().await.unwrap()
+}
+
+async fn admin_delete(url: &str, path: &str) -> u16 {
+    client().delete(format!("{url}{path}")).bearer_auth(ADMIN).send().await.unwrap().status().as_u16()
+}
+
+/// Waits up to 2 s (well within `KEY_CACHE_TTL`) for `key` to be refused
+/// as revoked.
+async fn refused_soon(url: &str, key: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let response = usage_as(url, key).await;
+        if response.status() == 401 {
+            assert!(response.text().await.unwrap().contains("revoked"));
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{url} still takes a revoked key");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Keys are kept in memory for a few seconds; a key revoked, or whose
+/// project is deleted, through one instance must not keep working on
+/// another sharing the database for those seconds.
+#[tokio::test]
+async fn a_key_revoked_or_whose_project_is_deleted_stops_working_on_every_instance_at_once() {
+    let db = TestDb::postgres().await;
+    let first = TestApp::spawn(&db, with_admin()).await;
+    let second = TestApp::spawn(&db, with_admin()).await;
+    let (key_id, key) = project_with_key(&first.url, "shared", json!({"name": "k"})).await;
+    // The second instance reads the key, and keeps it.
+    assert_eq!(usage_as(&second.url, &key).await.status(), 200);
+    assert_eq!(admin_delete(&first.url, &format!("/admin/keys/{key_id}")).await, 204);
+    // Well within the cache's 5 s, the second refuses it (the change
+    // reaches it as the first announces it, a moment after the answer).
+    refused_soon(&second.url, &key).await;
+
+    // A deleted project's keys are revoked with it, on every instance, and
+    // a project made again under its id is not reachable with them.
+    let (_, other) = project_with_key(&first.url, "gone", json!({"name": "k"})).await;
+    assert_eq!(usage_as(&second.url, &other).await.status(), 200);
+    assert_eq!(admin_delete(&first.url, "/admin/projects/gone").await, 204);
+    admin_post(&first.url, "/admin/projects", json!({"id": "gone", "name": "again"})).await;
+    refused_soon(&first.url, &other).await;
+    refused_soon(&second.url, &other).await;
+    first.stop().await;
+    second.stop().await;
+    db.cleanup().await;
 }
 
 #[tokio::test]

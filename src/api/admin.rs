@@ -188,7 +188,7 @@ pub async fn update_project(
     Ok(Json(project.into()))
 }
 
-/// Deletes a project. Its ledger is kept; the `default` project cannot be deleted.
+/// Deletes a project and revokes its keys. Its ledger is kept; the `default` project cannot be deleted.
 #[utoipa::path(delete, path = "/admin/projects/{id}", tag = "admin", params(("id" = String, Path)),
     responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("admin_key" = [])))]
@@ -200,8 +200,10 @@ pub async fn delete_project(
     if id == "default" {
         return Err(ApiError::bad_request("the default project cannot be deleted", "id"));
     }
-    state.budget.store().delete_project(&id).await?;
+    state.budget.store().delete_project(&id, state.budget.now().timestamp_millis()).await?;
     state.keys.forget_project(&id);
+    let change = crate::store::keys::KeyChange::ProjectDeleted { project_id: id.clone() };
+    crate::auth::announce(state.budget.store().as_ref(), &change).await;
     // A project made again under this id starts without an agent policy.
     state.budget.store().delete_agent_policy(&id).await?;
     Ok(StatusCode::NO_CONTENT)

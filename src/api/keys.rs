@@ -11,7 +11,7 @@ use super::extract::{check_project_id, JsonBody};
 use crate::app::AppState;
 use crate::auth;
 use crate::error::{ApiError, ErrorBody};
-use crate::store::keys::ApiKey;
+use crate::store::keys::{ApiKey, KeyChange};
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -155,9 +155,12 @@ pub async fn revoke_key(
     State(state): State<AppState>,
     Path(key_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let revoked = state.budget.store().revoke_key(&key_id, state.budget.now().timestamp_millis()).await?;
+    let store = state.budget.store();
+    let revoked = store.revoke_key(&key_id, state.budget.now().timestamp_millis()).await?;
     state.keys.forget(&key_id);
     if revoked {
+        let change = KeyChange::Revoked { key_id: key_id.clone() };
+        crate::auth::announce(store.as_ref(), &change).await;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("key {key_id:?} not found")))

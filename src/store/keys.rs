@@ -47,6 +47,70 @@ pub trait KeyStore: Send + Sync {
         amount: i64,
     ) -> StoreResult<()>;
     async fn window_used(&self, key_id: &str, kind: &str, window_start: i64) -> StoreResult<i64>;
+    /// Tells every instance sharing the database (their `key_changes`)
+    /// that keys changed. Nothing on SQLite, which has no way to tell.
+    async fn announce_key_change(&self, change: &KeyChange) -> StoreResult<()>;
+    /// The key changes every instance announces, from now on; `None` on
+    /// SQLite.
+    async fn key_changes(&self) -> StoreResult<Option<KeyChanges>>;
+}
+
+/// A change to keys that instances keeping keys in memory must drop them for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyChange {
+    Revoked { key_id: String },
+    ProjectDeleted { project_id: String },
+}
+
+/// The channel key changes are announced on (PostgreSQL's `NOTIFY`).
+pub(super) const KEY_CHANGES_CHANNEL: &str = "ccgate_key_changes";
+
+impl KeyChange {
+    pub(super) fn payload(&self) -> String {
+        match self {
+            KeyChange::Revoked { key_id } => format!("key:{key_id}"),
+            KeyChange::ProjectDeleted { project_id } => format!("project:{project_id}"),
+        }
+    }
+
+    fn parse(payload: &str) -> Option<KeyChange> {
+        match payload.split_once(':')? {
+            ("key", id) => Some(KeyChange::Revoked { key_id: id.to_string() }),
+            ("project", id) => Some(KeyChange::ProjectDeleted { project_id: id.to_string() }),
+            _ => None,
+        }
+    }
+}
+
+/// What a follower of key changes learns next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum KeyEvent {
+    Changed(KeyChange),
+    /// The connection was lost (and made again): changes announced
+    /// meanwhile were missed.
+    Missed,
+}
+
+/// Key changes as they are announced (PostgreSQL's `LISTEN`).
+pub struct KeyChanges(pub(super) sqlx::postgres::PgListener);
+
+impl KeyChanges {
+    pub async fn next(&mut self) -> KeyEvent {
+        loop {
+            match self.0.try_recv().await {
+                Ok(Some(notice)) => match KeyChange::parse(notice.payload()) {
+                    Some(change) => return KeyEvent::Changed(change),
+                    None => tracing::warn!(payload = notice.payload(), "an unknown key change was announced"),
+                },
+                Ok(None) => return KeyEvent::Missed,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot follow key changes; trying again in a second");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    return KeyEvent::Missed;
+                }
+            }
+        }
+    }
 }
 
 pub(super) fn key_from_row<R>(row: &R) -> Result<ApiKey, sqlx::Error>
@@ -72,6 +136,8 @@ where
     })
 }
 
+/// Implements `KeyStore` for a type with `writer` and `reader` pools and
+/// `announce` and `follow_key_changes` methods (each database's own).
 macro_rules! impl_key_store {
     ($store:ty) => {
         #[async_trait::async_trait]
@@ -202,6 +268,19 @@ macro_rules! impl_key_store {
                 .fetch_optional(&self.reader)
                 .await?;
                 Ok(row.map(|r| sqlx::Row::try_get(&r, 0)).transpose()?.unwrap_or(0))
+            }
+
+            async fn announce_key_change(
+                &self,
+                change: &$crate::store::keys::KeyChange,
+            ) -> $crate::store::StoreResult<()> {
+                self.announce(change).await
+            }
+
+            async fn key_changes(
+                &self,
+            ) -> $crate::store::StoreResult<Option<$crate::store::keys::KeyChanges>> {
+                self.follow_key_changes().await
             }
         }
     };

@@ -206,7 +206,8 @@ pub trait Store:
     async fn get_project(&self, id: &str) -> StoreResult<Option<Project>>;
     async fn list_projects(&self) -> StoreResult<Vec<Project>>;
     async fn update_project(&self, project: &Project) -> StoreResult<()>;
-    async fn delete_project(&self, id: &str) -> StoreResult<()>;
+    /// Deletes a project and revokes its keys; its ledger stays.
+    async fn delete_project(&self, id: &str, now_ms: i64) -> StoreResult<()>;
 
     /// Atomically adds `amount` to the reserved total of every period of the
     /// project, unless that would take any limited period past the limit the

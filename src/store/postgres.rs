@@ -6,12 +6,12 @@
 
 use std::time::Duration;
 
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::agents::impl_agent_store;
 use super::batches::impl_batch_store;
-use super::keys::impl_key_store;
+use super::keys::{impl_key_store, KeyChange, KeyChanges, KEY_CHANGES_CHANNEL};
 use super::queries::{impl_store, to_i64};
 use super::tasks::impl_task_store;
 use super::{
@@ -23,6 +23,9 @@ use crate::money::Micros;
 pub struct PostgresStore {
     writer: PgPool,
     reader: PgPool,
+    /// The pool key-change listeners take their connection from, apart
+    /// from the others so that one held for good takes none of theirs.
+    listen: PgPool,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -35,12 +38,30 @@ impl PostgresStore {
             .connect(url)
             .await?;
         MIGRATOR.run(&pool).await?;
+        let listen = PgPoolOptions::new().max_connections(1).connect_lazy(url)?;
         // One pool serves both roles: PostgreSQL has no single-writer limit.
-        Ok(PostgresStore { writer: pool.clone(), reader: pool })
+        Ok(PostgresStore { writer: pool.clone(), reader: pool, listen })
     }
 
     async fn begin_write(&self) -> Result<Transaction<'_, Postgres>, sqlx::Error> {
         self.writer.begin().await
+    }
+
+    async fn announce(&self, change: &KeyChange) -> StoreResult<()> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(KEY_CHANGES_CHANNEL)
+            .bind(change.payload())
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// A listener on a connection of its own (not the pool's), listening
+    /// when this returns.
+    async fn follow_key_changes(&self) -> StoreResult<Option<KeyChanges>> {
+        let mut listener = PgListener::connect_with(&self.listen).await?;
+        listener.listen(KEY_CHANGES_CHANNEL).await?;
+        Ok(Some(KeyChanges(listener)))
     }
 }
 

@@ -121,11 +121,20 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            async fn delete_project(&self, id: &str) -> $crate::store::StoreResult<()> {
-                let done = sqlx::query("DELETE FROM projects WHERE id = $1").bind(id).execute(&self.writer).await?;
+            async fn delete_project(&self, id: &str, now_ms: i64) -> $crate::store::StoreResult<()> {
+                let mut tx = self.writer.begin().await?;
+                let done = sqlx::query("DELETE FROM projects WHERE id = $1").bind(id).execute(&mut *tx).await?;
                 if done.rows_affected() == 0 {
                     return Err($crate::store::StoreError::NotFound(format!("project {id:?} not found")));
                 }
+                // Its keys go with it: a project made again under the same
+                // id must not be reachable with them.
+                sqlx::query("UPDATE api_keys SET revoked_at_ms = $1 WHERE project_id = $2 AND revoked_at_ms IS NULL")
+                    .bind(now_ms)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
                 Ok(())
             }
 

@@ -78,6 +78,16 @@ impl SqliteStore {
     async fn ledger_replay(&self) -> StoreResult<()> {
         self.ledger.replay().await.map(drop)
     }
+
+    /// Nothing: SQLite cannot tell other processes (they read a key again
+    /// after `auth::KEY_CACHE_TTL`).
+    async fn announce(&self, _change: &super::keys::KeyChange) -> StoreResult<()> {
+        Ok(())
+    }
+
+    async fn follow_key_changes(&self) -> StoreResult<Option<super::keys::KeyChanges>> {
+        Ok(None)
+    }
 }
 
 /// Gives one of sqlx's connections the ledger connection's wait for another
