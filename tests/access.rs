@@ -263,6 +263,28 @@ async fn a_key_revoked_or_whose_project_is_deleted_stops_working_on_every_instan
     admin_post(&first.url, "/admin/projects", json!({"id": "gone", "name": "again"})).await;
     refused_soon(&first.url, &other).await;
     refused_soon(&second.url, &other).await;
+
+    // A change an instance cannot have heard (made in the database behind
+    // the gateways' backs, as one lost while a listening connection was
+    // down would be): once the connections are lost and made again, the
+    // instances drop every key they keep, and read this one as it is.
+    let (_, third) = project_with_key(&first.url, "quiet", json!({"name": "k"})).await;
+    assert_eq!(usage_as(&second.url, &third).await.status(), 200);
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url).await.unwrap();
+    sqlx::query("UPDATE api_keys SET revoked_at_ms = 1 WHERE project_id = 'quiet'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(usage_as(&second.url, &third).await.status(), 200, "kept, as nothing was announced");
+    let cut = sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(cut.len(), 2, "one listening connection per instance");
+    refused_soon(&second.url, &third).await;
     first.stop().await;
     second.stop().await;
     db.cleanup().await;

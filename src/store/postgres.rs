@@ -38,7 +38,12 @@ impl PostgresStore {
             .connect(url)
             .await?;
         MIGRATOR.run(&pool).await?;
-        let listen = PgPoolOptions::new().max_connections(1).connect_lazy(url)?;
+        // As `PgListener::connect` makes its own: one connection, held for good.
+        let listen = PgPoolOptions::new()
+            .max_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .connect_lazy(url)?;
         // One pool serves both roles: PostgreSQL has no single-writer limit.
         Ok(PostgresStore { writer: pool.clone(), reader: pool, listen })
     }
