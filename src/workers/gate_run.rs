@@ -39,6 +39,13 @@ struct Books {
     known: VecDeque<Known>,
 }
 
+/// The longest a later call waits for a call under way to finish and give
+/// its bound. Claude Code reads an answer while it makes its next call, so
+/// the one under way ends on its own; should a client ever wait for the
+/// later call first, this is as long as it is held up before its whole
+/// input is counted at a token per byte instead.
+const BOUND_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The most finished calls a run keeps (a conversation and the side calls
 /// or sub-agents beside it).
 const KNOWN_CALLS: usize = 4;
@@ -69,31 +76,34 @@ impl GateRun {
     /// A later one's input is bounded from a finished call of the run
     /// (`Shape::bound_after`, the least over those kept), which no input
     /// beats. Without one, a later call waits while a call is under way
-    /// (its end gives the bound); with none under way (every earlier call
-    /// failed), its input counts at a token per byte of all it sends.
+    /// (its end gives the bound), for `BOUND_WAIT` at most; past that, or
+    /// with none under way (every earlier call failed), its input counts at
+    /// a token per byte of all it sends.
     pub(super) async fn admit(&self, call: &Call<'_>, shape: &Shape) -> Admission {
+        let until = tokio::time::Instant::now() + BOUND_WAIT;
+        let mut may_wait = true;
         loop {
             let ended = self.ended.notified();
             tokio::pin!(ended);
             // Registered before the books are read: an end between the
             // read and the wait still wakes it.
             ended.as_mut().enable();
-            if let Some(admission) = self.try_admit(call, shape) {
+            if let Some(admission) = self.try_admit(call, shape, may_wait) {
                 return admission;
             }
-            ended.await;
+            may_wait = tokio::time::timeout_at(until, ended).await.is_ok();
         }
     }
 
-    /// `admit` without the wait: `None` when the call must wait.
-    fn try_admit(&self, call: &Call<'_>, shape: &Shape) -> Option<Admission> {
+    /// `admit` without the wait: `None` when the call is to wait.
+    fn try_admit(&self, call: &Call<'_>, shape: &Shape, may_wait: bool) -> Option<Admission> {
         let mut books = lock(&self.books);
         let first = books.calls == 0;
         let bounded = books.known.iter().map(|known| shape.bound_after(known)).min();
         let input_tokens = match bounded {
             Some(bound) => bound,
             None if first => call.input_tokens,
-            None if books.under_way > 0 => return None,
+            None if may_wait && books.under_way > 0 => return None,
             None => shape.bound(),
         };
         books.calls += 1;
@@ -485,6 +495,24 @@ mod tests {
         run.learn(shape(), 5_000);
         run.settle(Micros(100), Micros(5_050));
         assert_eq!(later.await, Admission::Pass { max_tokens: 10, worst: Micros(5_050) });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_later_call_waits_only_so_long_then_counts_a_token_a_byte_of_all_it_sends() {
+        let haiku = haiku();
+        let run = GateRun::new(Micros(1_000_000));
+        let sent = conversation(&[serde_json::json!({"role": "user", "content": "hi"})]);
+        let shape = || Shape::of(&sent);
+        assert!(matches!(run.admit(&call(&haiku, 50, 10), &shape()).await, Admission::Pass { .. }));
+        // The first never ends: the later call goes after BOUND_WAIT (the
+        // paused clock moves on by itself), at a token a byte.
+        let started = tokio::time::Instant::now();
+        let later = run.admit(&call(&haiku, 50, 10), &shape()).await;
+        assert_eq!(started.elapsed(), BOUND_WAIT);
+        let parts = sent["system"].to_string().len()
+            + sent["tools"].to_string().len()
+            + sent["messages"][0].to_string().len();
+        assert_eq!(later, Admission::Pass { max_tokens: 10, worst: Micros(parts as i64 + 50) });
     }
 
     #[tokio::test]
