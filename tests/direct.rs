@@ -658,3 +658,82 @@ async fn input_at_a_token_per_byte_stays_within_its_reservation_and_the_limit() 
     assert_eq!(overrun, None, "no run cost more than it reserved");
     app.stop().await;
 }
+
+/// Structured output: OpenAI's `response_format` `json_schema` and
+/// Anthropic's `output_config.format` go upstream as `output_config`, and
+/// the answer is the instance the model gave; `json_object` asks for no
+/// schema; a malformed format, or a schema for a model on the CLI, is a
+/// 400 naming the field.
+#[tokio::test]
+async fn a_json_schema_goes_upstream_and_the_answer_is_its_instance() {
+    let (_db, app) = spawn(haiku_direct).await;
+    let schema = json!({"type": "object", "additionalProperties": false, "required": ["name", "age"],
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}});
+    let mut body = chat_body("haiku", "Who is it?");
+    body["response_format"] =
+        json!({"type": "json_schema", "json_schema": {"name": "person", "schema": schema}});
+    let response = app.chat(body.clone()).await;
+    assert_eq!(response.status(), 200);
+    let completion: Value = response.json().await.unwrap();
+    let content = completion["choices"][0]["message"]["content"].as_str().unwrap();
+    let answer: Value = serde_json::from_str(content).expect("the answer is JSON");
+    assert_eq!(answer, json!({"name": "w1", "age": 1}));
+    let sent = &app.sim.sim.requests()[0].body;
+    assert_eq!(sent["output_config"], json!({"format": {"type": "json_schema", "schema": schema}}));
+
+    // Streamed, the same JSON arrives in pieces.
+    body["stream"] = json!(true);
+    let streamed: String = frames(app.chat(body.clone()).await)
+        .await
+        .iter()
+        .filter_map(|(_, frame)| serde_json::from_str::<Value>(frame).ok())
+        .filter_map(|chunk| chunk["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(serde_json::from_str::<Value>(&streamed).unwrap(), answer);
+
+    // Anthropic's format, on /v1/messages.
+    let messages = client()
+        .post(format!("{}/v1/messages", app.url))
+        .json(&json!({"model": "haiku", "max_tokens": 100, "messages": [{"role": "user", "content": "Who?"}],
+            "output_config": {"format": {"type": "json_schema", "schema": schema}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(messages.status(), 200);
+    let message: Value = messages.json().await.unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(message["content"][0]["text"].as_str().unwrap()).unwrap(),
+        answer
+    );
+
+    // json_object: no schema to send (the prompt asks for JSON itself).
+    let mut plain = chat_body("haiku", "Reply in JSON");
+    plain["response_format"] = json!({"type": "json_object"});
+    assert_eq!(app.chat(plain).await.status(), 200);
+    assert!(app.sim.sim.requests().last().unwrap().body.get("output_config").is_none());
+
+    let sent_before = app.sim.sim.requests().len();
+    for (format, param) in [
+        (json!({"type": "json_schema", "json_schema": {"name": "x"}}), "response_format.json_schema.schema"),
+        (json!({"type": "xml"}), "response_format.type"),
+    ] {
+        let mut bad = chat_body("haiku", "x");
+        bad["response_format"] = format;
+        let refused = app.chat(bad).await;
+        assert_eq!(refused.status(), 400);
+        let error: Value = refused.json().await.unwrap();
+        assert_eq!(error["error"]["param"], param, "{error}");
+    }
+    // Sonnet is on the CLI here, which cannot take a schema.
+    let mut on_cli = chat_body("sonnet", "x");
+    on_cli["response_format"] =
+        json!({"type": "json_schema", "json_schema": {"name": "p", "schema": schema}});
+    let refused = app.chat(on_cli).await;
+    assert_eq!(refused.status(), 400);
+    let error: Value = refused.json().await.unwrap();
+    assert_eq!(error["error"]["param"], "response_format");
+    assert!(error["error"]["message"].as_str().unwrap().contains("direct backend"), "{error}");
+    assert_eq!(app.sim.sim.requests().len(), sent_before, "nothing refused went upstream");
+    app.wait_settled("default").await;
+    app.stop().await;
+}

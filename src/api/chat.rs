@@ -112,6 +112,7 @@ fn parse(
     request.stream = body.stream;
     request.sampling = body.sampling()?;
     request.thinking = body.thinking()?;
+    request.output_schema = body.output_schema()?;
     Ok(body)
 }
 

@@ -78,6 +78,7 @@ mod tests {
             tools: None,
             sampling: Default::default(),
             thinking: None,
+            output_schema: None,
             max_budget: Micros(1),
             stream: false,
             deadline: tokio::time::Instant::now() + Duration::from_secs(30),

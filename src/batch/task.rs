@@ -114,6 +114,7 @@ fn fill(state: &AppState, body: &Value, request: &mut ChatRequest) -> Result<(),
     request.tools = body.client_tools()?;
     request.sampling = body.sampling()?;
     request.thinking = body.thinking()?;
+    request.output_schema = body.output_schema()?;
     Ok(())
 }
 

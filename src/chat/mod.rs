@@ -67,6 +67,10 @@ pub struct ChatRequest {
     pub sampling: Sampling,
     /// Anthropic's `thinking` setting, for the direct backend.
     pub thinking: Option<serde_json::Value>,
+    /// A JSON Schema the answer must be an instance of (OpenAI's
+    /// `response_format` `json_schema`, Anthropic's `output_config`
+    /// `format`), for the direct backend.
+    pub output_schema: Option<serde_json::Value>,
 }
 
 impl ChatRequest {
@@ -94,6 +98,7 @@ impl ChatRequest {
             stream: true,
             sampling: Sampling::default(),
             thinking: None,
+            output_schema: None,
         }
     }
 
@@ -308,6 +313,7 @@ async fn prepare(state: &AppState, request: &mut ChatRequest) -> Result<Prepared
         tools: request.tools.clone(),
         sampling: request.sampling.clone(),
         thinking: request.thinking.clone(),
+        output_schema: request.output_schema.clone(),
         max_budget: amount,
         stream: request.stream,
         deadline,

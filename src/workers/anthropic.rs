@@ -135,6 +135,9 @@ impl AnthropicApi {
         if let Some(thinking) = &job.thinking {
             body["thinking"] = thinking.clone();
         }
+        if let Some(schema) = &job.output_schema {
+            body["output_config"] = json!({"format": {"type": "json_schema", "schema": schema}});
+        }
         let sampling = &job.sampling;
         if let Some(temperature) = sampling.temperature {
             body["temperature"] = json!(temperature);

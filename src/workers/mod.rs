@@ -50,6 +50,9 @@ pub struct Job {
     pub sampling: crate::chat::Sampling,
     /// Anthropic's `thinking` setting, for backends that take it.
     pub thinking: Option<serde_json::Value>,
+    /// A JSON Schema the answer must be an instance of, for backends that
+    /// take one.
+    pub output_schema: Option<serde_json::Value>,
     /// The CLI's own spending cap for the run (`--max-budget-usd`).
     pub max_budget: Micros,
     /// Whether the client takes the answer piece by piece; a backend may

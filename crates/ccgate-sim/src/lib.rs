@@ -12,6 +12,7 @@ mod error;
 mod reply;
 mod request;
 mod response;
+mod schema;
 mod state;
 mod thinking;
 pub mod tokens;

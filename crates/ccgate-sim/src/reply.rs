@@ -168,6 +168,9 @@ fn reply(request: &MessagesRequest, parsed: &Parsed) -> Reply {
             output_tokens: output_tokens.max(1),
         };
     }
+    if let Some(schema) = crate::schema::requested(request.output_config.as_ref()) {
+        return text_reply(crate::schema::instance(schema).to_string(), request);
+    }
     let words: Vec<String> = match parsed.directives.words {
         Some(n) => (1..=n).map(|i| format!("w{i}")).collect(),
         None => parsed.text.split_whitespace().take(ECHO_WORDS).map(str::to_owned).collect(),

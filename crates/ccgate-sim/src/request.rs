@@ -30,6 +30,10 @@ pub struct MessagesRequest {
     /// `{"type": "enabled", "budget_tokens": N}`, `adaptive` or `disabled`.
     #[serde(default)]
     pub thinking: Option<Value>,
+    /// `{"format": {"type": "json_schema", "schema": {…}}}`: the reply is
+    /// an instance of the schema.
+    #[serde(default)]
+    pub output_config: Option<Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

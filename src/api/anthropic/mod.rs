@@ -53,10 +53,15 @@ pub struct MessagesRequest {
     /// `thinking` blocks come back; the CLI backend ignores it.
     #[schema(value_type = Option<Object>)]
     pub thinking: Option<Value>,
+    /// Structured output: `{"format": {"type": "json_schema", "schema":
+    /// {…}}}` makes the answer's text an instance of the schema (direct
+    /// backend; the CLI backend refuses it). Its other fields are ignored.
+    #[schema(value_type = Option<Object>)]
+    pub output_config: Option<Value>,
     /// The project to charge (ccgate extension; the `X-Project-Id` header does the same).
     pub project_id: Option<String>,
-    /// Newer Anthropic fields (`context_management`, `output_config`,
-    /// `service_tier`…) are accepted and ignored.
+    /// Newer Anthropic fields (`context_management`, `service_tier`…) are
+    /// accepted and ignored.
     #[serde(flatten)]
     #[schema(value_type = Object)]
     pub other: serde_json::Map<String, Value>,
@@ -168,6 +173,18 @@ impl MessagesRequest {
             Some(_) => Err(ApiError::bad_request(
                 "thinking must be an object with a `type` (\"enabled\", \"adaptive\" or \"disabled\")",
                 "thinking",
+            )),
+        }
+    }
+
+    /// The schema of `output_config.format`, when it asks for one.
+    pub fn output_schema(&self) -> Result<Option<Value>, ApiError> {
+        let Some(format) = self.output_config.as_ref().and_then(|c| c.get("format")) else { return Ok(None) };
+        match (format.get("type").and_then(Value::as_str), format.get("schema")) {
+            (Some("json_schema"), Some(schema @ Value::Object(_))) => Ok(Some(schema.clone())),
+            _ => Err(ApiError::bad_request(
+                "output_config.format must be {\"type\": \"json_schema\", \"schema\": {…}}",
+                "output_config.format",
             )),
         }
     }

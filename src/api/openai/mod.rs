@@ -65,6 +65,9 @@ pub struct ChatCompletionRequest {
     /// (less than `max_tokens`), on both backends; the thinking itself is
     /// not returned. Absent, the backend's default.
     pub reasoning_effort: Option<String>,
+    /// `{"type": "text"}`, `{"type": "json_object"}` or `{"type":
+    /// "json_schema", "json_schema": {"name": …, "schema": {…}}}`.
+    pub response_format: Option<Value>,
     /// Other OpenAI fields (`user`, `seed`, `presence_penalty`…) are accepted and ignored.
     #[serde(flatten)]
     #[schema(value_type = Object)]
@@ -187,6 +190,28 @@ impl ChatCompletionRequest {
         } else {
             serde_json::json!({"type": "enabled", "budget_tokens": budget})
         }))
+    }
+
+    /// The schema of `response_format` `json_schema`. `json_object` asks
+    /// for none: Anthropic's API has no JSON mode, and OpenAI's requires
+    /// the messages to ask for JSON themselves, which is what the model
+    /// then follows.
+    pub fn output_schema(&self) -> Result<Option<Value>, ApiError> {
+        let Some(format) = &self.response_format else { return Ok(None) };
+        match format.get("type").and_then(Value::as_str) {
+            Some("text" | "json_object") => Ok(None),
+            Some("json_schema") => match format.pointer("/json_schema/schema") {
+                Some(schema @ Value::Object(_)) => Ok(Some(schema.clone())),
+                _ => Err(ApiError::bad_request(
+                    "response_format.json_schema.schema must be a JSON Schema object",
+                    "response_format.json_schema.schema",
+                )),
+            },
+            _ => Err(ApiError::bad_request(
+                "response_format.type must be text, json_object or json_schema",
+                "response_format.type",
+            )),
+        }
     }
 
     /// Sampling and stop sequences in Anthropic's terms, checked.
