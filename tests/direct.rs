@@ -734,6 +734,15 @@ async fn a_json_schema_goes_upstream_and_the_answer_is_its_instance() {
     assert_eq!(error["error"]["param"], "response_format");
     assert!(error["error"]["message"].as_str().unwrap().contains("direct backend"), "{error}");
     assert_eq!(app.sim.sim.requests().len(), sent_before, "nothing refused went upstream");
+    // `auto` chooses among the models the direct backend serves.
+    // The prompt alone would go to the opus tier, on the CLI here.
+    let hard = "Implement a CDCL SAT solver in C++ with two-watched literals, VSIDS, clause learning with \
+                first-UIP, and restarts. It should solve the uf250 SATLIB instances in under a second each.";
+    let mut auto = chat_body("auto", hard);
+    auto["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "p", "schema": schema}});
+    let chosen = app.chat(auto).await;
+    assert_eq!(chosen.status(), 200);
+    assert_eq!(chosen.headers()["x-ccgate-model"], HAIKU);
     app.wait_settled("default").await;
     app.stop().await;
 }

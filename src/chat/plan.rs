@@ -30,7 +30,7 @@ pub(super) async fn choose(state: &AppState, request: &ChatRequest) -> Result<Ch
         &request.project_id,
         &request.messages,
         request.max_tokens,
-        request.uses_client_tools(),
+        request.uses_client_tools() || request.output_schema.is_some(),
     )
     .await?;
     let model = resolve_model(state, &decision.model)?;
