@@ -40,8 +40,8 @@ pub fn output_allowance(state: &AppState, max_output: u64) -> u64 {
 }
 
 /// Picks a model for the project's request. A request that uses the
-/// client's own tools or asks for a schema's JSON (`direct_only`) can only
-/// run on the direct backend, so only the models it serves are candidates.
+/// client's own tools (`direct_only`) can only run on the direct backend,
+/// so only the models it serves are candidates.
 pub async fn decide(
     state: &AppState,
     project_id: &str,
@@ -59,9 +59,8 @@ pub async fn decide(
         });
         if tiers.is_empty() {
             return Err(ApiError::bad_request(
-                "client-side tool calling (`tools`, `tool_calls`, `tool` messages) and structured output \
-                 (`response_format` `json_schema`, `output_config.format`) need a model served by the direct \
-                 backend, and none is (set backends = { haiku = \"api\", … } or default_backend = \"api\")",
+                "client-side tool calling (`tools`, `tool_calls`, `tool` messages) needs a model served by the \
+                 direct backend, and none is (set backends = { haiku = \"api\", … } or default_backend = \"api\")",
                 "tools",
             ));
         }

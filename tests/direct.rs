@@ -659,11 +659,21 @@ async fn input_at_a_token_per_byte_stays_within_its_reservation_and_the_limit() 
     app.stop().await;
 }
 
+/// The text of a streamed chat completion, its chunks' contents joined.
+async fn streamed_text(response: reqwest::Response) -> String {
+    frames(response)
+        .await
+        .iter()
+        .filter_map(|(_, frame)| serde_json::from_str::<Value>(frame).ok())
+        .filter_map(|chunk| chunk["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+        .collect()
+}
+
 /// Structured output: OpenAI's `response_format` `json_schema` and
-/// Anthropic's `output_config.format` go upstream as `output_config`, and
-/// the answer is the instance the model gave; `json_object` asks for no
-/// schema; a malformed format, or a schema for a model on the CLI, is a
-/// 400 naming the field.
+/// Anthropic's `output_config.format` go upstream as `output_config` (on
+/// the CLI, as Claude Code's `--json-schema`), and the answer is the
+/// instance the model gave; `json_object` asks for no schema; a malformed
+/// format is a 400 naming the field.
 #[tokio::test]
 async fn a_json_schema_goes_upstream_and_the_answer_is_its_instance() {
     let (_db, app) = spawn(haiku_direct).await;
@@ -683,12 +693,7 @@ async fn a_json_schema_goes_upstream_and_the_answer_is_its_instance() {
 
     // Streamed, the same JSON arrives in pieces.
     body["stream"] = json!(true);
-    let streamed: String = frames(app.chat(body.clone()).await)
-        .await
-        .iter()
-        .filter_map(|(_, frame)| serde_json::from_str::<Value>(frame).ok())
-        .filter_map(|chunk| chunk["choices"][0]["delta"]["content"].as_str().map(str::to_string))
-        .collect();
+    let streamed = streamed_text(app.chat(body.clone()).await).await;
     assert_eq!(serde_json::from_str::<Value>(&streamed).unwrap(), answer);
 
     // Anthropic's format, on /v1/messages.
@@ -724,25 +729,25 @@ async fn a_json_schema_goes_upstream_and_the_answer_is_its_instance() {
         let error: Value = refused.json().await.unwrap();
         assert_eq!(error["error"]["param"], param, "{error}");
     }
-    // Sonnet is on the CLI here, which cannot take a schema.
-    let mut on_cli = chat_body("sonnet", "x");
+    assert_eq!(app.sim.sim.requests().len(), sent_before, "nothing refused went upstream");
+
+    // Sonnet is on the CLI here: Claude Code gets the schema
+    // (`--json-schema`), the model answers through the tool it offers,
+    // and the answer, streamed or not, is the JSON it checked.
+    let mut on_cli = chat_body("sonnet", "Who is it?");
     on_cli["response_format"] =
         json!({"type": "json_schema", "json_schema": {"name": "p", "schema": schema}});
-    let refused = app.chat(on_cli).await;
-    assert_eq!(refused.status(), 400);
-    let error: Value = refused.json().await.unwrap();
-    assert_eq!(error["error"]["param"], "response_format");
-    assert!(error["error"]["message"].as_str().unwrap().contains("direct backend"), "{error}");
-    assert_eq!(app.sim.sim.requests().len(), sent_before, "nothing refused went upstream");
-    // `auto` chooses among the models the direct backend serves.
-    // The prompt alone would go to the opus tier, on the CLI here.
-    let hard = "Implement a CDCL SAT solver in C++ with two-watched literals, VSIDS, clause learning with \
-                first-UIP, and restarts. It should solve the uf250 SATLIB instances in under a second each.";
-    let mut auto = chat_body("auto", hard);
-    auto["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "p", "schema": schema}});
-    let chosen = app.chat(auto).await;
-    assert_eq!(chosen.status(), 200);
-    assert_eq!(chosen.headers()["x-ccgate-model"], HAIKU);
+    let response = app.chat(on_cli.clone()).await;
+    assert_eq!(response.status(), 200);
+    let completion: Value = response.json().await.unwrap();
+    assert_eq!(completion["model"], SONNET);
+    let content = completion["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(serde_json::from_str::<Value>(content).unwrap(), answer);
+    let offered = app.sim.sim.requests().last().unwrap().body["tools"].to_string();
+    assert!(offered.contains("StructuredOutput") && offered.contains("\"age\""), "{offered}");
+    on_cli["stream"] = json!(true);
+    let streamed = streamed_text(app.chat(on_cli).await).await;
+    assert_eq!(serde_json::from_str::<Value>(&streamed).unwrap(), answer);
     app.wait_settled("default").await;
     app.stop().await;
 }

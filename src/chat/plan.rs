@@ -30,7 +30,7 @@ pub(super) async fn choose(state: &AppState, request: &ChatRequest) -> Result<Ch
         &request.project_id,
         &request.messages,
         request.max_tokens,
-        request.uses_client_tools() || request.output_schema.is_some(),
+        request.uses_client_tools(),
     )
     .await?;
     let model = resolve_model(state, &decision.model)?;
@@ -117,7 +117,7 @@ pub(super) fn plan(state: &AppState, request: &ChatRequest, choice: &Choice) -> 
     Ok(Plan { model, prompt, amount, input_tokens: input_bound, output_tokens: output_bound })
 }
 
-/// Refuses images, client tools and output schemas that the model's backend cannot carry,
+/// Refuses images and client tools that the model's backend cannot carry,
 /// and images over the size limit, rather than dropping them.
 fn check_content(state: &AppState, request: &ChatRequest, model: &Model) -> Result<(), ApiError> {
     let max = state.settings.max_image_bytes;
@@ -134,18 +134,6 @@ fn check_content(state: &AppState, request: &ChatRequest, model: &Model) -> Resu
     }
     if state.settings.backend_for(&model.id, &model.aliases) == Backend::Api {
         return Ok(());
-    }
-    if request.output_schema.is_some() {
-        return Err(ApiError::bad_request(
-            format!(
-                "structured output (OpenAI's `response_format` of type `json_schema`, Anthropic's \
-                 `output_config.format`) is not supported by the Claude Code CLI backend that serves {}; \
-                 serve the model on the direct backend (backends = {{ {} = \"api\" }}) to use it",
-                model.id,
-                model.aliases.first().unwrap_or(&model.id)
-            ),
-            if request.endpoint == "/v1/messages" { "output_config" } else { "response_format" },
-        ));
     }
     if request.uses_client_tools() {
         return Err(ApiError::bad_request(

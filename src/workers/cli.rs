@@ -141,6 +141,11 @@ impl ClaudeCli {
             through_gate(&mut cmd, ticket);
         }
         cmd.args(["--max-budget-usd", &format!("{:.6}", job.max_budget.as_usd())]);
+        if let Some(schema) = &job.output_schema {
+            // Claude Code offers the model a tool to answer through, checks
+            // its input against the schema and prints it as the result.
+            cmd.args(["--json-schema", &schema.to_string()]);
+        }
         // An agent keeps the CLI's own system prompt (it explains the tools)
         // and gets the client's after it.
         let (flag, file_flag) = match job.agent {
@@ -395,6 +400,8 @@ pub(super) struct RunState {
     /// whole `assistant` line is not emitted a second time.
     deltas_in_message: bool,
     pub(super) stream_usage: TokenUsage,
+    /// The result line's text, as the CLI printed it.
+    result: Option<String>,
 }
 
 impl RunState {
@@ -403,6 +410,7 @@ impl RunState {
             report: RunReport::new(RunEnd::Crashed { message: String::new() }),
             deltas_in_message: false,
             stream_usage: TokenUsage::default(),
+            result: None,
         }
     }
 }
@@ -566,6 +574,7 @@ impl Conversation<'_> {
         // Set when the reply hit its output cap: how much text and how
         // many thinking blocks it had by then.
         let mut capped_at: Option<(usize, usize)> = None;
+        let structured = job.output_schema.is_some();
         let end = loop {
             let line = tokio::select! {
                 biased;
@@ -590,7 +599,12 @@ impl Conversation<'_> {
                 tracing::debug!(line = %line, "ignoring a non-JSON line from the CLI");
                 continue;
             };
-            let step = apply(&mut state, parsed);
+            let step = match apply(&mut state, parsed) {
+                // A structured answer is the tool input the CLI prints as
+                // its result (below), not the model's words around it.
+                Step::Emit(Event::Text(_)) | Step::Tools(_) if structured => Step::Continue,
+                step => step,
+            };
             let step = match step {
                 Step::Tools(activity) => {
                     if !send_all(events, activity.into_iter().map(Event::Tool)).await {
@@ -639,6 +653,14 @@ impl Conversation<'_> {
         if let Some((text, thinking)) = capped_at {
             state.report.text.truncate(text);
             state.report.thinking.truncate(thinking);
+        }
+        if structured && end == RunEnd::Completed {
+            // The JSON the CLI checked against the schema.
+            let json = state.result.take().unwrap_or_default();
+            state.report.first_token_at.get_or_insert_with(Instant::now);
+            state.report.text.clone_from(&json);
+            // A client that left by now misses only this; the run is done.
+            let _ = events.send(Event::Text(json)).await;
         }
         let end = match end {
             // The CLI saw the gate's refusal as an upstream error.
@@ -752,7 +774,10 @@ pub(super) fn apply(state: &mut RunState, line: CliLine) -> Step {
                 .map(|r| ToolActivity::Result { id: r.tool_use_id, is_error: r.is_error, content: r.content })
                 .collect(),
         ),
-        CliLine::Result(result) => Step::Done(finish(report, result)),
+        CliLine::Result(result) => {
+            state.result = result.result.clone();
+            Step::Done(finish(report, result))
+        }
         CliLine::Other => Step::Continue,
     }
 }

@@ -513,8 +513,9 @@ impl WarmPool {
 #[async_trait]
 impl Worker for WarmPool {
     async fn run(&self, job: Job, events: mpsc::Sender<Event>, cancel: CancellationToken) -> RunReport {
-        if job.agent.is_some() {
-            // Agents need their own flags, directory and session: always cold.
+        if job.agent.is_some() || job.output_schema.is_some() {
+            // Agents need their own flags, directory and session, and a
+            // schema a flag of its own: always cold.
             return self.cold.run(job, events, cancel).await;
         }
         let profile = Profile::of(&job);

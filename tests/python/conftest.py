@@ -220,3 +220,25 @@ def client(gateway: Gateway) -> openai.OpenAI:
     # No SDK retries: a 429 or 5xx must surface as the error the gateway sent.
     with openai.OpenAI(base_url=gateway.api_base, api_key="sk-unused", max_retries=0, timeout=120.0) as c:
         yield c
+
+
+@pytest.fixture
+def ask_for_a_person():
+    """Asks a model for a `Person` through the SDK's structured-output
+    `parse` (a `response_format` `json_schema`, strict); returns what it
+    parsed."""
+    from pydantic import BaseModel
+
+    class Person(BaseModel):
+        name: str
+        age: int
+
+    def ask(client: openai.OpenAI, model: str) -> Person:
+        completion = client.chat.completions.parse(
+            model=model,
+            messages=[{"role": "user", "content": "Who is it?"}],
+            response_format=Person,
+        )
+        return completion.choices[0].message.parsed
+
+    return ask

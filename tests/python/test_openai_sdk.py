@@ -217,3 +217,11 @@ def test_async_client_concurrent_requests(gateway):
         assert completion.choices[0].message.content == words_reply(i + 3)
         assert completion.usage.completion_tokens > 0
     assert len({c.id for c in completions}) == len(prompts)
+
+
+
+def test_structured_output_on_the_cli_parses_into_a_pydantic_model(client: openai.OpenAI, ask_for_a_person):
+    # Claude Code gets the schema (`--json-schema`) and answers through the
+    # tool it offers the model; the simulated upstream fills it in.
+    person = ask_for_a_person(client, "haiku")
+    assert (person.name, person.age) == ("w1", 1)

@@ -147,6 +147,23 @@ fn reply(request: &MessagesRequest, parsed: &Parsed) -> Reply {
     // The scripted tools are used one per turn; each turn that returned a
     // tool result moves on to the next.
     let next_tool = parsed.directives.tools.get(request.tool_results_in_exchange());
+    // Claude Code with `--json-schema` offers this tool and asks the model
+    // to answer through it: its input is the answer.
+    let structured = crate::schema::output_tool(request.tools.as_deref()).filter(|_| next_tool.is_none());
+    if let (Some(schema), None) = (structured, request.pending_tool_result()) {
+        let input = crate::schema::instance(schema);
+        return Reply {
+            output_tokens: tokens::for_chars(input.to_string().chars().count()).max(1),
+            content: ReplyContent::ToolUse {
+                id: format!("toolu_sim_{}", request.messages.len()),
+                name: crate::schema::OUTPUT_TOOL.to_string(),
+                input,
+            },
+            stop_reason: StopReason::ToolUse,
+            stop_sequence: None,
+            thinking: None,
+        };
+    }
     if let (Some(result), None) = (request.pending_tool_result(), next_tool) {
         let quoted: String = result.chars().take(TOOL_RESULT_CHARS).collect();
         return text_reply(format!("{PREFIX} tool result: {quoted}"), request);

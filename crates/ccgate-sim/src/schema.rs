@@ -15,6 +15,18 @@ pub fn requested(output_config: Option<&Value>) -> Option<&Value> {
     (format.get("type")?.as_str()? == "json_schema").then(|| format.get("schema")).flatten()
 }
 
+/// The tool Claude Code offers with `--json-schema`, to be called with the
+/// answer as its input.
+pub const OUTPUT_TOOL: &str = "StructuredOutput";
+
+/// The input schema of `OUTPUT_TOOL`, when the request offers it.
+pub fn output_tool(tools: Option<&[Value]>) -> Option<&Value> {
+    tools?
+        .iter()
+        .find(|tool| tool.get("name").and_then(Value::as_str) == Some(OUTPUT_TOOL))?
+        .get("input_schema")
+}
+
 /// An instance of `schema`.
 pub fn instance(schema: &Value) -> Value {
     at_depth(schema, 0)
