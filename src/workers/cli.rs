@@ -601,8 +601,10 @@ impl Conversation<'_> {
             };
             let step = match apply(&mut state, parsed) {
                 // A structured answer is the tool input the CLI prints as
-                // its result (below), not the model's words around it.
-                Step::Emit(Event::Text(_)) | Step::Tools(_) if structured => Step::Continue,
+                // its result (below), not the model's words around it, nor
+                // (but for an agent's) its call of the tool.
+                Step::Emit(Event::Text(_)) if structured => Step::Continue,
+                Step::Tools(_) if structured && job.agent.is_none() => Step::Continue,
                 step => step,
             };
             let step = match step {
