@@ -159,6 +159,41 @@ async fn demand_warms_a_new_profile() {
     app.stop().await;
 }
 
+/// A response schema is part of a process's profile (`--json-schema` is
+/// fixed at its start): structured requests are served warm, each
+/// answered with its own schema's JSON, and a plain one never lands on
+/// their process.
+#[tokio::test]
+async fn a_response_schema_is_a_profile_of_its_own() {
+    let db = TestDb::sqlite();
+    let app = TestApp::spawn(&db, Options { pool_size: 2, ..Options::default() }).await;
+    let schema = serde_json::json!({"type": "object", "additionalProperties": false, "required": ["city"],
+        "properties": {"city": {"type": "string"}, "population": {"type": "integer"}}});
+    let structured = |prompt: &str| {
+        let mut body = chat_body("haiku", prompt);
+        body["response_format"] =
+            serde_json::json!({"type": "json_schema", "json_schema": {"name": "place", "schema": schema}});
+        body
+    };
+    for (n, prompt) in ["where first", "where second", "where third"].into_iter().enumerate() {
+        let response = app.chat(structured(prompt)).await;
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        let content = body["choices"][0]["message"]["content"].as_str().unwrap();
+        let answer: Value = serde_json::from_str(content).expect("the answer is JSON");
+        assert_eq!(answer, serde_json::json!({"city": "w1", "population": 1}));
+        // The first runs cold and warms the profile; the others are hits.
+        let health = wait_idle(&app, 1).await;
+        assert_eq!(health["warm"]["hits"].as_u64(), Some(n as u64), "{health}");
+    }
+    // A plain request has a profile of its own, and a plain answer.
+    let (_, plain) = ask(&app, "plain [sim:words=2]").await;
+    assert_eq!(plain, "Simulated reply: w1 w2");
+    let health = wait_idle(&app, 2).await;
+    assert_eq!(health["warm"]["profiles"], 2, "{health}");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn idle_processes_are_retired() {
     fn settings(s: &mut ccgate::config::Settings) {

@@ -65,6 +65,8 @@ struct Profile {
     system_prompt: Option<String>,
     /// The output cap and thinking budget, which go in its environment.
     output: Output,
+    /// The response schema (`--json-schema`), as JSON.
+    output_schema: Option<String>,
 }
 
 impl Profile {
@@ -73,6 +75,7 @@ impl Profile {
             model: job.model.clone(),
             system_prompt: job.system_prompt.clone(),
             output: Output::of(job),
+            output_schema: job.output_schema.as_ref().map(ToString::to_string),
         }
     }
 }
@@ -105,7 +108,7 @@ pub struct WarmState {
     /// Live warm processes (idle, busy or starting).
     pub processes: usize,
     pub idle: usize,
-    /// Profiles (model, system prompt, output cap) with a live process.
+    /// Profiles (model, system prompt, output cap, schema) with a live process.
     pub profiles: usize,
     pub memory_budget_bytes: u64,
     /// Resident memory of the live warm processes, as last measured.
@@ -151,7 +154,7 @@ impl WarmPool {
             me: me.clone(),
         });
         for model in pool.settings.prestart.clone() {
-            let profile = Profile { model, system_prompt: None, output: Output::PLAIN };
+            let profile = Profile { model, system_prompt: None, output: Output::PLAIN, output_schema: None };
             pool.grow(profile);
         }
         let reaper = Arc::downgrade(&pool);
@@ -382,6 +385,9 @@ impl WarmPool {
         if let Some(system) = &profile.system_prompt {
             cmd.args(["--system-prompt", system]);
         }
+        if let Some(schema) = &profile.output_schema {
+            cmd.args(["--json-schema", schema]);
+        }
         let ticket = self.cold.gate.as_ref().map(|gate| gate.ticket());
         if let Some(ticket) = &ticket {
             through_gate(&mut cmd, ticket);
@@ -513,9 +519,8 @@ impl WarmPool {
 #[async_trait]
 impl Worker for WarmPool {
     async fn run(&self, job: Job, events: mpsc::Sender<Event>, cancel: CancellationToken) -> RunReport {
-        if job.agent.is_some() || job.output_schema.is_some() {
-            // Agents need their own flags, directory and session, and a
-            // schema a flag of its own: always cold.
+        if job.agent.is_some() {
+            // Agents need their own flags, directory and session: always cold.
             return self.cold.run(job, events, cancel).await;
         }
         let profile = Profile::of(&job);
