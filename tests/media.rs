@@ -136,6 +136,8 @@ async fn tool_calls_round_trip_on_the_direct_backend() {
     let question = r#"Weather in Paris? [sim:tool=get_weather {"city":"Paris"}]"#;
     let mut request = chat_body("haiku", question);
     request["tools"] = weather_tools();
+    // OpenAI's strict function calling is Anthropic's strict tool use.
+    request["tools"][0]["function"]["strict"] = json!(true);
     request["tool_choice"] = json!("required");
     let (status, body) = post(&app, &request).await;
     assert_eq!(status, 200, "{body}");
@@ -149,6 +151,7 @@ async fn tool_calls_round_trip_on_the_direct_backend() {
     let upstream = &app.sim.sim.requests()[0].body;
     assert_eq!(upstream["tools"][0]["name"], "get_weather");
     assert_eq!(upstream["tools"][0]["input_schema"]["required"], json!(["city"]));
+    assert_eq!(upstream["tools"][0]["strict"], true);
     assert_eq!(upstream["tool_choice"], json!({"type": "any"}));
 
     // The client runs the tool and sends its result back.

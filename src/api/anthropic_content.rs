@@ -210,6 +210,7 @@ fn tool_spec(index: usize, tool: &Value) -> Result<ToolSpec, ApiError> {
         name: name.to_string(),
         description: tool.get("description").and_then(Value::as_str).map(String::from),
         parameters,
+        strict: tool.get("strict").and_then(Value::as_bool).unwrap_or(false),
     })
 }
 
@@ -389,7 +390,7 @@ mod tests {
     fn tools_and_choices_map_to_client_tools() {
         let tools = [
             json!({"name": "get_weather", "description": "By city", "input_schema": {"type": "object"},
-                   "cache_control": {"type": "ephemeral"}}),
+                   "cache_control": {"type": "ephemeral"}, "strict": true}),
             json!({"type": "custom", "name": "Read", "input_schema": {"type": "object", "properties": {}}}),
         ];
         let choices = [
@@ -410,12 +411,14 @@ mod tests {
                         description: Some("By city".into()),
                         parameters: json!({"type": "object"}),
                         cache: Some(json!({"type": "ephemeral"})),
+                        strict: true,
                     },
                     ToolSpec {
                         name: "Read".into(),
                         description: None,
                         parameters: json!({"type": "object", "properties": {}}),
                         cache: None,
+                        strict: false,
                     },
                 ]
             );

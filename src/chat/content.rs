@@ -119,6 +119,9 @@ pub struct ToolSpec {
     /// Anthropic's `cache_control` on this tool (a prompt-cache breakpoint
     /// after the tool definitions up to it), when the client set one.
     pub cache: Option<serde_json::Value>,
+    /// Whether the model's calls must follow `parameters` exactly
+    /// (OpenAI's `function.strict`, Anthropic's `strict`).
+    pub strict: bool,
 }
 
 /// Whether and which tool the model must call.

@@ -93,6 +93,9 @@ pub fn add_tools(body: &mut Value, tools: &ClientTools) {
             if let Some(cache) = &t.cache {
                 tool["cache_control"] = cache.clone();
             }
+            if t.strict {
+                tool["strict"] = json!(true);
+            }
             tool
         })
         .collect();
@@ -187,6 +190,7 @@ mod tests {
             description: Some("Weather by city".into()),
             parameters: json!({"type": "object", "properties": {"city": {"type": "string"}}}),
             cache: None,
+            strict: false,
         };
         let cases = [
             (None, None),
@@ -207,6 +211,11 @@ mod tests {
             );
             assert_eq!(body.get("tool_choice").cloned(), expected, "{choice:?}");
         }
+        // A strict tool stays strict.
+        let mut body = json!({});
+        let strict = ToolSpec { strict: true, ..spec };
+        add_tools(&mut body, &ClientTools { tools: vec![strict], choice: None });
+        assert_eq!(body["tools"][0]["strict"], true);
     }
 
     #[test]
@@ -236,6 +245,7 @@ mod tests {
             description: None,
             parameters: json!({"type": "object"}),
             cache,
+            strict: false,
         };
         let mut body = json!({});
         add_tools(

@@ -339,6 +339,7 @@ fn tool_spec(index: usize, tool: &Value) -> Result<ToolSpec, ApiError> {
         name: name.to_string(),
         description: function.get("description").and_then(Value::as_str).map(String::from),
         parameters,
+        strict: function.get("strict").and_then(Value::as_bool).unwrap_or(false),
     })
 }
 
