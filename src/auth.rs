@@ -167,11 +167,18 @@ impl KeyCache {
         state.unknown.clear();
     }
 
-    /// Applies a change another instance (or this one) announced.
+    /// Drops what a change to keys touches.
+    fn drop_changed(&self, change: &KeyChange) {
+        match change {
+            KeyChange::Revoked { key_id } => self.forget(key_id),
+            KeyChange::ProjectDeleted { project_id } => self.forget_project(project_id),
+        }
+    }
+
+    /// Applies what the announcements of all instances (this one's too) say.
     pub fn apply(&self, event: KeyEvent) {
         match event {
-            KeyEvent::Changed(KeyChange::Revoked { key_id }) => self.forget(&key_id),
-            KeyEvent::Changed(KeyChange::ProjectDeleted { project_id }) => self.forget_project(&project_id),
+            KeyEvent::Changed(change) => self.drop_changed(&change),
             KeyEvent::Missed => self.forget_all(),
         }
     }
@@ -184,12 +191,13 @@ impl KeyCache {
     }
 }
 
-/// Tells the other instances sharing the database of a change to keys,
-/// so they drop what they keep of them at once. The change is made by
-/// then: should the announcement fail, they see it when their cached copy
-/// goes stale (`KEY_CACHE_TTL`).
-pub async fn announce(store: &dyn Store, change: &KeyChange) {
-    if let Err(e) = store.announce_key_change(change).await {
+/// Drops what `cache` keeps of the keys a change (made in the store by
+/// now) touches, and tells the other instances sharing the database, so
+/// they drop theirs at once. Should the announcement fail, they see the
+/// change when their cached copy goes stale (`KEY_CACHE_TTL`).
+pub async fn keys_changed(store: &dyn Store, cache: &KeyCache, change: KeyChange) {
+    cache.drop_changed(&change);
+    if let Err(e) = store.announce_key_change(&change).await {
         tracing::warn!(error = %e, ?change, "cannot tell other instances of a key change");
     }
 }

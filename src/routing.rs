@@ -40,17 +40,17 @@ pub fn output_allowance(state: &AppState, max_output: u64) -> u64 {
 }
 
 /// Picks a model for the project's request. A request that uses the
-/// client's own tools (`direct_only`) can only run on the direct backend,
-/// so only the models it serves are candidates.
+/// client's own tools can only run on the direct backend, so only the
+/// models it serves are candidates.
 pub async fn decide(
     state: &AppState,
     project_id: &str,
     messages: &[Message],
     max_tokens: Option<u64>,
-    direct_only: bool,
+    client_tools: bool,
 ) -> Result<Decision, ApiError> {
     let mut tiers = tiers(&state.prices);
-    if direct_only {
+    if client_tools {
         tiers.retain(|tier| {
             state
                 .prices

@@ -201,9 +201,8 @@ pub async fn delete_project(
         return Err(ApiError::bad_request("the default project cannot be deleted", "id"));
     }
     state.budget.store().delete_project(&id, state.budget.now().timestamp_millis()).await?;
-    state.keys.forget_project(&id);
     let change = crate::store::keys::KeyChange::ProjectDeleted { project_id: id.clone() };
-    crate::auth::announce(state.budget.store().as_ref(), &change).await;
+    crate::auth::keys_changed(state.budget.store().as_ref(), &state.keys, change).await;
     // A project made again under this id starts without an agent policy.
     state.budget.store().delete_agent_policy(&id).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -157,10 +157,8 @@ pub async fn revoke_key(
 ) -> Result<StatusCode, ApiError> {
     let store = state.budget.store();
     let revoked = store.revoke_key(&key_id, state.budget.now().timestamp_millis()).await?;
-    state.keys.forget(&key_id);
+    auth::keys_changed(store.as_ref(), &state.keys, KeyChange::Revoked { key_id: key_id.clone() }).await;
     if revoked {
-        let change = KeyChange::Revoked { key_id: key_id.clone() };
-        crate::auth::announce(store.as_ref(), &change).await;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("key {key_id:?} not found")))

@@ -69,7 +69,8 @@ pub struct ChatRequest {
     pub thinking: Option<serde_json::Value>,
     /// A JSON Schema the answer must be an instance of (OpenAI's
     /// `response_format` `json_schema`, Anthropic's `output_config`
-    /// `format`), for the direct backend.
+    /// `format`): `output_config` on the direct backend, `--json-schema`
+    /// on the CLI.
     pub output_schema: Option<serde_json::Value>,
 }
 

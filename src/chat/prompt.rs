@@ -105,8 +105,8 @@ pub fn token_upper_bound(text: &str) -> u64 {
 
 /// An estimate of the tokens of a text that over-counts ordinary text:
 /// one token per 2.5 bytes of UTF-8. For checks that must not refuse
-/// ordinary requests (a context window) and for a spend-gate call with
-/// no finished call of its run to bound it by; punctuation-dense text can
+/// ordinary requests (a context window) and for what a run's first call
+/// holds at the spend gate while under way; punctuation-dense text can
 /// beat it.
 pub fn token_estimate(text: &str) -> u64 {
     token_estimate_of_len(text.len())

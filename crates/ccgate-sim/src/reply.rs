@@ -149,41 +149,21 @@ fn reply(request: &MessagesRequest, parsed: &Parsed) -> Reply {
     let next_tool = parsed.directives.tools.get(request.tool_results_in_exchange());
     // Claude Code with `--json-schema` offers this tool and asks the model
     // to answer through it: its input is the answer.
+    let pending = request.pending_tool_result();
     let structured = crate::schema::output_tool(request.tools.as_deref()).filter(|_| next_tool.is_none());
-    if let (Some(schema), None) = (structured, request.pending_tool_result()) {
+    if let (Some(schema), None) = (structured, &pending) {
         let input = crate::schema::instance(schema);
-        return Reply {
-            output_tokens: tokens::for_chars(input.to_string().chars().count()).max(1),
-            content: ReplyContent::ToolUse {
-                id: format!("toolu_sim_{}", request.messages.len()),
-                name: crate::schema::OUTPUT_TOOL.to_string(),
-                input,
-            },
-            stop_reason: StopReason::ToolUse,
-            stop_sequence: None,
-            thinking: None,
-        };
+        let output_tokens = tokens::for_chars(input.to_string().chars().count());
+        return tool_use(request, crate::schema::OUTPUT_TOOL.to_string(), input, output_tokens);
     }
-    if let (Some(result), None) = (request.pending_tool_result(), next_tool) {
+    if let (Some(result), None) = (pending, next_tool) {
         let quoted: String = result.chars().take(TOOL_RESULT_CHARS).collect();
         return text_reply(format!("{PREFIX} tool result: {quoted}"), request);
     }
     if let Some(tool) = next_tool {
         let output_tokens =
             tokens::for_chars(tool.name.chars().count() + tool.input.to_string().chars().count());
-        return Reply {
-            content: ReplyContent::ToolUse {
-                // Each turn adds messages, so the count is unique within a conversation
-                // and keeps the reply a function of the request alone.
-                id: format!("toolu_sim_{}", request.messages.len()),
-                name: tool.name.clone(),
-                input: tool.input.clone(),
-            },
-            stop_reason: StopReason::ToolUse,
-            stop_sequence: None,
-            thinking: None,
-            output_tokens: output_tokens.max(1),
-        };
+        return tool_use(request, tool.name.clone(), tool.input.clone(), output_tokens);
     }
     if let Some(schema) = crate::schema::requested(request.output_config.as_ref()) {
         return text_reply(crate::schema::instance(schema).to_string(), request);
@@ -194,6 +174,23 @@ fn reply(request: &MessagesRequest, parsed: &Parsed) -> Reply {
     };
     let text = if words.is_empty() { PREFIX.to_owned() } else { format!("{PREFIX} {}", words.join(" ")) };
     text_reply(text, request)
+}
+
+/// A reply that calls `name` with `input`.
+fn tool_use(request: &MessagesRequest, name: String, input: Value, output_tokens: u64) -> Reply {
+    Reply {
+        content: ReplyContent::ToolUse {
+            // Each turn adds messages, so the count is unique within a conversation
+            // and keeps the reply a function of the request alone.
+            id: format!("toolu_sim_{}", request.messages.len()),
+            name,
+            input,
+        },
+        stop_reason: StopReason::ToolUse,
+        stop_sequence: None,
+        thinking: None,
+        output_tokens: output_tokens.max(1),
+    }
 }
 
 /// A text reply, ended as the model would be: before the first of the

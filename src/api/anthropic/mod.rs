@@ -54,8 +54,8 @@ pub struct MessagesRequest {
     #[schema(value_type = Option<Object>)]
     pub thinking: Option<Value>,
     /// Structured output: `{"format": {"type": "json_schema", "schema":
-    /// {…}}}` makes the answer's text an instance of the schema (direct
-    /// backend; the CLI backend refuses it). Its other fields are ignored.
+    /// {…}}}` makes the answer's text an instance of the schema (both
+    /// backends). Its other fields are ignored.
     #[schema(value_type = Option<Object>)]
     pub output_config: Option<Value>,
     /// The project to charge (ccgate extension; the `X-Project-Id` header does the same).
