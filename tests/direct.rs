@@ -669,6 +669,23 @@ async fn streamed_text(response: reqwest::Response) -> String {
         .collect()
 }
 
+/// A chat completion request asking for JSON that follows `schema`.
+fn asking_for(model: &str, schema: &Value) -> Value {
+    let mut body = chat_body(model, "Who is it?");
+    body["response_format"] =
+        json!({"type": "json_schema", "json_schema": {"name": "person", "schema": schema}});
+    body
+}
+
+/// A whole answer's completion, and its content read as JSON.
+async fn json_answer(response: reqwest::Response) -> (Value, Value) {
+    assert_eq!(response.status(), 200);
+    let completion: Value = response.json().await.unwrap();
+    let content = completion["choices"][0]["message"]["content"].as_str().unwrap();
+    let answer = serde_json::from_str(content).expect("the answer is JSON");
+    (completion, answer)
+}
+
 /// Structured output: OpenAI's `response_format` `json_schema` and
 /// Anthropic's `output_config.format` go upstream as `output_config` (on
 /// the CLI, as Claude Code's `--json-schema`), and the answer is the
@@ -679,14 +696,8 @@ async fn a_json_schema_goes_upstream_and_the_answer_is_its_instance() {
     let (_db, app) = spawn(haiku_direct).await;
     let schema = json!({"type": "object", "additionalProperties": false, "required": ["name", "age"],
         "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}});
-    let mut body = chat_body("haiku", "Who is it?");
-    body["response_format"] =
-        json!({"type": "json_schema", "json_schema": {"name": "person", "schema": schema}});
-    let response = app.chat(body.clone()).await;
-    assert_eq!(response.status(), 200);
-    let completion: Value = response.json().await.unwrap();
-    let content = completion["choices"][0]["message"]["content"].as_str().unwrap();
-    let answer: Value = serde_json::from_str(content).expect("the answer is JSON");
+    let mut body = asking_for("haiku", &schema);
+    let (_, answer) = json_answer(app.chat(body.clone()).await).await;
     assert_eq!(answer, json!({"name": "w1", "age": 1}));
     let sent = &app.sim.sim.requests()[0].body;
     assert_eq!(sent["output_config"], json!({"format": {"type": "json_schema", "schema": schema}}));
@@ -734,15 +745,10 @@ async fn a_json_schema_goes_upstream_and_the_answer_is_its_instance() {
     // Sonnet is on the CLI here: Claude Code gets the schema
     // (`--json-schema`), the model answers through the tool it offers,
     // and the answer, streamed or not, is the JSON it checked.
-    let mut on_cli = chat_body("sonnet", "Who is it?");
-    on_cli["response_format"] =
-        json!({"type": "json_schema", "json_schema": {"name": "p", "schema": schema}});
-    let response = app.chat(on_cli.clone()).await;
-    assert_eq!(response.status(), 200);
-    let completion: Value = response.json().await.unwrap();
+    let mut on_cli = asking_for("sonnet", &schema);
+    let (completion, on_cli_answer) = json_answer(app.chat(on_cli.clone()).await).await;
     assert_eq!(completion["model"], SONNET);
-    let content = completion["choices"][0]["message"]["content"].as_str().unwrap();
-    assert_eq!(serde_json::from_str::<Value>(content).unwrap(), answer);
+    assert_eq!(on_cli_answer, answer);
     let offered = app.sim.sim.requests().last().unwrap().body["tools"].to_string();
     assert!(offered.contains("StructuredOutput") && offered.contains("\"age\""), "{offered}");
     on_cli["stream"] = json!(true);

@@ -48,6 +48,16 @@ async fn post(url: &str, body: Vec<u8>) -> (u16, String) {
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
+/// A later call of the conversation `question` began: the answer, then a
+/// tool result of 6,000 bytes of punctuation (a token a byte, as the
+/// upstream counts it here).
+fn dense_follow_up(question: Value) -> Vec<u8> {
+    let result = format!("{} [sim:byte_tokens] [sim:words=2]", "{};".repeat(2_000));
+    let call = json!({"model": HAIKU, "max_tokens": 10, "stream": true, "messages": [
+        question, {"role": "assistant", "content": "w1 w2"}, {"role": "user", "content": result}]});
+    serde_json::to_vec(&call).unwrap()
+}
+
 /// The simulated upstream, a gate in front of it, and one worker's ticket
 /// with its Messages address.
 async fn one_worker() -> (ccgate_sim::SimHandle, SpendGate, Ticket, String) {
@@ -146,10 +156,7 @@ async fn a_later_call_with_dense_new_input_cannot_pass_the_allowance() {
     // A tool result of 6,000 bytes of punctuation: about 2,500 tokens at a
     // token per 2.5 bytes of the call, which would fit; 6,000 and more as
     // the upstream counts it, which would not.
-    let result = format!("{} [sim:byte_tokens] [sim:words=2]", "{};".repeat(2_000));
-    let second = json!({"model": HAIKU, "max_tokens": 10, "stream": true, "messages": [
-        question, {"role": "assistant", "content": "w1 w2"}, {"role": "user", "content": result}]});
-    let second = serde_json::to_vec(&second).unwrap();
+    let second = dense_follow_up(question);
     assert!((second.len() as i64 * 2) / 5 < 4_000 - 50, "the estimate would have let it go");
     let (status, body) = post(&url, second).await;
     assert_eq!(status, 400, "{body}");
@@ -181,10 +188,7 @@ async fn a_call_made_while_the_first_is_under_way_waits_and_is_bounded_by_it() {
     // call, with 6,000 bytes of punctuation after the same question: about
     // 2,500 tokens at a token per 2.5 bytes, which would fit; 6,000 and
     // more as the upstream counts it, which would not.
-    let result = format!("{} [sim:byte_tokens] [sim:words=2]", "{};".repeat(2_000));
-    let second = json!({"model": HAIKU, "max_tokens": 10, "stream": true, "messages": [
-        question, {"role": "assistant", "content": "w1 w2"}, {"role": "user", "content": result}]});
-    let second = serde_json::to_vec(&second).unwrap();
+    let second = dense_follow_up(question);
     assert!((second.len() as i64 * 2) / 5 < 4_000 - 100, "the estimate would have let it go");
     // Refused: decided once the first had finished, by what that read.
     let refused = send(&url, second).await;

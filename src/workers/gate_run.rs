@@ -509,9 +509,7 @@ mod tests {
         let started = tokio::time::Instant::now();
         let later = run.admit(&call(&haiku, 50, 10), &shape()).await;
         assert_eq!(started.elapsed(), BOUND_WAIT);
-        let parts = sent["system"].to_string().len()
-            + sent["tools"].to_string().len()
-            + sent["messages"][0].to_string().len();
+        let parts = whole_call_bytes(&sent);
         assert_eq!(later, Admission::Pass { max_tokens: 10, worst: Micros(parts as i64 + 50) });
     }
 
@@ -526,13 +524,18 @@ mod tests {
         };
         // It failed: nothing billed, nothing learnt.
         run.settle(worst, Micros::ZERO);
-        let parts = sent["system"].to_string().len()
-            + sent["tools"].to_string().len()
-            + sent["messages"][0].to_string().len();
+        let parts = whole_call_bytes(&sent);
         assert_eq!(
             run.admit(&call(&haiku, 50, 10), &shape()).await,
             Admission::Pass { max_tokens: 10, worst: Micros(parts as i64 + 50) }
         );
+    }
+
+    /// The bytes of a call's system prompt, tools and messages as JSON: a
+    /// token each when nothing bounds the call.
+    fn whole_call_bytes(call: &Value) -> usize {
+        let messages: usize = call["messages"].as_array().unwrap().iter().map(|m| m.to_string().len()).sum();
+        call["system"].to_string().len() + call["tools"].to_string().len() + messages
     }
 
     fn conversation(messages: &[Value]) -> Value {
