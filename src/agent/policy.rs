@@ -27,7 +27,8 @@ pub struct AgentPolicy {
     pub denied_tools: Vec<String>,
     /// The most model turns one request may take.
     pub max_turns: u32,
-    /// The most one agentic request may cost, in USD.
+    /// The most one agentic request may cost, in USD (more than 0, at most 1e6).
+    #[schema(exclusive_minimum = 0, maximum = 1000000)]
     pub max_task_usd: f64,
     /// MCP servers the agent may use (none when empty).
     pub mcp_servers: Vec<McpServer>,

@@ -17,12 +17,15 @@ use crate::store::{Limits, Project};
 pub struct BudgetBody {
     /// USD per UTC day; null or absent for no limit.
     #[serde(default, deserialize_with = "explicit")]
+    #[schema(value_type = Option<f64>, minimum = 0, maximum = 1000000000)]
     pub daily_usd: Option<Option<f64>>,
     /// USD per UTC week (Monday to Sunday).
     #[serde(default, deserialize_with = "explicit")]
+    #[schema(value_type = Option<f64>, minimum = 0, maximum = 1000000000)]
     pub weekly_usd: Option<Option<f64>>,
     /// USD per UTC calendar month.
     #[serde(default, deserialize_with = "explicit")]
+    #[schema(value_type = Option<f64>, minimum = 0, maximum = 1000000000)]
     pub monthly_usd: Option<Option<f64>>,
 }
 
@@ -35,16 +38,30 @@ fn explicit<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Option<f64>>, D::
 #[serde(deny_unknown_fields)]
 pub struct CreateProject {
     pub id: String,
+    #[schema(pattern = "\\S", max_length = 200)]
     pub name: Option<String>,
+    #[serde(default, deserialize_with = "budget_object")]
     pub budget: Option<BudgetBody>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateProject {
+    #[schema(pattern = "\\S", max_length = 200)]
     pub name: Option<String>,
     /// Fields given replace the limit (null removes it); absent fields keep theirs.
+    #[serde(default, deserialize_with = "budget_object")]
     pub budget: Option<BudgetBody>,
+}
+
+/// A budget given as a JSON object only: serde would also take an array,
+/// its items as the limits in order, which no client means.
+fn budget_object<'de, D: Deserializer<'de>>(de: D) -> Result<Option<BudgetBody>, D::Error> {
+    Option::<serde_json::Map<String, serde_json::Value>>::deserialize(de)?
+        .map(|fields| {
+            BudgetBody::deserialize(serde_json::Value::Object(fields)).map_err(serde::de::Error::custom)
+        })
+        .transpose()
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -109,7 +126,7 @@ fn apply_budget(limits: &mut Limits, budget: &BudgetBody) -> Result<(), ApiError
 }
 
 fn check_name(name: &str) -> Result<(), ApiError> {
-    if name.trim().is_empty() || name.len() > 200 {
+    if name.trim().is_empty() || name.chars().count() > 200 {
         return Err(ApiError::bad_request("name must be 1 to 200 characters", "name"));
     }
     Ok(())

@@ -23,9 +23,10 @@ pub struct SyncBatchRequest {
     /// The project to charge (or the `X-Project-Id` header).
     pub project_id: Option<String>,
     /// Chat-completions requests, each with a `custom_id` (unique in the batch).
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<Object>, min_items = 1)]
     pub requests: Vec<Value>,
     /// At most this many requests at once (never more than the pool's batch share).
+    #[schema(minimum = 1)]
     pub max_concurrency: Option<usize>,
 }
 

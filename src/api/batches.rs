@@ -15,10 +15,13 @@ use crate::error::{ApiError, ErrorBody};
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateBatchRequest {
     /// A file uploaded with purpose `batch`.
+    #[schema(min_length = 1)]
     pub input_file_id: String,
     /// Must be `/v1/chat/completions`.
+    #[schema(pattern = "^/v1/chat/completions$")]
     pub endpoint: String,
     /// Must be `24h`.
+    #[schema(pattern = "^24h$")]
     pub completion_window: String,
     /// Up to 16 string pairs, returned as given.
     #[schema(value_type = Option<Object>)]
@@ -119,6 +122,7 @@ pub struct BatchListQuery {
     /// The id of the last batch of the previous page.
     pub after: Option<String>,
     /// Page size, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<usize>,
 }
 
@@ -227,9 +231,9 @@ pub async fn list_batches(
     query: Result<Query<BatchListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<BatchList>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text(), None))?;
+    let limit = super::extract::page_size(query.limit, 20, 100)?;
     let project = ctx.project(None)?;
-    let (page, has_more) =
-        batch::list(&state, &project, query.after.as_deref(), query.limit.unwrap_or(20)).await?;
+    let (page, has_more) = batch::list(&state, &project, query.after.as_deref(), limit).await?;
     let data: Vec<BatchObject> = page.into_iter().map(BatchObject::from).collect();
     Ok(Json(BatchList {
         object: "list",

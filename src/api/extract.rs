@@ -48,7 +48,12 @@ fn is_timeout(rejection: &axum::extract::rejection::BytesRejection) -> bool {
     false
 }
 
+/// Parses a request body, which must be a JSON object (serde would also
+/// take an array for a struct, field by field in order).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad_request("the request body must be a JSON object", None));
+    }
     // Most bodies are valid: parse them plainly, and only a body that fails
     // a second time with the failing field's path tracked, for the message.
     if let Ok(value) = serde_json::from_slice(bytes) {
@@ -96,7 +101,14 @@ impl<S: Send + Sync> FromRequestParts<S> for Context {
             Some(value) => Some(
                 value
                     .to_str()
-                    .map_err(|_| ApiError::bad_request("the X-Project-Id header is not valid text", None))?
+                    .ok()
+                    .filter(|id| valid_project_id(id))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(
+                            "the X-Project-Id header is not a project id: use 1 to 64 of a-z, 0-9, _ and -",
+                            "X-Project-Id",
+                        )
+                    })?
                     .to_string(),
             ),
         };
@@ -131,6 +143,15 @@ impl Context {
 
     pub fn key_id(&self) -> Option<String> {
         self.caller.key_id().map(str::to_string)
+    }
+}
+
+/// A list's page size: `default` when not given, else 1 to `max`.
+pub fn page_size(limit: Option<usize>, default: usize, max: usize) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::bad_request(format!("limit must be 1 to {max}, not {n}"), "limit")),
     }
 }
 

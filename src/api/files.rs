@@ -74,6 +74,7 @@ pub struct UploadForm {
     #[schema(value_type = String, format = Binary)]
     file: Vec<u8>,
     /// Must be `batch`.
+    #[schema(pattern = "^batch$")]
     purpose: String,
     /// The project (ccgate extension; the `X-Project-Id` header does the same).
     project_id: Option<String>,
@@ -86,7 +87,8 @@ pub struct FileListQuery {
     pub purpose: Option<String>,
     /// The id of the last file of the previous page.
     pub after: Option<String>,
-    /// Page size (default 10,000).
+    /// Page size, 1 to 10,000 (default 10,000).
+    #[param(minimum = 1, maximum = 10000)]
     pub limit: Option<usize>,
 }
 
@@ -165,8 +167,8 @@ pub async fn list_files(
     query: Result<Query<FileListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<FileList>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text(), None))?;
+    let limit = super::extract::page_size(query.limit, 10_000, 10_000)?;
     let project = ctx.project(None)?;
-    let limit = query.limit.unwrap_or(10_000);
     let (rows, has_more) =
         files::list(&state, &project, query.purpose.as_deref(), query.after.as_deref(), limit).await?;
     let data: Vec<FileObject> = rows.into_iter().map(FileObject::from).collect();

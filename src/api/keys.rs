@@ -20,10 +20,13 @@ pub struct CreateKey {
     /// RFC 3339 time after which the key stops working; null for never.
     pub expires_at: Option<DateTime<Utc>>,
     /// Requests per minute; null for the configured default.
+    #[schema(minimum = 1)]
     pub rpm_limit: Option<i64>,
     /// Tokens per minute; null for the configured default.
+    #[schema(minimum = 1)]
     pub tpm_limit: Option<i64>,
     /// Requests in flight at once; null for the configured default.
+    #[schema(minimum = 1)]
     pub max_concurrent: Option<i64>,
 }
 
@@ -129,13 +132,18 @@ pub async fn create_key(
 
 /// Lists a project's keys (never their secrets).
 #[utoipa::path(get, path = "/admin/projects/{id}/keys", tag = "admin", params(("id" = String, Path)),
-    responses((status = 200, body = KeyList), (status = 401, body = ErrorBody)), security(("admin_key" = [])))]
+    responses((status = 200, body = KeyList), (status = 404, description = "No such project (a deleted project's revoked keys stay in `GET /admin/keys`)", body = ErrorBody)),
+    security(("admin_key" = [])))]
 pub async fn list_project_keys(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<KeyList>, ApiError> {
     check_project_id(&id, "id")?;
-    let keys = state.budget.store().list_keys(Some(&id)).await?;
+    let store = state.budget.store();
+    if store.get_project(&id).await?.is_none() {
+        return Err(ApiError::not_found(format!("project {id:?} not found")));
+    }
+    let keys = store.list_keys(Some(&id)).await?;
     Ok(Json(KeyList { data: keys.into_iter().map(KeyView::from).collect() }))
 }
 

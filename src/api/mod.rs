@@ -16,6 +16,7 @@ pub mod message_blocks;
 pub mod messages;
 pub mod metrics;
 pub mod openai;
+mod openapi;
 pub mod route;
 pub mod tasks;
 pub mod usage;
@@ -86,7 +87,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let uploads = OpenApiRouter::new()
         .routes(routes!(files::create_file, files::list_files))
         .layer(DefaultBodyLimit::disable());
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(info::root))
         .routes(routes!(info::health))
         .routes(routes!(info::list_models))
@@ -108,7 +109,10 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(files::get_file_content))
         .merge(uploads)
         .merge(admin)
-        .split_for_parts()
+        .split_for_parts();
+    // After the routes are in: it describes every operation.
+    openapi::CommonResponses.modify(&mut document);
+    (router, document)
 }
 
 pub fn router(state: AppState) -> Router {
@@ -124,6 +128,7 @@ pub fn router(state: AppState) -> Router {
         // A client that trickles its body holds a connection and memory;
         // it gets a 408 instead.
         .layer(RequestBodyTimeoutLayer::new(Duration::from_secs(state.settings.client_body_timeout_secs)))
+        .layer(middleware::from_fn(json_rejections))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         // Outside authentication, so its refusals get the Anthropic shape too.
         .layer(middleware::from_fn(messages::anthropic_errors))
@@ -142,6 +147,34 @@ async fn method_not_allowed(request: Request) -> Response {
     )
     .into_response();
     *response.status_mut() = axum::http::StatusCode::METHOD_NOT_ALLOWED;
+    response
+}
+
+/// Axum's own refusals (a path segment that is not UTF-8, a query string
+/// that does not parse, an unsupported media type) are plain text; they
+/// become the same JSON error object as every other refusal, with their
+/// status kept.
+async fn json_rejections(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let plain = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"text/plain"));
+    if !(status.is_client_error() || status.is_server_error()) || !plain {
+        return response;
+    }
+    let text = axum::body::to_bytes(response.into_body(), 64 * 1024).await.unwrap_or_default();
+    let message = String::from_utf8_lossy(&text).trim().to_string();
+    let error = match status {
+        axum::http::StatusCode::NOT_FOUND => ApiError::not_found(message),
+        axum::http::StatusCode::REQUEST_TIMEOUT => ApiError::ClientTimeout(message),
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(message),
+        status if status.is_server_error() => ApiError::internal(message),
+        _ => ApiError::bad_request(message, None),
+    };
+    let mut response = error.into_response();
+    *response.status_mut() = status;
     response
 }
 

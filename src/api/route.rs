@@ -16,6 +16,7 @@ use crate::store::PeriodKind;
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RouteBody {
+    #[schema(min_items = 1)]
     pub messages: Vec<ChatMessage>,
     pub project_id: Option<String>,
     pub max_tokens: Option<u64>,

@@ -82,6 +82,7 @@ async fn object(state: &AppState, task: TaskRow) -> Result<TaskObject, ApiError>
     responses(
         (status = 202, description = "The task is running", body = TaskObject),
         (status = 400, body = ErrorBody), (status = 403, description = "Outside the agent policy", body = ErrorBody),
+        (status = 404, description = "Unknown model, project or session", body = ErrorBody),
         (status = 429, description = "Budget or rate limit", body = ErrorBody),
     )
 )]

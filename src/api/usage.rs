@@ -18,6 +18,7 @@ pub struct UsageQuery {
     /// Defaults to `default`.
     pub project_id: Option<String>,
     /// `day`, `week` or `month` (default `day`).
+    #[param(pattern = "^(day|week|month)$")]
     pub period: Option<String>,
 }
 

@@ -30,13 +30,16 @@ use crate::workers::RunEnd;
 #[serde(deny_unknown_fields)]
 pub struct TaskRequest {
     /// What the agent is asked to do.
+    #[schema(min_length = 1)]
     pub prompt: String,
     /// Where it works: inside one of the project's allowed roots.
     pub working_directory: Option<String>,
     /// Tools in the CLI's syntax (`Read`, `Edit`, `Bash(git *)`), within the policy.
     pub allowed_tools: Option<Vec<String>>,
+    #[schema(minimum = 1)]
     pub max_turns: Option<u32>,
     /// The most the task may cost, in USD (never above the policy's `max_task_usd`).
+    #[schema(exclusive_minimum = 0)]
     pub max_budget_usd: Option<f64>,
     /// A model or `auto` (the default).
     pub model: Option<String>,

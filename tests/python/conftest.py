@@ -3,7 +3,8 @@
 Starts the simulated Anthropic API (`ccgate-sim`) and the gateway (`ccgate
 serve`) as real processes on port 0, each with its own temp directory and
 SQLite database, waits for their "listening" lines (no sleeps), and stops
-both with SIGTERM when the session ends.
+both with SIGTERM when the session ends. A test module that needs other
+settings starts a gateway of its own with `running_gateway`.
 
 Environment:
   CCGATE_BIN_DIR     directory holding ccgate and ccgate-sim
@@ -14,6 +15,7 @@ Environment:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -136,83 +138,101 @@ class Gateway:
         return f"{self.url}/v1"
 
 
+@dataclass
+class Simulator:
+    url: str
+    bins: Path
+    claude: str
+
+
 @pytest.fixture(scope="session")
-def gateway():
+def simulator():
+    """The simulated Anthropic API, shared by every gateway of the session."""
     bins = bin_dir()
     for name in ("ccgate", "ccgate-sim"):
         if not (bins / name).is_file():
             raise pytest.UsageError(f"{bins / name} is missing: run `cargo build --bins` or set CCGATE_BIN_DIR")
     claude = claude_bin()
-
-    with tempfile.TemporaryDirectory(prefix="ccgate-pytest-") as tmp_name:
+    with tempfile.TemporaryDirectory(prefix="ccgate-pytest-sim-") as tmp_name:
         tmp = Path(tmp_name)
-        env = clean_env()
-        procs: list[subprocess.Popen] = []
-        sim_log = open(tmp / "sim.stderr.log", "wb")
-        try:
+        with open(tmp / "sim.stderr.log", "wb") as sim_log:
             sim = subprocess.Popen(
                 [str(bins / "ccgate-sim"), "--listen", "127.0.0.1:0"],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=sim_log,
-                env=env,
+                env=clean_env(),
                 cwd=tmp,
             )
-            procs.append(sim)
-            sim_out = LineReader(sim.stdout, tmp / "sim.stdout.log")
-            sim_url = sim_out.wait_for(SIM_LISTENING, sim, "ccgate-sim").group(1)
+            try:
+                sim_out = LineReader(sim.stdout, tmp / "sim.stdout.log")
+                url = sim_out.wait_for(SIM_LISTENING, sim, "ccgate-sim").group(1)
+                yield Simulator(url=url, bins=bins, claude=claude)
+            finally:
+                stop(sim)
 
-            gw_env = dict(env)
-            gw_env.update(
-                ANTHROPIC_BASE_URL=sim_url,
-                ANTHROPIC_API_KEY="sk-test",
-                # Real settings (not stray variables): scratch space of our
-                # own, and no CLI-side retries so the 429 test is quick.
-                CCGATE_WORK_DIR=str(tmp / "work"),
-                CCGATE_CLI_MAX_RETRIES="0",
-                # Tests run one at a time, so batch tests may use the whole
-                # (two-worker) pool; fair share itself is tested in Rust
-                # (tests/batch.rs).
-                CCGATE_BATCH_POOL_SHARE="1",
-                # Sonnet runs on the direct backend (test_direct.py; no other
-                # test uses it), and an overloaded opus falls back to it.
-                CCGATE_BACKENDS="sonnet=api",
-                CCGATE_FALLBACK_MODELS="opus=sonnet",
-            )
-            gw = subprocess.Popen(
-                [
-                    str(bins / "ccgate"),
-                    "serve",
-                    "--listen", "127.0.0.1:0",
-                    "--database-url", f"sqlite://{tmp / 'ccgate.db'}",
-                    "--claude-bin", claude,
-                    "--pool-size", "2",
-                    "--request-timeout", "120",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                env=gw_env,
-                cwd=tmp,
-            )
-            procs.append(gw)
+
+@contextlib.contextmanager
+def running_gateway(sim: Simulator, settings: dict[str, str]):
+    """A `ccgate serve` of its own (temp directory, SQLite database, two
+    workers) against the simulator, with `settings` as CCGATE_* variables;
+    stopped with SIGTERM at the end, which it must survive cleanly and
+    without a panic in its log."""
+    with tempfile.TemporaryDirectory(prefix="ccgate-pytest-") as tmp_name:
+        tmp = Path(tmp_name)
+        env = clean_env()
+        env.update(
+            ANTHROPIC_BASE_URL=sim.url,
+            ANTHROPIC_API_KEY="sk-test",
+            CCGATE_WORK_DIR=str(tmp / "work"),
+        )
+        env.update(settings)
+        gw = subprocess.Popen(
+            [
+                str(sim.bins / "ccgate"),
+                "serve",
+                "--listen", "127.0.0.1:0",
+                "--database-url", f"sqlite://{tmp / 'ccgate.db'}",
+                "--claude-bin", sim.claude,
+                "--pool-size", "2",
+                "--request-timeout", "120",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=tmp,
+        )
+        try:
             gw_err = LineReader(gw.stderr, tmp / "gateway.log")
             addr = gw_err.wait_for(GATEWAY_LISTENING, gw, "ccgate").group(1)
+            yield Gateway(url=f"http://{addr}", sim_url=sim.url, log_path=gw_err.log_path)
+        except BaseException:
+            stop(gw)
+            raise
+        code = stop(gw)
+        gw_err.join(STOP_TIMEOUT_S)
+        log = gw_err.log_path.read_text()
+        assert code == 0, f"the gateway exited with {code} after SIGTERM:\n{log}"
+        assert "panicked" not in log, f"the gateway panicked:\n{log}"
 
-            yield Gateway(url=f"http://{addr}", sim_url=sim_url, log_path=gw_err.log_path)
 
-            procs.remove(gw)
-            code = stop(gw)
-            gw_err.join(STOP_TIMEOUT_S)
-            log = gw_err.log_path.read_text()
-            assert code == 0, f"the gateway exited with {code} after SIGTERM:\n{log}"
-            assert "panicked" not in log, f"the gateway panicked:\n{log}"
-        finally:
-            # Whatever is still running (the sim; the gateway after a failed
-            # start-up) is stopped too, so nothing outlives the session.
-            for proc in reversed(procs):
-                stop(proc)
-            sim_log.close()
+@pytest.fixture(scope="session")
+def gateway(simulator: Simulator):
+    settings = dict(
+        # No CLI-side retries, so the 429 test is quick.
+        CCGATE_CLI_MAX_RETRIES="0",
+        # Tests run one at a time, so batch tests may use the whole
+        # (two-worker) pool; fair share itself is tested in Rust
+        # (tests/batch.rs).
+        CCGATE_BATCH_POOL_SHARE="1",
+        # Sonnet runs on the direct backend (test_direct.py; no other
+        # test uses it), and an overloaded opus falls back to it.
+        CCGATE_BACKENDS="sonnet=api",
+        CCGATE_FALLBACK_MODELS="opus=sonnet",
+    )
+    with running_gateway(simulator, settings) as gw:
+        yield gw
 
 
 @pytest.fixture(scope="session")

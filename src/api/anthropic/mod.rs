@@ -18,12 +18,15 @@ use crate::error::ApiError;
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct MessagesRequest {
     /// A Claude alias (`haiku`, `sonnet`, `opus`, `fable`, `sonnet[1m]`), a full model id, or `auto`.
+    #[schema(min_length = 1)]
     pub model: String,
+    #[schema(min_items = 1)]
     pub messages: Vec<InputMessage>,
     /// A string or an array of text blocks (their last `cache_control` goes to
     /// the direct backend at the end of the system prompt).
     pub system: Option<Content>,
     /// Required, as in Anthropic's API.
+    #[schema(minimum = 1)]
     pub max_tokens: Option<u64>,
     #[serde(default)]
     pub stream: bool,
@@ -70,6 +73,7 @@ pub struct MessagesRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct InputMessage {
     /// `user` or `assistant`.
+    #[schema(pattern = "^(user|assistant)$")]
     pub role: String,
     pub content: Content,
 }

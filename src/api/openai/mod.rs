@@ -19,12 +19,17 @@ use crate::error::ApiError;
 pub struct ChatCompletionRequest {
     /// A Claude alias (`haiku`, `sonnet`, `opus`, `fable`, `sonnet[1m]`) or a full model id.
     pub model: Option<String>,
+    #[schema(min_items = 1)]
     pub messages: Vec<ChatMessage>,
     #[serde(default)]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
+    #[schema(minimum = 1)]
     pub max_tokens: Option<u64>,
+    #[schema(minimum = 1)]
     pub max_completion_tokens: Option<u64>,
+    /// Only 1.
+    #[schema(minimum = 1, maximum = 1)]
     pub n: Option<u32>,
     /// Client-side tools (`[{type: "function", function: {name, description, parameters}}]`);
     /// direct (`api`) backend only.
@@ -42,18 +47,22 @@ pub struct ChatCompletionRequest {
     /// each allowed by the policy; default: the policy's `allowed_tools`.
     pub allowed_tools: Option<Vec<String>>,
     /// Agent extension: the most model turns (at most the policy's).
+    #[schema(minimum = 1)]
     pub max_turns: Option<u32>,
     /// Agent extension: continue this session (from an earlier response's
     /// `x_ccgate.session_id`); only the newest user message is sent.
     pub session_id: Option<String>,
     /// Agent extension: the most the run may cost, in USD (at most the
     /// policy's `max_task_usd`).
+    #[schema(exclusive_minimum = 0)]
     pub max_budget_usd: Option<f64>,
     /// Sampling temperature, 0 to 2 as in OpenAI's API; the direct backend
     /// sends it to Claude capped at 1 (Anthropic's range). The CLI backend
     /// chooses its own sampling.
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f64>,
     /// Nucleus sampling (direct backend only).
+    #[schema(minimum = 0, maximum = 1)]
     pub top_p: Option<f64>,
     /// Up to 4 sequences (or one string) the answer ends before: the direct
     /// backend stops the model there; on the CLI backend the gateway cuts
@@ -64,6 +73,7 @@ pub struct ChatCompletionRequest {
     /// extended thinking with a budget of 1,024, 4,096 or 16,384 tokens
     /// (less than `max_tokens`), on both backends; the thinking itself is
     /// not returned. Absent, the backend's default.
+    #[schema(pattern = "^(none|minimal|low|medium|high)$")]
     pub reasoning_effort: Option<String>,
     /// `{"type": "text"}`, `{"type": "json_object"}` or `{"type":
     /// "json_schema", "json_schema": {"name": …, "schema": {…}}}`.
@@ -83,6 +93,7 @@ pub struct StreamOptions {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatMessage {
     /// `system`, `developer`, `user`, `assistant` or `tool`.
+    #[schema(pattern = "^(system|developer|user|assistant|tool)$")]
     pub role: String,
     pub content: Option<MessageContent>,
     pub name: Option<String>,
