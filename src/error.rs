@@ -53,7 +53,11 @@ pub struct ErrorObject {
     pub message: String,
     #[serde(rename = "type")]
     pub kind: &'static str,
+    /// Always present; null when no one field is at fault.
+    #[schema(required = true)]
     pub param: Option<String>,
+    /// Always present; null when the type says enough.
+    #[schema(required = true)]
     pub code: Option<&'static str>,
 }
 

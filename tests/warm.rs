@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use ccgate::pricing::TokenUsage;
-use common::{chat_body, wait_for, Options, TestApp, TestDb};
+use common::{chat_body, client, metric_sample, wait_for, Options, TestApp, TestDb};
 use serde_json::Value;
 
 fn prestart_haiku(settings: &mut ccgate::config::Settings) {
@@ -24,6 +24,12 @@ async fn wait_idle(app: &TestApp, n: u64) -> Value {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("warm processes never became idle: {last}");
+}
+
+/// CLI processes started so far, cold and warm (from `/metrics`).
+async fn spawned(app: &TestApp) -> f64 {
+    let metrics = client().get(format!("{}/metrics", app.url)).send().await.unwrap().text().await.unwrap();
+    metric_sample(&metrics, "ccgate_worker_events_total", &["event=\"spawn\""]).expect("a spawn count")
 }
 
 async fn ask(app: &TestApp, prompt: &str) -> (String, String) {
@@ -222,21 +228,34 @@ async fn idle_processes_are_retired() {
 }
 
 #[tokio::test]
-async fn the_memory_budget_bounds_the_warm_processes() {
+async fn the_memory_budget_bounds_the_warm_processes_and_a_profile_seen_once_displaces_none() {
     fn settings(s: &mut ccgate::config::Settings) {
-        // Room for one process: a second profile replaces the first.
+        // Room for one process: a second profile in demand replaces the first.
         s.warm_memory_mb = 400;
     }
     let db = TestDb::sqlite();
     let app = TestApp::spawn(&db, Options { pool_size: 2, adjust: settings, ..Options::default() }).await;
     ask(&app, "one [sim:words=2]").await;
     wait_idle(&app, 1).await;
+
+    // Sonnet once, cold: haiku's process stays, and serves the next haiku
+    // request. No process starts for sonnet (`spawned` counts every CLI
+    // process: the cold run is the only one).
+    let before = spawned(&app).await;
     let response = app.chat(chat_body("sonnet", "two [sim:words=2]")).await;
+    assert_eq!(response.status(), 200);
+    ask(&app, "three [sim:words=2]").await;
+    let health = wait_idle(&app, 1).await;
+    assert_eq!(health["warm"]["hits"], 1, "{health}");
+    assert_eq!(spawned(&app).await, before + 1.0, "{health}");
+
+    // Sonnet again: now in demand, it takes the one room.
+    let response = app.chat(chat_body("sonnet", "four [sim:words=2]")).await;
     assert_eq!(response.status(), 200);
     let mut last = Value::Null;
     for _ in 0..600 {
         last = app.health().await;
-        if last["warm"]["idle"] == 1 && last["warm"]["misses"] == 2 && last["warm"]["processes"] == 1 {
+        if last["warm"]["idle"] == 1 && last["warm"]["misses"] == 3 && last["warm"]["processes"] == 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -244,9 +263,9 @@ async fn the_memory_budget_bounds_the_warm_processes() {
     assert_eq!(last["warm"]["processes"], 1, "{last}");
     assert!(last["warm"]["resident_bytes"].as_u64().unwrap() <= 400 * 1024 * 1024, "{last}");
     // The one warm process is now sonnet's.
-    let response = app.chat(chat_body("sonnet", "three [sim:words=2]")).await;
+    let response = app.chat(chat_body("sonnet", "five [sim:words=2]")).await;
     assert_eq!(response.status(), 200);
-    assert_eq!(app.health().await["warm"]["hits"], 1);
+    assert_eq!(app.health().await["warm"]["hits"], 2);
     app.stop().await;
 }
 

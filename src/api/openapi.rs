@@ -25,11 +25,14 @@ impl Modify for CommonResponses {
                 continue;
             }
             let admin = path.starts_with("/admin/");
+            // Under `/v1/messages` errors come in Anthropic's shape.
+            let error_body =
+                if super::messages::is_anthropic_path(path) { "AnthropicErrorBody" } else { "ErrorBody" };
             for operation in [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch]
                 .into_iter()
                 .flatten()
             {
-                add_refusals(operation, admin);
+                add_refusals(operation, admin, error_body);
                 for parameter in operation.parameters.iter_mut().flatten() {
                     let names_project = match parameter.parameter_in {
                         ParameterIn::Header => parameter.name.eq_ignore_ascii_case("x-project-id"),
@@ -85,7 +88,7 @@ fn constrain_project_id(schema: &mut RefOr<Schema>) {
 }
 
 /// Adds the middleware's refusals an operation does not describe itself.
-fn add_refusals(operation: &mut Operation, admin: bool) {
+fn add_refusals(operation: &mut Operation, admin: bool, error_body: &str) {
     let takes_input =
         operation.request_body.is_some() || operation.parameters.as_ref().is_some_and(|p| !p.is_empty());
     let mut refusals = vec![
@@ -120,7 +123,7 @@ fn add_refusals(operation: &mut Operation, admin: bool) {
                     .content(
                         "application/json",
                         ContentBuilder::new()
-                            .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name("ErrorBody"))))
+                            .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(error_body))))
                             .build(),
                     )
                     .build(),

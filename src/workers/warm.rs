@@ -8,7 +8,11 @@
 //! profile starts in the background, so the warm set follows demand. The
 //! number of live warm processes is bounded by a memory budget, measured
 //! from their resident sizes; at the bound, an idle process of another
-//! profile is retired to make room. A process is replaced when it dies,
+//! profile is retired to make room, but only for a profile in demand: one
+//! that has processes already, or missed before within the idle timeout. A
+//! profile seen once (a system prompt that differs on every request, as
+//! with retrieved context) takes free room at most, and never displaces a
+//! process that others use. A process is replaced when it dies,
 //! stalls, or has served `max_requests`, and retired when idle too long.
 //!
 //! Cost: a warm process reports `total_cost_usd` cumulatively over its
@@ -37,6 +41,9 @@ use crate::pricing::TokenUsage;
 /// System prompts longer than this are not warmed: the cold path passes
 /// them through a file, which a long-lived process would have to keep.
 const MAX_WARM_SYSTEM_PROMPT: usize = 32 * 1024;
+/// Profiles remembered for having missed once; past this, the old ones are
+/// forgotten.
+const MAX_MISSED: usize = 4096;
 /// How long a new process may take to answer its `initialize` request.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `/clear` may take (it makes no upstream call).
@@ -133,6 +140,8 @@ pub struct WarmPool {
     pids: Mutex<HashMap<i32, Profile>>,
     /// The largest resident size seen of one process.
     process_bytes: AtomicU64,
+    /// When each profile (by hash) last ran cold for want of a process.
+    missed: Mutex<HashMap<u64, Instant>>,
     stats: Arc<WarmStats>,
     shutdown: CancellationToken,
     me: Weak<WarmPool>,
@@ -149,13 +158,14 @@ impl WarmPool {
             live: AtomicUsize::new(0),
             pids: Mutex::new(HashMap::new()),
             process_bytes: AtomicU64::new(DEFAULT_PROCESS_BYTES),
+            missed: Mutex::new(HashMap::new()),
             stats: Arc::new(WarmStats::default()),
             shutdown: CancellationToken::new(),
             me: me.clone(),
         });
         for model in pool.settings.prestart.clone() {
             let profile = Profile { model, system_prompt: None, output: Output::PLAIN, output_schema: None };
-            pool.grow(profile);
+            pool.grow(profile, true);
         }
         let reaper = Arc::downgrade(&pool);
         let every =
@@ -317,13 +327,17 @@ impl WarmPool {
         pids.into_iter().filter_map(resident_bytes_of).sum()
     }
 
-    /// Whether one more process fits the memory budget; if not, retires the
-    /// longest-idle process of another profile to make room.
-    fn make_room(&self, profile: &Profile) -> bool {
+    /// Whether one more process fits the memory budget; if not and
+    /// `may_retire`, retires the longest-idle process of another profile
+    /// to make room.
+    fn make_room(&self, profile: &Profile, may_retire: bool) -> bool {
         let one = self.process_bytes.load(Ordering::Relaxed);
         let live = self.live.load(Ordering::Relaxed) as u64;
         if (live + 1) * one <= self.settings.memory_budget_bytes {
             return true;
+        }
+        if !may_retire {
+            return false;
         }
         let victim = {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -350,11 +364,37 @@ impl WarmPool {
         }
     }
 
-    /// Starts a process for the profile in the background, if it fits.
-    fn grow(&self, profile: Profile) {
+    /// Whether a profile that just missed is in demand: it has processes
+    /// (all busy or starting), or missed before within the idle timeout.
+    /// Remembers this miss.
+    fn in_demand(&self, profile: &Profile) -> bool {
+        if self.pids.lock().unwrap_or_else(|e| e.into_inner()).values().any(|p| p == profile) {
+            return true;
+        }
+        let key = {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::hash::DefaultHasher::new();
+            profile.hash(&mut hasher);
+            hasher.finish()
+        };
+        let now = Instant::now();
+        let window = self.settings.idle_timeout;
+        let mut missed = self.missed.lock().unwrap_or_else(|e| e.into_inner());
+        if missed.len() >= MAX_MISSED {
+            missed.retain(|_, at| now.duration_since(*at) < window);
+            if missed.len() >= MAX_MISSED {
+                missed.clear();
+            }
+        }
+        missed.insert(key, now).is_some_and(|at| now.duration_since(at) < window)
+    }
+
+    /// Starts a process for the profile in the background, if it fits
+    /// (retiring another profile's idle process if `may_retire`).
+    fn grow(&self, profile: Profile, may_retire: bool) {
         if self.shutdown.is_cancelled()
             || profile.system_prompt.as_ref().is_some_and(|s| s.len() > MAX_WARM_SYSTEM_PROMPT)
-            || !self.make_room(&profile)
+            || !self.make_room(&profile, may_retire)
         {
             return;
         }
@@ -481,7 +521,7 @@ impl WarmPool {
     async fn recycle(self: Arc<Self>, mut process: WarmProcess, profile: Profile) {
         if process.served >= self.settings.max_requests {
             self.discard(process);
-            self.grow(profile.clone());
+            self.grow(profile.clone(), true);
             self.arrive(&profile);
             return;
         }
@@ -509,7 +549,7 @@ impl WarmPool {
             }
             None => {
                 self.discard(process);
-                self.grow(profile.clone());
+                self.grow(profile.clone(), true);
                 self.arrive(&profile);
             }
         }
@@ -526,7 +566,8 @@ impl Worker for WarmPool {
         let profile = Profile::of(&job);
         let Some(mut process) = self.acquire(&profile, job.deadline).await else {
             self.stats.misses.fetch_add(1, Ordering::Relaxed);
-            self.grow(profile);
+            let in_demand = self.in_demand(&profile);
+            self.grow(profile, in_demand);
             return self.cold.run(job, events, cancel).await;
         };
         self.stats.hits.fetch_add(1, Ordering::Relaxed);
@@ -540,7 +581,7 @@ impl Worker for WarmPool {
         let unstarted = report.session_id.is_none() && report.first_token_at.is_none();
         if matches!(report.end, RunEnd::Crashed { .. }) && unstarted {
             self.discard(process);
-            self.grow(profile);
+            self.grow(profile, true);
             return self.cold.run(job, events, cancel).await;
         }
         match self.me.upgrade() {
@@ -552,7 +593,7 @@ impl Worker for WarmPool {
                 // Killed mid-request (deadline, stall, disconnect) or dead:
                 // replaced by a fresh one.
                 self.discard(process);
-                self.grow(profile);
+                self.grow(profile, true);
             }
         }
         report
