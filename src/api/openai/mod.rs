@@ -33,10 +33,10 @@ pub struct ChatCompletionRequest {
     pub n: Option<u32>,
     /// Client-side tools (`[{type: "function", function: {name, description, parameters}}]`);
     /// direct (`api`) backend only.
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Vec<ToolShape>>)]
     pub tools: Option<Value>,
     /// `auto`, `none`, `required` or `{type: "function", function: {name}}`.
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<ToolChoiceShape>)]
     pub tool_choice: Option<Value>,
     /// The project to charge (ccgate extension; the `X-Project-Id` header does the same).
     pub project_id: Option<String>,
@@ -67,7 +67,7 @@ pub struct ChatCompletionRequest {
     /// Up to 4 sequences (or one string) the answer ends before: the direct
     /// backend stops the model there; on the CLI backend the gateway cuts
     /// the answer (the run is billed in full).
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<StopShape>)]
     pub stop: Option<Value>,
     /// `none`/`minimal` (no thinking), `low`, `medium` or `high`: Claude's
     /// extended thinking with a budget of 1,024, 4,096 or 16,384 tokens
@@ -156,6 +156,64 @@ pub struct ImageUrl {
     pub url: String,
     /// Accepted and ignored.
     pub detail: Option<String>,
+}
+
+// The shapes of `tools`, `tool_choice` and `stop` as the OpenAPI document
+// shows them. The request keeps those fields as JSON and reads them itself
+// (`client_tools`, `sampling`), so a wrong one gets a message that names
+// what is wrong rather than serde's "did not match any variant".
+
+/// A client tool.
+#[derive(Deserialize, ToSchema)]
+pub struct ToolShape {
+    /// Always `function`.
+    #[serde(rename = "type")]
+    #[schema(pattern = "^function$")]
+    pub kind: String,
+    pub function: FunctionShape,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct FunctionShape {
+    #[schema(min_length = 1)]
+    pub name: String,
+    pub description: Option<String>,
+    /// A JSON Schema object for the arguments (default: none).
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<Value>,
+    /// Hold the model to `parameters` exactly (direct backend).
+    pub strict: Option<bool>,
+}
+
+/// `auto`, `none` or `required`, or one tool by name.
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum ToolChoiceShape {
+    /// `auto`, `none` or `required`.
+    Mode(String),
+    Named(NamedToolShape),
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct NamedToolShape {
+    /// Always `function`.
+    #[serde(rename = "type")]
+    #[schema(pattern = "^function$")]
+    pub kind: String,
+    pub function: ToolNameShape,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct ToolNameShape {
+    pub name: String,
+}
+
+/// One stop sequence, or a list of up to four.
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum StopShape {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// The most stop sequences OpenAI's API takes.
