@@ -165,7 +165,10 @@ async fn json_rejections(request: Request, next: Next) -> Response {
         return response;
     }
     let text = axum::body::to_bytes(response.into_body(), 64 * 1024).await.unwrap_or_default();
-    let message = String::from_utf8_lossy(&text).trim().to_string();
+    let mut message = String::from_utf8_lossy(&text).trim().to_string();
+    if message.is_empty() {
+        message = status.canonical_reason().unwrap_or("refused").to_string();
+    }
     let error = match status {
         axum::http::StatusCode::NOT_FOUND => ApiError::not_found(message),
         axum::http::StatusCode::REQUEST_TIMEOUT => ApiError::ClientTimeout(message),

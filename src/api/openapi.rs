@@ -14,7 +14,7 @@ use utoipa::Modify;
 use super::is_public;
 
 /// The shape `extract::valid_project_id` checks.
-pub const PROJECT_ID_PATTERN: &str = "^[a-z0-9_-]{1,64}$";
+const PROJECT_ID_PATTERN: &str = "^[a-z0-9_-]{1,64}$";
 
 pub struct CommonResponses;
 
