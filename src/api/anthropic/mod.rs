@@ -45,21 +45,21 @@ pub struct MessagesRequest {
     /// Client tools (`name`, `description`, `input_schema`), which the client
     /// runs itself; direct (`api`) backend only. Anthropic's server tools
     /// (`web_search_20250305`, `bash_20250124`…) are refused.
-    #[schema(value_type = Option<Vec<Object>>)]
+    #[schema(value_type = Option<Vec<AnthropicToolShape>>)]
     pub tools: Option<Vec<Value>>,
     /// `auto`, `any`, `tool` (with `name`) or `none`;
     /// `disable_parallel_tool_use` is accepted and ignored.
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<AnthropicToolChoiceShape>)]
     pub tool_choice: Option<Value>,
     /// Extended thinking (`{"type": "enabled", "budget_tokens": N}`,
     /// `adaptive` or `disabled`), passed to the direct backend, whose
     /// `thinking` blocks come back; the CLI backend ignores it.
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<ThinkingShape>)]
     pub thinking: Option<Value>,
     /// Structured output: `{"format": {"type": "json_schema", "schema":
     /// {…}}}` makes the answer's text an instance of the schema (both
     /// backends). Its other fields are ignored.
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<OutputConfigShape>)]
     pub output_config: Option<Value>,
     /// The project to charge (ccgate extension; the `X-Project-Id` header does the same).
     pub project_id: Option<String>,
@@ -68,6 +68,67 @@ pub struct MessagesRequest {
     #[serde(flatten)]
     #[schema(value_type = Object)]
     pub other: serde_json::Map<String, Value>,
+}
+
+// The shapes of `tools`, `tool_choice`, `thinking` and `output_config` as
+// the OpenAPI document shows them; the request reads those fields as JSON
+// itself (`client_tools`, `thinking`, `output_schema`), so a wrong one gets
+// a message that names what is wrong.
+
+/// A client tool, which the client runs itself.
+#[derive(Deserialize, ToSchema)]
+pub struct AnthropicToolShape {
+    #[schema(min_length = 1)]
+    pub name: String,
+    pub description: Option<String>,
+    /// A JSON Schema object for the tool's input.
+    #[schema(value_type = Object)]
+    pub input_schema: Value,
+    /// `custom` or absent; server tools (`web_search_20250305`…) are refused.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// A prompt-cache breakpoint after the tools (direct backend).
+    #[schema(value_type = Option<Object>)]
+    pub cache_control: Option<Value>,
+    /// Hold the model to `input_schema` exactly (direct backend).
+    pub strict: Option<bool>,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct AnthropicToolChoiceShape {
+    /// `auto`, `any`, `tool` (with `name`) or `none`.
+    #[serde(rename = "type")]
+    #[schema(pattern = "^(auto|any|tool|none)$")]
+    pub kind: String,
+    /// The tool, for `tool`.
+    pub name: Option<String>,
+    /// Accepted and ignored.
+    pub disable_parallel_tool_use: Option<bool>,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct ThinkingShape {
+    /// `enabled`, `adaptive` or `disabled`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// For `enabled`: the most tokens of thinking (at least 1,024, less than `max_tokens`).
+    pub budget_tokens: Option<u64>,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct OutputConfigShape {
+    pub format: Option<OutputFormatShape>,
+}
+
+/// The answer's text is an instance of `schema`.
+#[derive(Deserialize, ToSchema)]
+pub struct OutputFormatShape {
+    /// `json_schema`.
+    #[serde(rename = "type")]
+    #[schema(pattern = "^json_schema$")]
+    pub kind: String,
+    #[schema(value_type = Object)]
+    pub schema: Value,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
