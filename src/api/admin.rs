@@ -162,7 +162,8 @@ pub async fn list_projects(State(state): State<AppState>) -> Result<Json<Project
     Ok(Json(ProjectList { data: projects.into_iter().map(ProjectView::from).collect() }))
 }
 
-async fn load(state: &AppState, id: &str) -> Result<Project, ApiError> {
+/// The project `id` names, checked for shape; 404 when there is none.
+pub(super) async fn load(state: &AppState, id: &str) -> Result<Project, ApiError> {
     check_project_id(id, "id")?;
     state
         .budget

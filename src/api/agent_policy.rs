@@ -4,18 +4,10 @@
 use axum::extract::{Path, State};
 use axum::Json;
 
-use super::extract::{check_project_id, JsonBody};
+use super::extract::JsonBody;
 use crate::agent::AgentPolicy;
 use crate::app::AppState;
 use crate::error::{ApiError, ErrorBody};
-
-async fn known_project(state: &AppState, id: &str) -> Result<(), ApiError> {
-    check_project_id(id, "id")?;
-    match state.budget.store().get_project(id).await? {
-        Some(_) => Ok(()),
-        None => Err(ApiError::not_found(format!("project {id:?} not found"))),
-    }
-}
 
 /// Sets a project's agent policy (replacing any before it). Fields left
 /// out take their defaults: no roots, no tools, 10 turns, 1 USD a task, no
@@ -30,7 +22,7 @@ pub async fn put_agent_policy(
     Path(id): Path<String>,
     JsonBody(policy): JsonBody<AgentPolicy>,
 ) -> Result<Json<AgentPolicy>, ApiError> {
-    known_project(&state, &id).await?;
+    super::admin::load(&state, &id).await?;
     policy.validate().map_err(|e| ApiError::BadRequest {
         message: format!("{}: {}", e.field, e.message),
         param: Some(e.field),
@@ -50,7 +42,7 @@ pub async fn get_agent_policy(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<AgentPolicy>, ApiError> {
-    known_project(&state, &id).await?;
+    super::admin::load(&state, &id).await?;
     match crate::agent::policy_of(&state, &id).await? {
         Some(policy) => Ok(Json(policy)),
         None => Err(ApiError::not_found(format!("project {id:?} has no agent policy"))),

@@ -228,10 +228,9 @@ pub async fn get_batch(
 pub async fn list_batches(
     State(state): State<AppState>,
     ctx: Context,
-    query: Result<Query<BatchListQuery>, axum::extract::rejection::QueryRejection>,
+    Query(query): Query<BatchListQuery>,
 ) -> Result<Json<BatchList>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text(), None))?;
-    let limit = super::extract::page_size(query.limit, 20, 100)?;
+    let limit = super::extract::page_size(query.limit, 20, batch::MAX_PAGE)?;
     let project = ctx.project(None)?;
     let (page, has_more) = batch::list(&state, &project, query.after.as_deref(), limit).await?;
     let data: Vec<BatchObject> = page.into_iter().map(BatchObject::from).collect();

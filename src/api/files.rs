@@ -164,10 +164,9 @@ fn multipart_error(error: axum::extract::multipart::MultipartError) -> ApiError 
 pub async fn list_files(
     State(state): State<AppState>,
     ctx: Context,
-    query: Result<Query<FileListQuery>, axum::extract::rejection::QueryRejection>,
+    Query(query): Query<FileListQuery>,
 ) -> Result<Json<FileList>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text(), None))?;
-    let limit = super::extract::page_size(query.limit, 10_000, 10_000)?;
+    let limit = super::extract::page_size(query.limit, files::MAX_PAGE, files::MAX_PAGE)?;
     let project = ctx.project(None)?;
     let (rows, has_more) =
         files::list(&state, &project, query.purpose.as_deref(), query.after.as_deref(), limit).await?;

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::extract::{check_project_id, JsonBody};
+use super::extract::JsonBody;
 use crate::app::AppState;
 use crate::auth;
 use crate::error::{ApiError, ErrorBody};
@@ -90,11 +90,8 @@ pub async fn create_key(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<CreateKey>,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
-    check_project_id(&id, "id")?;
+    super::admin::load(&state, &id).await?;
     let store = state.budget.store();
-    if store.get_project(&id).await?.is_none() {
-        return Err(ApiError::not_found(format!("project {id:?} not found")));
-    }
     for (name, value) in [
         ("rpm_limit", body.rpm_limit),
         ("tpm_limit", body.tpm_limit),
@@ -138,12 +135,8 @@ pub async fn list_project_keys(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<KeyList>, ApiError> {
-    check_project_id(&id, "id")?;
-    let store = state.budget.store();
-    if store.get_project(&id).await?.is_none() {
-        return Err(ApiError::not_found(format!("project {id:?} not found")));
-    }
-    let keys = store.list_keys(Some(&id)).await?;
+    super::admin::load(&state, &id).await?;
+    let keys = state.budget.store().list_keys(Some(&id)).await?;
     Ok(Json(KeyList { data: keys.into_iter().map(KeyView::from).collect() }))
 }
 

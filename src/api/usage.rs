@@ -87,9 +87,8 @@ impl From<PeriodUsage> for UsageReport {
 pub async fn get_usage(
     State(state): State<AppState>,
     ctx: Context,
-    query: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
+    Query(query): Query<UsageQuery>,
 ) -> Result<Json<UsageReport>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text(), None))?;
     let project_id = ctx.project(query.project_id.as_deref())?;
     let period = query.period.as_deref().unwrap_or("day");
     let Some(kind) = PeriodKind::parse(period) else {

@@ -79,7 +79,11 @@ pub async fn delete(state: &AppState, project_id: &str, id: &str) -> Result<(), 
     }
 }
 
-/// A page of the project's files, newest first, and whether more follow.
+/// The most files one page of `list` holds.
+pub const MAX_PAGE: usize = 10_000;
+
+/// A page of `limit` (1 to `MAX_PAGE`) of the project's files, newest
+/// first, and whether more follow.
 pub async fn list(
     state: &AppState,
     project_id: &str,
@@ -87,7 +91,6 @@ pub async fn list(
     after: Option<&str>,
     limit: usize,
 ) -> Result<(Vec<FileRow>, bool), ApiError> {
-    let limit = limit.clamp(1, 10_000);
     let mut files = state.budget.store().list_files(project_id, purpose, after, limit as i64 + 1).await?;
     let more = files.len() > limit;
     files.truncate(limit);

@@ -32,6 +32,8 @@ use crate::store::batches::{BatchProgress, BatchRow, BatchStatus, NewBatch};
 
 /// The only endpoint a batch can target on this gateway.
 pub const CHAT_ENDPOINT: &str = "/v1/chat/completions";
+/// The most batches one page of `list` holds.
+pub const MAX_PAGE: usize = 100;
 /// The only completion window OpenAI offers, and so the only one here.
 pub const COMPLETION_WINDOW: &str = "24h";
 const WINDOW: Duration = Duration::from_secs(24 * 3600);
@@ -162,14 +164,14 @@ pub async fn get(state: &AppState, project_id: &str, id: &str) -> Result<BatchIn
     Ok(BatchInfo { batch, progress })
 }
 
-/// A page of the project's batches, newest first, and whether more follow.
+/// A page of `limit` (1 to `MAX_PAGE`) of the project's batches, newest
+/// first, and whether more follow.
 pub async fn list(
     state: &AppState,
     project_id: &str,
     after: Option<&str>,
     limit: usize,
 ) -> Result<(Vec<BatchInfo>, bool), ApiError> {
-    let limit = limit.clamp(1, 100);
     let store = state.budget.store();
     let mut batches = store.list_batches(project_id, after, limit as i64 + 1).await?;
     let more = batches.len() > limit;
