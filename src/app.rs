@@ -61,10 +61,13 @@ pub struct Shared {
 impl AppState {
     /// Builds the state from settings and an open store.
     pub fn new(settings: Settings, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> anyhow::Result<AppState> {
-        let prices = match &settings.prices_file {
+        let mut prices = match &settings.prices_file {
             Some(path) => PriceTable::load(path)?,
             None => PriceTable::builtin(),
         };
+        prices
+            .add_aliases(&settings.model_aliases)
+            .map_err(|message| ConfigError::Invalid { name: "model_aliases".into(), message })?;
         std::fs::create_dir_all(&settings.work_dir)?;
         let stats = Arc::new(PoolStats::default());
         let gate = match settings.spend_gate {

@@ -136,6 +136,12 @@ pub struct Settings {
     /// The model to try next when a model is overloaded or rate-limited
     /// upstream, by id or alias (for example `{ opus = "sonnet" }`).
     pub fallback_models: BTreeMap<String, String>,
+    /// Other names clients may send as `model`, each for a model of the
+    /// price table by id or alias (for example `{ "gpt-4o" = "sonnet",
+    /// "gpt-4o-mini" = "haiku" }`), for clients and tools that only offer
+    /// OpenAI's model names. They are listed by `GET /v1/models`; the
+    /// ledger keeps the name the client sent as the model requested.
+    pub model_aliases: BTreeMap<String, String>,
     /// Per-project agent policy (`allowed_roots`, `allowed_tools`,
     /// `denied_tools`, `max_turns`, `max_task_usd`, `mcp_servers`,
     /// `skip_permissions`), keyed by project id. One set with
@@ -249,6 +255,7 @@ impl Default for Settings {
             api_max_concurrent: 512,
             api_max_retries: 2,
             fallback_models: BTreeMap::new(),
+            model_aliases: BTreeMap::new(),
             agent_policies: BTreeMap::new(),
         }
     }
@@ -482,6 +489,12 @@ impl Settings {
                 return invalid("fallback_models", format!("{from} falls back to itself"));
             }
         }
+        for alias in self.model_aliases.keys() {
+            // An empty model and `auto` ask the router to choose.
+            if alias.trim().is_empty() || alias == "auto" {
+                return invalid("model_aliases", format!("{alias:?} cannot name a model"));
+            }
+        }
         Ok(())
     }
 }
@@ -612,6 +625,7 @@ mod tests {
                 ("ANTHROPIC_API_KEY", "sk-secret-value"),
                 ("CCGATE_BACKENDS", "haiku=api, opus = cli"),
                 ("CCGATE_FALLBACK_MODELS", "{ opus = \"sonnet\" }"),
+                ("CCGATE_MODEL_ALIASES", "gpt-4o=sonnet, gpt-4o-mini = haiku"),
                 ("CCGATE_API_MAX_RETRIES", "5"),
             ]),
             vec![],
@@ -623,6 +637,7 @@ mod tests {
         assert_eq!(settings.backend_for("claude-opus-4-8", &["opus".into()]), Backend::Cli);
         assert_eq!(settings.backend_for("claude-sonnet-5", &["sonnet".into()]), Backend::Cli);
         assert_eq!(settings.fallback_models.get("opus").map(String::as_str), Some("sonnet"));
+        assert_eq!(settings.model_aliases.get("gpt-4o-mini").map(String::as_str), Some("haiku"));
         assert_eq!(settings.api_max_retries, 5);
         // The key is never shown or serialized.
         assert!(!format!("{settings:?}").contains("sk-secret-value"));
@@ -647,6 +662,8 @@ mod tests {
             (&[("CCGATE_DEFAULT_BACKEND", "api"), ("ANTHROPIC_API_KEY", " ")], "anthropic_api_key"),
             (&[("CCGATE_API_MAX_CONCURRENT", "0")], "api_max_concurrent"),
             (&[("CCGATE_FALLBACK_MODELS", "opus=opus")], "fallback_models"),
+            (&[("CCGATE_MODEL_ALIASES", "auto=haiku")], "model_aliases"),
+            (&[("CCGATE_MODEL_ALIASES", "{ \" \" = \"haiku\" }")], "model_aliases"),
         ];
         for (vars, name) in cases {
             let err = Settings::load(None, env(vars), vec![]).unwrap_err();

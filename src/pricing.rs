@@ -159,6 +159,28 @@ impl PriceTable {
         Ok(PriceTable { effective_date: file.effective_date, models })
     }
 
+    /// Adds names clients may send as `model` (the `model_aliases`
+    /// setting), each for the model its target names by id or alias. A
+    /// name goes after the model's own aliases, so the CLI is still given
+    /// the first. A name that already names a model, or a target the table
+    /// does not know, is refused.
+    pub fn add_aliases<'a>(
+        &mut self,
+        aliases: impl IntoIterator<Item = (&'a String, &'a String)>,
+    ) -> Result<(), String> {
+        for (alias, target) in aliases {
+            if self.resolve(alias).is_some() {
+                return Err(format!("{alias:?} already names a model of the price table"));
+            }
+            let Some(model) = self.models.iter_mut().find(|m| m.id == *target || m.aliases.contains(target))
+            else {
+                return Err(format!("the price table has no model {target:?} (for {alias:?})"));
+            };
+            model.aliases.push(alias.clone());
+        }
+        Ok(())
+    }
+
     pub fn models(&self) -> &[Model] {
         &self.models
     }
@@ -178,6 +200,8 @@ impl PriceTable {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     #[test]
@@ -196,6 +220,30 @@ mod tests {
         }
         assert!(table.resolve("gpt-4o").is_none());
         assert!(table.resolve("Sonnet").is_none());
+    }
+
+    #[test]
+    fn model_aliases_add_names_after_a_models_own_and_refuse_clashes() {
+        let mut table = PriceTable::builtin();
+        let aliases: BTreeMap<String, String> =
+            [("gpt-4o", "sonnet"), ("gpt-4o-mini", "claude-haiku-4-5-20251001")]
+                .map(|(a, t)| (a.to_string(), t.to_string()))
+                .into();
+        table.add_aliases(&aliases).unwrap();
+        let sonnet = table.resolve("gpt-4o").unwrap();
+        assert_eq!(sonnet.id, "claude-sonnet-5");
+        // The CLI is still given the model's first own alias.
+        assert_eq!(sonnet.cli_name(), "sonnet");
+        assert_eq!(table.resolve("gpt-4o-mini").map(|m| m.id.as_str()), Some("claude-haiku-4-5-20251001"));
+
+        let refused = |alias: &str, target: &str| {
+            let mut table = PriceTable::builtin();
+            let one = BTreeMap::from([(alias.to_string(), target.to_string())]);
+            table.add_aliases(&one).unwrap_err()
+        };
+        assert!(refused("opus", "haiku").contains("already names a model"));
+        assert!(refused("claude-sonnet-5", "haiku").contains("already names a model"));
+        assert!(refused("gpt-4o", "gpt-5").contains("no model \"gpt-5\""));
     }
 
     #[test]

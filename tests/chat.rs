@@ -341,6 +341,35 @@ async fn models_health_and_root_describe_the_gateway() {
 }
 
 #[tokio::test]
+async fn a_name_from_model_aliases_serves_its_model_and_is_listed() {
+    fn settings(s: &mut ccgate::config::Settings) {
+        s.model_aliases = [("gpt-4o-mini".to_string(), "haiku".to_string())].into();
+    }
+    let db = TestDb::sqlite();
+    let app = TestApp::spawn(&db, Options { adjust: settings, ..Options::default() }).await;
+    let models: Value =
+        client().get(format!("{}/v1/models", app.url)).send().await.unwrap().json().await.unwrap();
+    let listed = models["data"].as_array().unwrap().iter().find(|m| m["id"] == "gpt-4o-mini");
+    assert_eq!(listed.map(|m| &m["tier"]), Some(&json!("haiku")), "{models}");
+
+    let response = app.chat(chat_body("gpt-4o-mini", "hello")).await;
+    assert_eq!(response.status(), 200);
+    let request_id = response.headers()["x-request-id"].to_str().unwrap().to_string();
+    let completion: Value = response.json().await.unwrap();
+    assert_eq!(completion["model"], "claude-haiku-4-5-20251001");
+    // The CLI was given the model's own name, and the upstream saw haiku.
+    assert!(app.sim.sim.requests().last().unwrap().model.contains("haiku"));
+    app.wait_settled("default").await;
+    let row = app.state.budget.store().ledger_row(&request_id).await.unwrap().expect("ledger row");
+    assert_eq!(row.model_requested.as_deref(), Some("gpt-4o-mini"));
+    assert_eq!(row.model_used.as_deref(), Some("claude-haiku-4-5-20251001"));
+
+    // A name the table does not know is still a 404.
+    assert_eq!(app.chat(chat_body("gpt-4o", "hello")).await.status(), 404);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_client_that_trickles_its_body_gets_408_and_oversized_bodies_get_413() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let db = TestDb::sqlite();

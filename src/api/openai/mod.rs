@@ -17,7 +17,8 @@ use crate::error::ApiError;
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatCompletionRequest {
-    /// A Claude alias (`haiku`, `sonnet`, `opus`, `fable`, `sonnet[1m]`) or a full model id.
+    /// A Claude alias (`haiku`, `sonnet`, `opus`, `fable`, `sonnet[1m]`), a full model id, a
+    /// name the gateway's `model_aliases` setting adds, or `auto` (the default).
     pub model: Option<String>,
     #[schema(min_items = 1)]
     pub messages: Vec<ChatMessage>,
