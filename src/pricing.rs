@@ -32,6 +32,9 @@ fn one_hour_write_factor() -> f64 {
 #[serde(deny_unknown_fields)]
 struct ModelEntry {
     id: String,
+    /// A name for people (`GET /v1/models`); the id when absent.
+    #[serde(default)]
+    display_name: Option<String>,
     aliases: Vec<String>,
     tier: String,
     level: u8,
@@ -46,6 +49,8 @@ struct ModelEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Model {
     pub id: String,
+    /// A name for people, as Anthropic's model list gives one.
+    pub display_name: String,
     pub aliases: Vec<String>,
     pub tier: String,
     pub level: u8,
@@ -148,6 +153,7 @@ impl PriceTable {
                 cache_write_1h_per_mtok: Micros::from_usd_ceil(
                     m.input_usd_per_mtok * file.cache_write_1h_factor,
                 ),
+                display_name: m.display_name.unwrap_or_else(|| m.id.clone()),
                 id: m.id,
                 aliases: m.aliases,
                 tier: m.tier,

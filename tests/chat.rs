@@ -326,6 +326,19 @@ async fn models_health_and_root_describe_the_gateway() {
     for id in ["haiku", "sonnet", "opus", "fable", "claude-sonnet-5"] {
         assert!(ids.contains(&id), "{id} missing from {ids:?}");
     }
+    // Anthropic's list and model fields too.
+    assert_eq!(models["has_more"], false);
+    assert_eq!(models["first_id"].as_str(), ids.first().copied());
+    assert_eq!(models["last_id"].as_str(), ids.last().copied());
+    let one: Value = get("/v1/models/sonnet%5B1m%5D").await.json().await.unwrap();
+    assert_eq!(one["id"], "sonnet[1m]");
+    assert_eq!(one["type"], "model");
+    assert_eq!(one["display_name"], "Claude Sonnet 5 (1M context)");
+    assert_eq!(one["max_input_tokens"], one["context_window"]);
+    let missing = get("/v1/models/gpt-4o").await;
+    assert_eq!(missing.status(), 404);
+    let missing: Value = missing.json().await.unwrap();
+    assert_eq!(missing["error"]["code"], "model_not_found");
     let health: Value = get("/health").await.json().await.unwrap();
     assert_eq!(health["status"], "ok");
     assert_eq!(health["workers"]["size"], 2);

@@ -1,11 +1,14 @@
-//! `GET /`, `GET /health` and `GET /v1/models`.
+//! `GET /`, `GET /health`, `GET /v1/models` and `GET /v1/models/{model}`.
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::app::AppState;
+use crate::chat::resolve_model;
+use crate::error::{ApiError, ErrorBody};
+use crate::pricing::Model;
 use crate::workers::warm::WarmState;
 use crate::workers::PoolState;
 
@@ -61,18 +64,41 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
     })
 }
 
+/// OpenAI's model list and Anthropic's in one object: each SDK reads the
+/// fields it knows (`object`/`data` and `data`/`has_more`/`first_id`/
+/// `last_id`).
 #[derive(Serialize, ToSchema)]
 pub struct ModelList {
     pub object: &'static str,
     pub data: Vec<ModelObject>,
+    /// Anthropic's paging: the whole list is always one page.
+    pub has_more: bool,
+    pub first_id: Option<String>,
+    pub last_id: Option<String>,
 }
 
+/// A model as both OpenAI's (`id`, `object`, `created`, `owned_by`) and
+/// Anthropic's (`id`, `type`, `display_name`, `created_at`,
+/// `max_input_tokens`, `max_tokens`) model objects describe it.
 #[derive(Serialize, ToSchema)]
 pub struct ModelObject {
+    /// The name it is listed under: the model's id or one of its aliases.
     pub id: String,
+    /// `model` (OpenAI).
     pub object: &'static str,
+    /// Unknown: 0 (OpenAI).
     pub created: i64,
     pub owned_by: &'static str,
+    /// `model` (Anthropic).
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub display_name: String,
+    /// Unknown: the epoch (Anthropic).
+    pub created_at: &'static str,
+    /// The context window (Anthropic's name for it).
+    pub max_input_tokens: u64,
+    /// The most output a request may ask for (Anthropic's name for it).
+    pub max_tokens: u64,
     /// ccgate extension: routing tier, context window and maximum output.
     pub tier: String,
     pub context_window: u64,
@@ -80,24 +106,58 @@ pub struct ModelObject {
     pub aliases: Vec<String>,
 }
 
-/// The models this gateway serves, in OpenAI's list format. Each model is
-/// listed under its id and each of its aliases.
-#[utoipa::path(get, path = "/v1/models", tag = "chat", responses((status = 200, body = ModelList)))]
-pub async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
-    let mut data = Vec::new();
-    for model in state.prices.models() {
-        for id in std::iter::once(&model.id).chain(model.aliases.iter()) {
-            data.push(ModelObject {
-                id: id.clone(),
-                object: "model",
-                created: 0,
-                owned_by: "anthropic",
-                tier: model.tier.clone(),
-                context_window: model.context_window,
-                max_output_tokens: model.max_output_tokens,
-                aliases: model.aliases.clone(),
-            });
+impl ModelObject {
+    fn of(model: &Model, name: &str) -> ModelObject {
+        ModelObject {
+            id: name.to_string(),
+            object: "model",
+            created: 0,
+            owned_by: "anthropic",
+            kind: "model",
+            display_name: model.display_name.clone(),
+            created_at: "1970-01-01T00:00:00Z",
+            max_input_tokens: model.context_window,
+            max_tokens: model.max_output_tokens,
+            tier: model.tier.clone(),
+            context_window: model.context_window,
+            max_output_tokens: model.max_output_tokens,
+            aliases: model.aliases.clone(),
         }
     }
-    Json(ModelList { object: "list", data })
+}
+
+/// The models this gateway serves, in OpenAI's list format (which
+/// Anthropic's SDK reads too). Each model is listed under its id and each
+/// of its aliases.
+#[utoipa::path(get, path = "/v1/models", tag = "chat", responses((status = 200, body = ModelList)))]
+pub async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
+    let data: Vec<ModelObject> = state
+        .prices
+        .models()
+        .iter()
+        .flat_map(|model| {
+            std::iter::once(&model.id).chain(model.aliases.iter()).map(|name| ModelObject::of(model, name))
+        })
+        .collect();
+    let (first_id, last_id) = (data.first().map(|m| m.id.clone()), data.last().map(|m| m.id.clone()));
+    Json(ModelList { object: "list", data, has_more: false, first_id, last_id })
+}
+
+/// One model, by id or alias (OpenAI's and Anthropic's `models.retrieve`).
+#[utoipa::path(
+    get,
+    path = "/v1/models/{model}",
+    tag = "chat",
+    params(("model" = String, Path, description = "A model id or alias")),
+    responses(
+        (status = 200, body = ModelObject),
+        (status = 404, description = "No such model is served here", body = ErrorBody),
+    )
+)]
+pub async fn get_model(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<ModelObject>, ApiError> {
+    let model = resolve_model(&state, &name)?;
+    Ok(Json(ModelObject::of(&model, &name)))
 }

@@ -91,6 +91,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(info::root))
         .routes(routes!(info::health))
         .routes(routes!(info::list_models))
+        .routes(routes!(info::get_model))
         .routes(routes!(metrics::metrics))
         .routes(routes!(chat::create_chat_completion))
         .routes(routes!(messages::create_message))

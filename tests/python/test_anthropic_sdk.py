@@ -143,6 +143,22 @@ def test_count_tokens(claude: anthropic.Anthropic):
     assert 0 < short.input_tokens < long.input_tokens
 
 
+def test_models_list_and_retrieve(claude: anthropic.Anthropic):
+    page = claude.models.list()
+    assert page.has_more is False
+    by_id = {m.id: m for m in page.data}
+    assert by_id["haiku"].type == "model"
+    assert by_id["haiku"].display_name == "Claude Haiku 4.5"
+    assert by_id["haiku"].max_tokens > 0 and by_id["haiku"].max_input_tokens > by_id["haiku"].max_tokens
+    assert page.first_id == page.data[0].id and page.last_id == page.data[-1].id
+    one = claude.models.retrieve("sonnet[1m]")
+    assert one.id == "sonnet[1m]"
+    assert one.display_name == "Claude Sonnet 5 (1M context)"
+    assert one.created_at is not None
+    with pytest.raises(anthropic.NotFoundError):
+        claude.models.retrieve("no-such-model")
+
+
 def test_stop_sequences_cut_the_answer(claude: anthropic.Anthropic):
     message = claude.messages.create(
         model="haiku",

@@ -189,6 +189,14 @@ def test_models_list(client: openai.OpenAI):
     assert len(ids) == len(set(ids)), ids
 
 
+def test_models_retrieve(client: openai.OpenAI):
+    model = client.models.retrieve("haiku")
+    assert model.id == "haiku"
+    assert model.object == "model"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4o")
+
+
 def test_upstream_rate_limit_is_a_rate_limit_error(client: openai.OpenAI):
     with pytest.raises(openai.RateLimitError) as caught:
         client.chat.completions.create(model="haiku", messages=[{"role": "user", "content": "hi [sim:status=429]"}])
