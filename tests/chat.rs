@@ -461,3 +461,120 @@ async fn reasoning_effort_sets_the_thinking_budget_on_the_cli() {
     assert_eq!(app.chat(bad).await.status(), 400);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_responses_api_answers_text_streams_its_events_and_writes_the_ledger() {
+    let db = TestDb::sqlite();
+    let app = TestApp::spawn(&db, Options::default()).await;
+    let post = |body: Value| {
+        let url = format!("{}/v1/responses", app.url);
+        async move { client().post(url).json(&body).send().await.unwrap() }
+    };
+
+    // A whole response: instructions and earlier turns reach the model.
+    let response = post(json!({
+        "model": "haiku",
+        "instructions": "Answer briefly.",
+        "input": [
+            {"role": "user", "content": "What is the capital of France?"},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Paris."}]},
+            {"role": "user", "content": [{"type": "input_text", "text": "And of Italy?"}]}
+        ]
+    }))
+    .await;
+    assert_eq!(response.status(), 200);
+    let cost: f64 = response.headers()["x-ccgate-cost-usd"].to_str().unwrap().parse().unwrap();
+    let request_id = response.headers()["x-request-id"].to_str().unwrap().to_string();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["object"], "response");
+    assert_eq!(body["status"], "completed");
+    assert_eq!(body["id"], format!("resp_{request_id}"));
+    let text = body["output"][0]["content"][0]["text"].as_str().unwrap();
+    assert!(text.starts_with("Simulated reply:"), "{body}");
+    assert_eq!(body["output"][0]["content"][0]["type"], "output_text");
+    let usage = &body["usage"];
+    assert_eq!(
+        usage["total_tokens"].as_u64(),
+        Some(usage["input_tokens"].as_u64().unwrap() + usage["output_tokens"].as_u64().unwrap())
+    );
+    let seen = app.sim.sim.requests();
+    let last = seen.last().unwrap();
+    assert!(last.last_user_text.contains("And of Italy?"));
+    assert!(last.last_user_text.contains("Paris."));
+    assert!(last.body["system"].to_string().contains("Answer briefly."));
+    app.wait_settled("default").await;
+    let row = app.state.budget.store().ledger_row(&request_id).await.unwrap().expect("ledger row");
+    assert_eq!((row.endpoint.as_str(), row.status.as_str()), ("/v1/responses", "succeeded"));
+    assert_eq!(row.cost.as_usd(), cost);
+
+    // Streamed: the Responses API's events, in order, numbered.
+    let response = post(json!({"model": "haiku", "stream": true, "input": "Count [sim:words=9]"})).await;
+    assert_eq!(response.status(), 200);
+    let events = common::sse_events(&response.text().await.unwrap());
+    let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
+    let deltas = names.iter().filter(|n| **n == "response.output_text.delta").count();
+    assert!(deltas >= 1, "{names:?}");
+    let mut expected = vec![
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ];
+    expected.extend(std::iter::repeat_n("response.output_text.delta", deltas));
+    expected.extend([
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]);
+    assert_eq!(names, expected);
+    for (i, (name, data)) in events.iter().enumerate() {
+        assert_eq!((&data["type"], data["sequence_number"].as_u64()), (&json!(name), Some(i as u64)));
+    }
+    let joined: String = events.iter().filter_map(|(_, d)| d["delta"].as_str()).collect();
+    assert_eq!(joined, "Simulated reply: w1 w2 w3 w4 w5 w6 w7 w8 w9");
+    let completed = &events.last().unwrap().1["response"];
+    assert_eq!(completed["output"][0]["content"][0]["text"], joined.as_str());
+    assert!(completed["x_ccgate"]["cost_usd"].as_f64().unwrap() > 0.0);
+
+    // Cut at its cap: incomplete, and why.
+    let cut: Value = post(json!({"model": "haiku", "input": "x [sim:words=50]", "max_output_tokens": 8}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (&cut["status"], &cut["incomplete_details"]["reason"]),
+        (&json!("incomplete"), &json!("max_output_tokens"))
+    );
+
+    // What the gateway does not carry is refused, naming the field, and
+    // still written down.
+    let refused = [
+        (json!({"model": "haiku", "input": "hi", "previous_response_id": "resp_1"}), "previous_response_id"),
+        (json!({"model": "haiku", "input": "hi", "tools": [{"type": "web_search"}]}), "tools"),
+        (
+            json!({"model": "haiku", "input": [{"type": "function_call_output", "call_id": "c", "output": "o"}]}),
+            "input[0].type",
+        ),
+        (
+            json!({"model": "haiku", "input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}),
+            "input[0].content[0]",
+        ),
+        (json!({"model": "haiku", "input": ""}), "input"),
+        (json!({"model": "haiku", "input": 7}), "input"),
+        (json!({"model": "haiku", "input": "hi", "temperature": 3}), "temperature"),
+        (json!({"model": "haiku", "input": "hi", "text": {"format": {"type": "yaml"}}}), "text.format.type"),
+    ];
+    for (body, param) in refused {
+        let response = post(body.clone()).await;
+        assert_eq!(response.status(), 400, "{body}");
+        let request_id = response.headers()["x-request-id"].to_str().unwrap().to_string();
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["param"], param, "{body}: {error}");
+        // Written in the background.
+        let row = common::wait_ledger_row(app.state.budget.store().as_ref(), &request_id).await;
+        assert_eq!((row.endpoint.as_str(), row.http_status), ("/v1/responses", Some(400)));
+    }
+    app.stop().await;
+}

@@ -7,7 +7,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{claude_bin, client, Options, TestApp, TestDb};
+use common::{claude_bin, client, sse_events, Options, TestApp, TestDb};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
@@ -131,23 +131,6 @@ fn shape_without_text(events: &[(String, Value)]) -> Vec<String> {
             format!("{name}{}", kind.map(|k| format!(":{k}")).unwrap_or_default())
         })
         .filter(|s| !s.starts_with("content_block_delta:text_delta"))
-        .collect()
-}
-
-fn sse_events(text: &str) -> Vec<(String, Value)> {
-    text.split("\n\n")
-        .filter(|frame| !frame.trim().is_empty())
-        .map(|frame| {
-            let field = |name: &str| {
-                frame
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .map(|v| v.trim().to_string())
-                    .unwrap_or_default()
-            };
-            let data = field("data:");
-            (field("event:"), serde_json::from_str(&data).unwrap_or_else(|_| panic!("bad data: {frame}")))
-        })
         .collect()
 }
 

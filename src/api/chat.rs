@@ -55,36 +55,53 @@ pub async fn create_chat_completion(
     ctx: Context,
     body: Result<JsonBody<ChatCompletionRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let mut request = ChatRequest::new(
-        ctx.request_id.clone(),
-        ctx.project_header.clone().unwrap_or_else(|| "default".into()),
-        ctx.key_id(),
-        "/v1/chat/completions",
-        ctx.received_at,
-    );
-    let body = match parse(&state, &ctx, body, &mut request) {
-        Ok(body) => body,
-        Err(error) => {
-            chat::record_refusal(&state, &request, &error);
-            return Err(error);
-        }
-    };
+    let (request, body) = parsed(&state, &ctx, "/v1/chat/completions", body, parse)?;
     let agentic = request.agent.is_some();
     let running = chat::start(&state, request).await?;
     let include_usage = body.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let answering = running.answering.clone();
-    let route = running.route.as_ref().and_then(|r| {
-        HeaderValue::from_str(&format!("tier={}; score={:.3}; model={}", r.tier, r.score, running.model.id))
-            .ok()
-    });
+    let route = route_header(&running);
     let mut response = if body.stream {
         stream_response(ctx.request_id, running, include_usage, agentic).await
     } else {
         complete_response(ctx.request_id, running, agentic).await
     }
     .into_response();
-    // Known by now: a fallback is chosen before the first text or outcome.
-    let model = answering.borrow().id.clone();
+    answered_by(&mut response, answering.borrow().id.clone(), route);
+    Ok(response)
+}
+
+/// A chat request read from its wire body by `parse`, which fills in the
+/// request begun here (`endpoint`'s, for the caller's project). A request
+/// refused while parsing is written to the ledger before the refusal is
+/// returned.
+pub(super) fn parsed<B, T>(
+    state: &AppState,
+    ctx: &Context,
+    endpoint: &'static str,
+    body: B,
+    parse: impl FnOnce(&AppState, &Context, B, &mut ChatRequest) -> Result<T, ApiError>,
+) -> Result<(ChatRequest, T), ApiError> {
+    let mut request = ChatRequest::new(
+        ctx.request_id.clone(),
+        ctx.project_header.clone().unwrap_or_else(|| "default".into()),
+        ctx.key_id(),
+        endpoint,
+        ctx.received_at,
+    );
+    match parse(state, ctx, body, &mut request) {
+        Ok(body) => Ok((request, body)),
+        Err(error) => {
+            chat::record_refusal(state, &request, &error);
+            Err(error)
+        }
+    }
+}
+
+/// Names the model that answered (`x-ccgate-model`, and the metrics
+/// label), known by the time a response is built: a fallback is chosen
+/// before the first text or outcome; and how `auto` chose (`route`).
+pub(super) fn answered_by(response: &mut Response, model: String, route: Option<HeaderValue>) {
     if let Ok(value) = HeaderValue::from_str(&model) {
         response.headers_mut().insert("x-ccgate-model", value);
     }
@@ -92,7 +109,14 @@ pub async fn create_chat_completion(
     if let Some(route) = route {
         response.headers_mut().insert("x-ccgate-route", route);
     }
-    Ok(response)
+}
+
+/// `x-ccgate-route`: how `"model": "auto"` chose, when it did.
+pub(super) fn route_header(running: &Running) -> Option<HeaderValue> {
+    running.route.as_ref().and_then(|r| {
+        HeaderValue::from_str(&format!("tier={}; score={:.3}; model={}", r.tier, r.score, running.model.id))
+            .ok()
+    })
 }
 
 fn parse(

@@ -56,26 +56,10 @@ pub async fn create_message(
     ctx: Context,
     body: Result<JsonBody<MessagesRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let mut request = ChatRequest::new(
-        ctx.request_id.clone(),
-        ctx.project_header.clone().unwrap_or_else(|| "default".into()),
-        ctx.key_id(),
-        "/v1/messages",
-        ctx.received_at,
-    );
-    let body = match parse(&state, &ctx, body, &mut request) {
-        Ok(body) => body,
-        Err(error) => {
-            chat::record_refusal(&state, &request, &error);
-            return Err(error);
-        }
-    };
+    let (request, body) = super::chat::parsed(&state, &ctx, "/v1/messages", body, parse)?;
     let running = chat::start(&state, request).await?;
     let model = super::metrics::ModelLabel(running.model.id.clone());
-    let route = running.route.as_ref().and_then(|r| {
-        HeaderValue::from_str(&format!("tier={}; score={:.3}; model={}", r.tier, r.score, running.model.id))
-            .ok()
-    });
+    let route = super::chat::route_header(&running);
     let mut response = if body.stream {
         stream_response(ctx.request_id, running).await
     } else {
@@ -161,15 +145,9 @@ pub async fn anthropic_errors(request: Request, next: Next) -> Response {
 }
 
 async fn complete_response(request_id: String, mut running: Running) -> Result<Response, ApiError> {
-    let outcome = loop {
-        match running.next_event().await {
-            // Text is also collected in the report.
-            Some(
-                ChatEvent::Text(_) | ChatEvent::ToolCall(_) | ChatEvent::Thinking(_) | ChatEvent::Tool(_),
-            ) => continue,
-            Some(ChatEvent::Done(outcome)) => break *outcome,
-            None => return Err(ApiError::internal("the run ended without an outcome")),
-        }
+    // Text is also collected in the report.
+    let Some(outcome) = running.outcome().await else {
+        return Err(ApiError::internal("the run ended without an outcome"));
     };
     if let Some(error) = outcome.error {
         return Err(error);

@@ -17,6 +17,7 @@ pub mod messages;
 pub mod metrics;
 pub mod openai;
 mod openapi;
+pub mod responses;
 pub mod route;
 pub mod tasks;
 pub mod usage;
@@ -48,6 +49,8 @@ use extract::RequestId;
 #[openapi(
     info(title = "ccgate", description = "An OpenAI- and Anthropic-compatible gateway to Claude through Claude Code, with budgets."),
     modifiers(&SecuritySchemes),
+    // Named in a stream's description only (`ResponseSseEvent.data`).
+    components(schemas(responses::ResponseEvent)),
     tags(
         (name = "chat", description = "OpenAI-compatible chat completions"),
         (name = "messages", description = "Anthropic-compatible messages (`POST /v1/messages`)"),
@@ -95,6 +98,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(metrics::metrics))
         .routes(routes!(chat::create_chat_completion))
         .routes(routes!(messages::create_message))
+        .routes(routes!(responses::create_response))
         .routes(routes!(messages::count_tokens))
         .routes(routes!(route::route))
         .routes(routes!(usage::get_usage))

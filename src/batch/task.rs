@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::api::openai::{ChatCompletion, ChatCompletionRequest};
 use crate::app::AppState;
-use crate::chat::{self, ChatEvent, ChatRequest};
+use crate::chat::{self, ChatRequest};
 use crate::error::ApiError;
 use crate::money::Micros;
 use crate::pricing::TokenUsage;
@@ -128,14 +128,8 @@ pub async fn run(state: &AppState, mut request: ChatRequest, slot: BatchSlot) ->
         Ok(running) => running,
         Err(error) => return TaskEnd::Failed(error),
     };
-    let outcome = loop {
-        match running.next_event().await {
-            Some(
-                ChatEvent::Text(_) | ChatEvent::ToolCall(_) | ChatEvent::Thinking(_) | ChatEvent::Tool(_),
-            ) => continue,
-            Some(ChatEvent::Done(outcome)) => break *outcome,
-            None => return TaskEnd::Failed(ApiError::internal("the run ended without an outcome")),
-        }
+    let Some(outcome) = running.outcome().await else {
+        return TaskEnd::Failed(ApiError::internal("the run ended without an outcome"));
     };
     // The answer can come before the worker is cleaned up; keep listening
     // till then, since a closed channel reads as a caller that has left.

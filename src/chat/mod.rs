@@ -145,6 +145,18 @@ impl Running {
         self.answering.borrow().clone()
     }
 
+    /// The run's outcome, passing over its other events (a whole answer's
+    /// report holds its text); `None` when the run ended without one.
+    pub async fn outcome(&mut self) -> Option<Outcome> {
+        loop {
+            match self.next_event().await? {
+                ChatEvent::Done(outcome) => return Some(*outcome),
+                ChatEvent::Text(_) | ChatEvent::ToolCall(_) | ChatEvent::Thinking(_) | ChatEvent::Tool(_) => {
+                }
+            }
+        }
+    }
+
     /// The run's next event, driving its supervisor meanwhile when the
     /// reader does (a request for a whole answer); `None` once the run has
     /// ended and every event was read.

@@ -471,3 +471,21 @@ pub fn metric_sample(text: &str, prefix: &str, needles: &[&str]) -> Option<f64> 
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// A whole SSE stream's frames as (event name, data) pairs.
+pub fn sse_events(text: &str) -> Vec<(String, Value)> {
+    text.split("\n\n")
+        .filter(|frame| !frame.trim().is_empty())
+        .map(|frame| {
+            let field = |name: &str| {
+                frame
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().to_string())
+                    .unwrap_or_default()
+            };
+            let data = field("data:");
+            (field("event:"), serde_json::from_str(&data).unwrap_or_else(|_| panic!("bad data: {frame}")))
+        })
+        .collect()
+}

@@ -197,6 +197,26 @@ def test_models_retrieve(client: openai.OpenAI):
         client.models.retrieve("gpt-4o")
 
 
+def test_responses_api_whole_and_streamed(client: openai.OpenAI):
+    response = client.responses.create(model="haiku", instructions="Be brief.", input="hello there")
+    assert response.status == "completed"
+    assert response.output_text == "Simulated reply: hello there"
+    assert response.usage.total_tokens == response.usage.input_tokens + response.usage.output_tokens
+
+    with client.responses.stream(
+        model="haiku", input=[{"role": "user", "content": "count [sim:words=5]"}]
+    ) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_response()
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed", kinds
+    assert "response.output_text.delta" in kinds
+    assert final.output_text == words_reply(5)
+
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model="haiku", input="again", previous_response_id=response.id)
+    assert caught.value.body["param"] == "previous_response_id"
+
+
 def test_upstream_rate_limit_is_a_rate_limit_error(client: openai.OpenAI):
     with pytest.raises(openai.RateLimitError) as caught:
         client.chat.completions.create(model="haiku", messages=[{"role": "user", "content": "hi [sim:status=429]"}])
