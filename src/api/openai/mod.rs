@@ -217,6 +217,27 @@ pub enum StopShape {
     Many(Vec<String>),
 }
 
+/// OpenAI's `temperature` (0 to 2, taken down to Anthropic's 1), `top_p`
+/// and stop sequences in Anthropic's terms, checked and naming OpenAI's
+/// fields (chat completions and the Responses API).
+pub fn sampling(
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    stop: Vec<String>,
+) -> Result<Sampling, ApiError> {
+    if let Some(t) = temperature.filter(|t| !(0.0..=2.0).contains(t)) {
+        return Err(ApiError::bad_request(
+            format!("temperature must be between 0 and 2, not {t}"),
+            "temperature",
+        ));
+    }
+    let sampling = Sampling { temperature: temperature.map(|t| t.min(1.0)), top_p, top_k: None, stop };
+    sampling.check().map_err(|(field, message)| {
+        ApiError::bad_request(message, if field == "stop_sequences" { "stop" } else { field })
+    })?;
+    Ok(sampling)
+}
+
 /// The most stop sequences OpenAI's API takes.
 const MAX_STOP: usize = 4;
 
@@ -286,12 +307,6 @@ impl ChatCompletionRequest {
 
     /// Sampling and stop sequences in Anthropic's terms, checked.
     pub fn sampling(&self) -> Result<Sampling, ApiError> {
-        if let Some(t) = self.temperature.filter(|t| !(0.0..=2.0).contains(t)) {
-            return Err(ApiError::bad_request(
-                format!("temperature must be between 0 and 2, not {t}"),
-                "temperature",
-            ));
-        }
         let stop = match &self.stop {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::String(one)) => vec![one.clone()],
@@ -307,16 +322,7 @@ impl ChatCompletionRequest {
                 return Err(ApiError::bad_request("stop must be a string or a list of strings", "stop"))
             }
         };
-        let sampling = Sampling {
-            temperature: self.temperature.map(|t| t.min(1.0)),
-            top_p: self.top_p,
-            top_k: None,
-            stop,
-        };
-        sampling.check().map_err(|(field, message)| {
-            ApiError::bad_request(message, if field == "stop_sequences" { "stop" } else { field })
-        })?;
-        Ok(sampling)
+        sampling(self.temperature, self.top_p, stop)
     }
 
     /// Maps the wire messages to domain messages, refusing what cannot be
