@@ -276,6 +276,20 @@ async fn an_overloaded_model_falls_back_and_the_ledger_has_both_attempts() {
     let chunks: Vec<Value> =
         frames.iter().filter(|(_, f)| f != "[DONE]").map(|(_, f)| serde_json::from_str(f).unwrap()).collect();
     assert!(!chunks.is_empty() && chunks.iter().all(|c| c["model"] == SONNET), "{chunks:?}");
+
+    // So does every response object of a Responses API stream.
+    let response = client()
+        .post(format!("{}/v1/responses", app.url))
+        .json(&json!({"model": "opus", "stream": true, "input": "[sim:fail_model=claude-opus-4-8] [sim:words=4]"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-ccgate-model"], SONNET);
+    let events = common::sse_events(&response.text().await.unwrap());
+    let objects: Vec<&Value> = events.iter().filter_map(|(_, data)| data.get("response")).collect();
+    assert_eq!(objects.len(), 3, "{events:?}");
+    assert!(objects.iter().all(|r| r["model"] == SONNET), "{objects:?}");
     app.stop().await;
 }
 

@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 
 use super::extract::{Context, JsonBody};
 use crate::app::AppState;
-use crate::chat::{self, ChatEvent, ChatRequest, Message, Outcome, Role, Running, Sampling};
+use crate::chat::{self, ChatEvent, ChatRequest, Message, Outcome, Role, Running};
 use crate::error::{ApiError, ErrorBody};
 use crate::pricing::TokenUsage;
 use crate::workers::RunReport;
@@ -239,11 +239,10 @@ pub async fn create_response(
     let running = chat::start(&state, request).await?;
     let answering = running.answering.clone();
     let route = super::chat::route_header(&running);
-    let shell = Shell::new(&ctx.request_id, running.answering_model().id, &body);
     let mut response = if body.stream {
-        stream_response(shell, running).await
+        stream_response(&ctx.request_id, &body, running).await
     } else {
-        whole_response(shell, running).await
+        whole_response(&ctx.request_id, &body, running).await
     }
     .into_response();
     super::chat::answered_by(&mut response, answering.borrow().id.clone(), route);
@@ -283,7 +282,7 @@ fn parse(
     }
     request.messages = messages(&body, state.settings.max_messages)?;
     request.stream = body.stream;
-    request.sampling = sampling(&body)?;
+    request.sampling = super::openai::sampling(body.temperature, body.top_p, Vec::new())?;
     request.output_schema = output_schema(body.text.as_ref())?;
     Ok(body)
 }
@@ -385,22 +384,6 @@ fn input_message(index: usize, item: &Value) -> Result<Message, ApiError> {
     Ok(Message::new(role, text))
 }
 
-fn sampling(body: &ResponseRequest) -> Result<Sampling, ApiError> {
-    if let Some(t) = body.temperature.filter(|t| !(0.0..=2.0).contains(t)) {
-        return Err(ApiError::bad_request(
-            format!("temperature must be between 0 and 2, not {t}"),
-            "temperature",
-        ));
-    }
-    let sampling = Sampling {
-        temperature: body.temperature.map(|t| t.min(1.0)),
-        top_p: body.top_p,
-        ..Sampling::default()
-    };
-    sampling.check().map_err(|(field, message)| ApiError::bad_request(message, field))?;
-    Ok(sampling)
-}
-
 /// The schema of `text.format` `json_schema`, if asked for.
 fn output_schema(text: Option<&Value>) -> Result<Option<Value>, ApiError> {
     let Some(format) = text.filter(|t| !t.is_null()).and_then(|t| t.get("format")) else { return Ok(None) };
@@ -499,11 +482,16 @@ fn output_text(text: String) -> OutputText {
     OutputText { kind: "output_text", text, annotations: Vec::new() }
 }
 
-async fn whole_response(shell: Shell, mut running: Running) -> Result<Response, ApiError> {
+async fn whole_response(
+    request_id: &str,
+    body: &ResponseRequest,
+    mut running: Running,
+) -> Result<Response, ApiError> {
     // The report holds the whole text.
     let Some(outcome) = running.outcome().await else {
         return Err(ApiError::internal("the run ended without an outcome"));
     };
+    let shell = Shell::new(request_id, running.answering_model().id, body);
     if let Some(error) = outcome.error {
         return Err(error);
     }
@@ -516,16 +504,20 @@ async fn whole_response(shell: Shell, mut running: Running) -> Result<Response, 
 
 /// The Responses API's event stream. As for chat completions, a run that
 /// fails before its first text gets an error status, not a stream.
-async fn stream_response(shell: Shell, mut running: Running) -> Result<Response, ApiError> {
+async fn stream_response(
+    request_id: &str,
+    body: &ResponseRequest,
+    mut running: Running,
+) -> Result<Response, ApiError> {
     let first = loop {
         match running.next_event().await {
-            Some(ChatEvent::Text(text)) => break Some(text),
+            Some(ChatEvent::Text(text)) => break text,
             Some(ChatEvent::ToolCall(_) | ChatEvent::Thinking(_) | ChatEvent::Tool(_)) => continue,
             Some(ChatEvent::Done(outcome)) => {
                 if let Some(error) = outcome.error {
                     return Err(error);
                 }
-                let mut events = Events::new(shell);
+                let mut events = Events::new(Shell::new(request_id, running.answering_model().id, body));
                 let frames =
                     events.opening().into_iter().chain(events.closing(Some(*outcome))).collect::<Vec<_>>();
                 return Ok(sse(stream::iter(frames)));
@@ -533,9 +525,10 @@ async fn stream_response(shell: Shell, mut running: Running) -> Result<Response,
             None => return Err(ApiError::internal("the run ended without an outcome")),
         }
     };
-    let mut events = Events::new(shell);
+    // Known by now: a fallback is chosen before the first text.
+    let mut events = Events::new(Shell::new(request_id, running.answering_model().id, body));
     let mut head = events.opening();
-    head.extend(first.map(|text| events.delta(text)));
+    head.push(events.delta(first));
     let tail = stream::unfold(Some((running, events)), |state| async move {
         let (mut running, mut events) = state?;
         match running.next_event().await {
